@@ -1,0 +1,87 @@
+"""Default values of every tokenizer config field (the paper's d18-d18 K600 run).
+
+Config files in configs/ start from `tokenizer_config()` and override what
+differs, so a field has one default and one meaning. Unknown keys given on the
+command line (`--config.model.bogus=1`) are rejected by ml_collections.
+"""
+import ml_collections
+
+
+def tokenizer_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = 'train_tokenizer'
+  c.seed = 0
+
+  # ---- data: pre-encoded VAE latent records (vftok/data/records.py) -------
+  c.data = ml_collections.ConfigDict()
+  c.data.kind = 'records'            # 'records' | 'demo'
+  c.data.root = ''                   # demo: where the embedded set is built
+  c.data.train_pattern = ''          # records: glob of ArrayRecord files
+  c.data.eval_pattern = ''
+  c.data.num_frames = 17             # pixel frames per clip (4n+1, causal VAE)
+  c.data.resolution = 128            # pixel height = width
+  c.data.global_batch_size = 512
+  c.data.shuffle_seed = 0
+  c.data.worker_count = 0            # Grain multiprocessing workers (0: in-process)
+  c.data.prefetch_buffer = 2
+
+  # ---- model (vftok/models/tokenizer.py) ---------------------------------
+  m = c.model = ml_collections.ConfigDict()
+  m.latent_channels = 16             # VidTok kl_causal_488_16chn
+  m.latent_frames = 5                # (17 - 1) / 4 + 1
+  m.latent_size = (16, 16)           # 128 px / 8
+  m.patch_size = (1, 1, 1)           # (time, height, width) patchification
+  m.registers = 256                  # K: max tokens per latent frame
+  m.enc_depth = 18
+  m.dec_depth = 18
+  m.enc_width = 1152                 # 64 * depth
+  m.dec_width = 1152
+  m.head_dim = 64                    # heads = width / 64 = depth
+  m.mlp_ratio = 4.0
+  m.fsq_levels = (8, 8, 8, 5, 5, 5)  # 64000 codes
+  m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
+  m.uncond_prob = 0.1                # all registers masked (for CFG)
+  m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'
+  # Rectified flow: x_t = t * eps + (1 - t) * x, t ~ logit-normal.
+  m.time_mean = 0.0
+  m.time_std = 1.0
+  m.time_shift = 1.0
+  # REPA: depth-2 time-causal head on decoder layer `repa_layer`.
+  m.repa_layer = 1
+  m.repa_depth = 2
+  m.repa_dim = 1024                  # DINOv2-L feature width
+  m.repa_weight = 1.0
+  m.repa_source = 'random_stand_in'  # see vftok/models/features.py
+
+  # ---- optimiser (vftok/optim.py) ----------------------------------------
+  o = c.optim = ml_collections.ConfigDict()
+  o.lr = 1.124e-3
+  o.warmup_init_lr = 1e-6
+  o.warmup_steps = 4000
+  o.final_lr_ratio = 0.0
+  o.b1 = 0.9
+  o.b2 = 0.99
+  o.weight_decay = 0.05
+  o.grad_clip = 1.0
+  o.mup_base_width = 256             # 0 disables muP
+
+  # ---- mesh (vftok/sharding.py) ------------------------------------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                   # -1: all devices not used by fsdp
+  c.mesh.fsdp = 1
+
+  # ---- loop ---------------------------------------------------------------
+  t = c.train = ml_collections.ConfigDict()
+  t.total_steps = 100_000
+  t.log_every = 50
+  t.eval_every = 5000
+  t.checkpoint_every = 1000
+  t.keep_checkpoints = 3
+  t.compute_dtype = 'bfloat16'       # params stay float32
+
+  # ---- evaluation during training -----------------------------------------
+  e = c.eval = ml_collections.ConfigDict()
+  e.num_clips = 16
+  e.sample_steps = 25
+  e.guidance_scale = 1.0
+  return c
