@@ -25,7 +25,10 @@ def get_config(arg=None):
   m = config.model
   m.latent_frames = 5
   m.latent_size = (8, 8)
-  m.registers = 32
+  # [1, 2, 2] patches (as the Panda config) keep the CPU sequence short:
+  # 16 patches + 16 registers per latent frame.
+  m.patch_size = (1, 2, 2)
+  m.registers = 16
   m.enc_depth = 4
   m.dec_depth = 4
   m.enc_width = 128

@@ -85,3 +85,48 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   e.sample_steps = 25
   e.guidance_scale = 1.0
   return c
+
+
+def set_depths(config, enc_depth: int, dec_depth: int):
+  """Paper sizing: depth d, width 64 d, heads d (head_dim 64)."""
+  m = config.model
+  m.enc_depth, m.dec_depth = enc_depth, dec_depth
+  m.enc_width, m.dec_width = 64 * enc_depth, 64 * dec_depth
+  m.head_dim = 64
+  return config
+
+
+def steps_for_tokens(config, tokens: float) -> int:
+  """Paper lengths are in tokens (latent patches seen); convert to steps."""
+  m = config.model
+  pt, ph, pw = m.patch_size
+  per_clip = (m.latent_frames // pt) * (m.latent_size[0] // ph) * (
+      m.latent_size[1] // pw)
+  return max(1, int(tokens // (config.data.global_batch_size * per_clip)))
+
+
+def runlocal(config):
+  """Shrinks any tokenizer config to a smoke test on the demo data (CPU).
+
+  The code path is unchanged: only sizes, data and step counts differ.
+  """
+  config.data.kind = 'demo'
+  config.data.resolution = 64
+  config.data.global_batch_size = 4
+  m = config.model
+  m.latent_size = (8, 8)
+  m.patch_size = (1, 1, 1)
+  m.registers = 16
+  m.enc_depth = m.dec_depth = 2
+  m.enc_width = m.dec_width = 128
+  m.head_dim = 32
+  m.repa_dim = 64
+  config.train.total_steps = 10
+  config.train.log_every = 5
+  config.train.eval_every = 10
+  config.train.checkpoint_every = 10
+  config.train.compute_dtype = 'float32'
+  config.optim.warmup_steps = 2
+  config.eval.num_clips = 4
+  config.eval.sample_steps = 4
+  return config

@@ -1,0 +1,137 @@
+"""`Tokenizer`: what notebooks, evaluation and the AR model import.
+
+    tok = vftok.Tokenizer.from_checkpoint(workdir)
+    tokens = tok.tokenize(latents)                 # int32 [B, T, K]
+    recon = tok.detokenize(tokens[:, :, :4])       # any 1 <= k <= K per frame
+
+Inputs are checked before anything runs on a device: a wrong shape, channel
+count, non-finite latents or out-of-range token ids raise one ValueError that
+names the problem.
+"""
+import functools
+import json
+import os
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vftok import flow
+from vftok.models import fsq
+from vftok.models import layers
+from vftok.models import tokenizer as tokenizer_lib
+
+CONFIG_FILE = 'config.json'
+
+
+class Tokenizer:
+  """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K]."""
+
+  def __init__(self, config: ml_collections.ConfigDict, params):
+    self.config = config
+    self.params = params
+    m = config.model
+    self.model = tokenizer_lib.build(
+        m, layers.optional_dtype(config.train.get('compute_dtype')))
+    self.levels = tuple(m.fsq_levels)
+
+  # ---- construction -------------------------------------------------------
+  @classmethod
+  def from_config(cls, config, seed: int = 0) -> 'Tokenizer':
+    """Randomly initialised parameters (for tests and shape checks)."""
+    model = tokenizer_lib.build(config.model)
+    variables = jax.jit(model.init)(jax.random.key(seed),
+                                    *tokenizer_lib.dummy_inputs(config.model))
+    return cls(config, nn.meta.unbox(variables))
+
+  @classmethod
+  def from_checkpoint(cls, path: str, step: Optional[int] = None) -> 'Tokenizer':
+    """path: a training workdir (holds config.json and checkpoints/)."""
+    from vftok import train_state  # the trainer's state layout
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(config_path):
+      raise ValueError(f'{path} is not a vftok workdir: no {CONFIG_FILE}')
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    params = train_state.restore_params(config, path, step)
+    return cls(config, params)
+
+  # ---- shapes -------------------------------------------------------------
+  @property
+  def latent_shape(self):
+    m = self.config.model
+    return (m.latent_frames, *m.latent_size, m.latent_channels)
+
+  @property
+  def tokens_per_frame(self) -> int:
+    return self.config.model.registers
+
+  def _check_latents(self, latents):
+    latents = np.asarray(latents)
+    _, h, w, c = self.latent_shape
+    if latents.ndim != 5:
+      raise ValueError(f'latents must be [B, T, H, W, C], got shape {latents.shape}')
+    if latents.shape[-1] != c:
+      raise ValueError(f'latents have {latents.shape[-1]} channels; this '
+                       f'tokenizer expects {c}')
+    if latents.shape[2:4] != (h, w):
+      raise ValueError(f'latent frames are {latents.shape[2:4]}; this tokenizer '
+                       f'expects {(h, w)}')
+    pt = self.config.model.patch_size[0]
+    if latents.shape[1] < 1 or latents.shape[1] % pt:
+      raise ValueError(f'latent frame count {latents.shape[1]} must be a '
+                       f'positive multiple of the time patch size {pt}')
+    if not np.all(np.isfinite(latents)):
+      raise ValueError('latents contain NaN or Inf values')
+    return latents.astype(np.float32)
+
+  # ---- tokenize / detokenize ---------------------------------------------
+  @functools.partial(jax.jit, static_argnums=0)
+  def _encode(self, params, latents):
+    codes, _ = self.model.apply(params, latents,
+                                method=tokenizer_lib.VideoFlexTok.encode)
+    return fsq.codes_to_indices(codes, self.levels)
+
+  def tokenize(self, latents) -> jax.Array:
+    """float latents [B, T, H, W, C] -> int32 tokens [B, T, K]."""
+    return self._encode(self.params, self._check_latents(latents))
+
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5))
+  def _decode(self, params, codes, keep, steps, guidance_scale, rng):
+    b, t = codes.shape[:2]
+    pt = self.config.model.patch_size[0]
+    shape = (b, t * pt, *self.latent_shape[1:])
+    null_keep = jnp.zeros_like(keep)
+
+    def velocity(x, tt, cond):
+      v, _ = self.model.apply(params, codes, keep if cond else null_keep, x, tt,
+                              method=tokenizer_lib.VideoFlexTok.decode)
+      return v
+
+    noise = jax.random.normal(rng, shape)
+    return flow.euler_sample(velocity, noise, steps, guidance_scale,
+                             self.config.model.time_shift)
+
+  def detokenize(self, tokens, steps: int = 25, guidance_scale: float = 1.0,
+                 seed: int = 0) -> jax.Array:
+    """int tokens [B, T, k], 1 <= k <= K -> latents [B, T, H, W, C].
+
+    Missing registers (k < K) are the learned mask token: fewer tokens give a
+    coarser reconstruction. guidance_scale != 1 applies classifier-free
+    guidance against all-masked registers.
+    """
+    tokens = np.asarray(tokens)
+    k_max = self.tokens_per_frame
+    if tokens.ndim != 3:
+      raise ValueError(f'tokens must be [B, T, k], got shape {tokens.shape}')
+    k = tokens.shape[-1]
+    if not 1 <= k <= k_max:
+      raise ValueError(f'tokens per frame must be in [1, {k_max}], got {k}')
+    codes = fsq.indices_to_codes(tokens, self.levels)  # validates the id range
+    codes = jnp.pad(codes, ((0, 0), (0, 0), (0, k_max - k), (0, 0)))
+    keep = tokenizer_lib.keep_first(k, tokens.shape[0], k_max)
+    return self._decode(self.params, codes, keep, int(steps),
+                        float(guidance_scale), jax.random.key(seed))

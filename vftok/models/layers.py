@@ -1,0 +1,192 @@
+"""Transformer building blocks shared by the encoder, decoder and REPA head.
+
+Every parameter carries logical axis names (see vftok/sharding.py for the
+logical -> mesh rules). Attention goes through `jax.nn.dot_product_attention`
+in [batch, length, heads, head_dim] with a boolean mask, so the XLA or cuDNN
+implementation can be chosen without touching the model.
+
+Linear layers have no biases and norms no learned shift: with them the block
+parameter count is 12 * width^2 per layer, the count in Table 5 of the paper.
+"""
+from typing import Any, Optional
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+_kernel_init = nn.initializers.xavier_uniform()
+
+
+def dense(features, axes, name, dtype, use_bias=False, zero_init=False,
+          in_axis=-1):
+  init = nn.initializers.zeros_init() if zero_init else _kernel_init
+  if in_axis != -1:  # DenseGeneral over several input dims (e.g. heads, dim)
+    init = nn.initializers.zeros_init() if zero_init else (
+        nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform',
+                                         in_axis=in_axis, out_axis=-1))
+  return nn.DenseGeneral(
+      features, axis=in_axis, use_bias=use_bias, dtype=dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(init, axes),
+      bias_init=nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), axes[-len(np.atleast_1d(features)):]))
+
+
+def layer_norm(name, dtype, use_scale=True):
+  return nn.LayerNorm(
+      epsilon=1e-6, use_bias=False, use_scale=use_scale, dtype=dtype,
+      name=name, scale_init=nn.with_logical_partitioning(
+          nn.initializers.ones_init(), ('norm',)))
+
+
+class Attention(nn.Module):
+  width: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask: np.ndarray):
+    heads = self.width // self.head_dim
+    proj = lambda n: dense((heads, self.head_dim), ('embed', 'heads', 'head_dim'),
+                           n, self.dtype)(x)
+    q, k, v = proj('query'), proj('key'), proj('value')
+    # Mask is [Lq, Lk] and static; broadcast over batch and heads.
+    out = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask)[None, None])
+    return dense(self.width, ('heads', 'head_dim', 'embed'), 'out', self.dtype,
+                 in_axis=(-2, -1))(out)
+
+
+class Mlp(nn.Module):
+  width: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    hidden = int(self.width * self.mlp_ratio)
+    x = dense(hidden, ('embed', 'mlp'), 'fc1', self.dtype)(x)
+    x = nn.gelu(x, approximate=True)
+    return dense(self.width, ('mlp', 'embed'), 'fc2', self.dtype)(x)
+
+
+class Block(nn.Module):
+  """Pre-norm Transformer block (encoder, REPA head)."""
+  width: int
+  head_dim: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask):
+    x = x + Attention(self.width, self.head_dim, self.dtype, name='attn')(
+        layer_norm('norm1', self.dtype)(x), mask)
+    return x + Mlp(self.width, self.mlp_ratio, self.dtype, name='mlp')(
+        layer_norm('norm2', self.dtype)(x))
+
+
+def _modulate(x, shift, scale):
+  return x * (1 + scale) + shift
+
+
+class AdaLNBlock(nn.Module):
+  """DiT block with adaLN-Zero conditioning on the flow time.
+
+  Register tokens and latent patches get separate modulation (shift, scale,
+  gate for attention and MLP), as in the official release: the adaLN parameters
+  then equal the Transformer parameters (Table 5).
+  """
+  width: int
+  head_dim: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cond, is_register: np.ndarray, mask):
+    # cond: [B, width] time embedding; is_register: static bool [L].
+    c = nn.silu(cond)
+    # No bias: the time embedding's last layer has one, and without it the
+    # adaLN parameter count is exactly 12 * width^2 per block (Table 5).
+    mods = [dense(6 * self.width, ('embed', 'cond'), f'adaln_{n}', self.dtype,
+                  zero_init=True)(c)[:, None, :]
+            for n in ('patch', 'register')]
+    mod = jnp.where(jnp.asarray(is_register)[None, :, None], mods[1], mods[0])
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
+    h = _modulate(layer_norm('norm1', self.dtype, use_scale=False)(x),
+                  shift1, scale1)
+    x = x + gate1 * Attention(self.width, self.head_dim, self.dtype,
+                              name='attn')(h, mask)
+    h = _modulate(layer_norm('norm2', self.dtype, use_scale=False)(x),
+                  shift2, scale2)
+    return x + gate2 * Mlp(self.width, self.mlp_ratio, self.dtype,
+                           name='mlp')(h)
+
+
+def sincos(positions: np.ndarray, dim: int, max_period: float = 10_000.):
+  """Sinusoidal embedding of (possibly fractional) positions -> [..., dim].
+
+  Used for the latent-frame index so that clips longer than those seen in
+  training (long video, streaming) still get meaningful positions.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(positions, jnp.float32)[..., None] * freqs
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, 1)])
+  return emb
+
+
+class TimeEmbedding(nn.Module):
+  """Flow time t in [0, 1] -> [B, width] (DiT's timestep embedder)."""
+  width: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    h = sincos(t * 1000.0, 256).astype(self.dtype)
+    h = dense(self.width, (None, 'embed'), 'fc1', self.dtype, use_bias=True)(h)
+    return dense(self.width, ('embed', None), 'fc2', self.dtype,
+                 use_bias=True)(nn.silu(h))
+
+
+def learned(name, shape, axes, module: nn.Module):
+  return module.param(name, nn.with_logical_partitioning(
+      nn.initializers.normal(0.02), axes), shape)
+
+
+def patchify(latents, patch_size):
+  """[B, T, H, W, C] -> [B, T / pt, (H / ph) * (W / pw), pt * ph * pw * C]."""
+  pt, ph, pw = patch_size
+  return einops.rearrange(latents, 'b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)',
+                          pt=pt, ph=ph, pw=pw)
+
+
+def unpatchify(tokens, patch_size, grid_hw):
+  pt, ph, pw = patch_size
+  return einops.rearrange(tokens, 'b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c',
+                          h=grid_hw[0], w=grid_hw[1], pt=pt, ph=ph, pw=pw)
+
+
+def transformer_param_count(params) -> int:
+  """Parameters of Transformer blocks, excluding adaLN modulation (Table 5)."""
+  return _count(params, lambda path: 'blocks_' in path and 'adaln' not in path)
+
+
+def adaln_param_count(params) -> int:
+  return _count(params, lambda path: 'blocks_' in path and 'adaln' in path)
+
+
+def _count(params, keep):
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    if keep(name):
+      total += int(np.prod(leaf.shape))
+  return total
+
+
+def optional_dtype(name: Optional[str]):
+  return {'bfloat16': jnp.bfloat16, 'float32': jnp.float32,
+          None: jnp.float32}[name]

@@ -1,0 +1,134 @@
+"""The VideoFlexTok model: encoder + FSQ + DiT flow decoder + REPA head.
+
+`build(model_config, dtype)` makes the module; `loss_fn` is the stage-1
+training objective L = L_flow + lambda * L_REPA with nested dropout:
+
+  codes = FSQ(encoder(x))                       [B, T, K, D]
+  keep  = first k of K registers, k ~ {1,2,4,..,K} per sample (shared by frames)
+          (all masked with probability uncond_prob: the CFG null condition)
+  x_t   = t * eps + (1 - t) * x,  t ~ logit-normal
+  L_flow = || decoder(codes * keep, x_t, t) - (eps - x) ||^2 on latent patches
+  L_REPA = -cos(REPA_head(decoder layer `repa_layer`), teacher features)
+"""
+from typing import Any, Callable, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vftok import flow
+from vftok.models import decoder as decoder_lib
+from vftok.models import encoder as encoder_lib
+from vftok.models import repa as repa_lib
+
+
+class VideoFlexTok(nn.Module):
+  encoder: encoder_lib.Encoder
+  decoder: decoder_lib.Decoder
+  repa_head: repa_lib.RepaHead
+
+  def encode(self, latents):
+    return self.encoder(latents)
+
+  def decode(self, codes, keep, x_t, t):
+    return self.decoder(codes, keep, x_t, t)
+
+  def repa(self, hidden):
+    return self.repa_head(hidden)
+
+  def __call__(self, latents, keep, x_t, t):
+    codes, _ = self.encode(latents)
+    velocity, hidden = self.decode(codes, keep, x_t, t)
+    return velocity, self.repa(hidden)
+
+
+def grid_hw(model_config):
+  h, w = model_config.latent_size
+  _, ph, pw = model_config.patch_size
+  if h % ph or w % pw:
+    raise ValueError(f'latent size {(h, w)} is not divisible by patch size '
+                     f'{tuple(model_config.patch_size)}')
+  return h // ph, w // pw
+
+
+def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
+  """width_override: build the same model at another width (muP base shapes)."""
+  m = model_config
+  enc_w = width_override or m.enc_width
+  dec_w = width_override or m.dec_width
+  grid = grid_hw(m)
+  common = dict(head_dim=m.head_dim, registers=m.registers,
+                patch_size=tuple(m.patch_size), grid_hw=grid,
+                mlp_ratio=m.mlp_ratio, dtype=dtype)
+  return VideoFlexTok(
+      encoder=encoder_lib.Encoder(width=enc_w, depth=m.enc_depth,
+                                  fsq_levels=tuple(m.fsq_levels), **common),
+      decoder=decoder_lib.Decoder(width=dec_w, depth=m.dec_depth,
+                                  latent_channels=m.latent_channels,
+                                  attention=m.decoder_attention,
+                                  repa_layer=m.repa_layer, **common),
+      repa_head=repa_lib.RepaHead(width=dec_w, depth=m.repa_depth,
+                                  head_dim=m.head_dim, feature_dim=m.repa_dim,
+                                  mlp_ratio=m.mlp_ratio, dtype=dtype))
+
+
+def dummy_inputs(model_config, batch=1):
+  m = model_config
+  lat = jnp.zeros((batch, m.latent_frames, *m.latent_size, m.latent_channels))
+  return (lat, jnp.ones((batch, m.registers), bool), lat, jnp.zeros((batch,)))
+
+
+def keep_budgets(registers: int):
+  """The nested-dropout / evaluation budgets 1, 2, 4, ..., K (K included)."""
+  ks = [2 ** i for i in range(int(np.log2(registers)) + 1)]
+  return ks if ks[-1] == registers else ks + [registers]
+
+
+def sample_keep(rng, batch: int, registers: int, mode: str, uncond_prob=0.0):
+  """bool [B, K]: True for the first k registers of each sample."""
+  r_k, r_u = jax.random.split(rng)
+  if mode == 'pow2':
+    ks = jnp.asarray(keep_budgets(registers))
+    k = ks[jax.random.randint(r_k, (batch,), 0, len(ks))]
+  elif mode == 'uniform':
+    k = jax.random.randint(r_k, (batch,), 1, registers + 1)
+  elif mode == 'none':
+    k = jnp.full((batch,), registers)
+  else:
+    raise ValueError(f'unknown nested dropout mode {mode!r} '
+                     "(choose 'pow2', 'uniform' or 'none')")
+  if uncond_prob > 0:
+    k = jnp.where(jax.random.uniform(r_u, (batch,)) < uncond_prob, 0, k)
+  return jnp.arange(registers)[None, :] < k[:, None]
+
+
+def keep_first(k: int, batch: int, registers: int):
+  return jnp.broadcast_to(jnp.arange(registers) < k, (batch, registers))
+
+
+def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
+            model_config, teacher: Callable) -> Tuple[jax.Array, Dict]:
+  """Stage-1 objective. batch['latents']: [B, T, H, W, C] float32."""
+  m = model_config
+  x = batch['latents'].astype(jnp.float32)
+  b = x.shape[0]
+  r_keep, r_t, r_eps = jax.random.split(rng, 3)
+  keep = sample_keep(r_keep, b, m.registers, m.nested_dropout, m.uncond_prob)
+  t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift)
+  eps = jax.random.normal(r_eps, x.shape)
+  x_t = flow.add_noise(x, eps, t)
+
+  codes, _ = model.apply(params, x, method=VideoFlexTok.encode)
+  velocity, hidden = model.apply(params, codes, keep, x_t, t,
+                                 method=VideoFlexTok.decode)
+  flow_loss = jnp.mean(jnp.square(velocity - flow.velocity_target(x, eps)))
+  metrics = {'loss_flow': flow_loss}
+  loss = flow_loss
+  if m.repa_weight > 0:
+    pred = model.apply(params, hidden, method=VideoFlexTok.repa)
+    repa_loss = repa_lib.cosine_loss(pred, jax.lax.stop_gradient(teacher(batch)))
+    loss = loss + m.repa_weight * repa_loss
+    metrics['loss_repa'] = repa_loss
+  metrics['loss'] = loss
+  return loss, metrics
