@@ -20,14 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
-  c = defaults.tokenizer_config()
-  m = c.model
-  m.latent_frames, m.latent_size, m.latent_channels = 3, (4, 4), 4
-  m.registers, m.enc_depth, m.dec_depth = 4, 2, 2
-  m.enc_width = m.dec_width = 32
-  m.head_dim, m.repa_dim = 16, 8
-  m.update(model_overrides)
-  c.train.compute_dtype = 'float32'
+  c = defaults.tiny_tokenizer_config()
+  c.model.update(model_overrides)
   return c
 
 

@@ -130,3 +130,20 @@ def runlocal(config):
   config.eval.num_clips = 4
   config.eval.sample_steps = 4
   return config
+
+
+def tiny_tokenizer_config():
+  """The smallest meaningful tokenizer (unit tests): 3 latent frames of 4x4x4,
+  4 registers, depth 2, width 32."""
+  c = tokenizer_config()
+  m = c.model
+  m.latent_frames, m.latent_size, m.latent_channels = 3, (4, 4), 4
+  m.registers, m.enc_depth, m.dec_depth = 4, 2, 2
+  m.enc_width = m.dec_width = 32
+  m.head_dim, m.repa_dim = 16, 8
+  c.optim.mup_base_width = 16
+  c.optim.warmup_steps = 2
+  c.train.total_steps = 10
+  c.train.compute_dtype = 'float32'
+  c.data.global_batch_size = 8
+  return c

@@ -1,0 +1,8 @@
+"""Runs every test on 8 simulated CPU devices (set before jax is imported)."""
+import os
+
+_FLAG = '--xla_force_host_platform_device_count=8'
+if _FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
+                             _FLAG).strip()
+os.environ['JAX_PLATFORMS'] = 'cpu'

@@ -1,0 +1,128 @@
+"""Trains a VideoFlexTok tokenizer (stage 1): the one script, in phases.
+
+    mesh -> data -> model -> shard -> step -> restore -> evals -> loop
+
+The same code runs the CPU demo and the paper's d18-d18 on a pod; only the
+config differs. Everything written to the workdir:
+  config.json            the resolved config (Tokenizer.from_checkpoint reads it)
+  checkpoints/<step>/    Orbax: train state + Grain iterator state
+  events / logs          CLU metric writers (TensorBoard + text)
+  recon_<step>.png       reconstructions at token budgets 1, 2, 4, ..., K
+  psnr_<step>.md         PSNR per token budget
+"""
+import json
+import os
+import time
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax.linen as nn
+import jax
+import numpy as np
+
+from vftok import api
+from vftok import checkpoint
+from vftok import sharding
+from vftok import train_state
+from vftok.data import pipeline
+from vftok.evals import reconstruction
+
+
+def run(config, workdir: str):
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, api.CONFIG_FILE), 'w') as f:
+      f.write(config.to_json(indent=2))
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+
+  # ---- mesh ------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info('mesh: %s', dict(mesh.shape))
+
+  # ---- data ------------------------------------------------------------------
+  data = pipeline.resolve(config.data)
+  train_iter = pipeline.make_train_iterator(
+      config.data, data, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  # ---- model -----------------------------------------------------------------
+  model, tx, schedule = train_state.build(config)
+  init_fn = train_state.make_init_fn(model, tx, config.model)
+
+  # ---- shard: state created sharded, never whole on one device -----------------
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  state, state_shardings = sharding.create_sharded_state(init_fn, init_rng, mesh)
+  _log_param_counts(state.params, writer)
+
+  # ---- step ------------------------------------------------------------------
+  train_step = jax.jit(
+      train_state.make_train_step(model, tx, schedule, config.model),
+      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+
+  # ---- restore ---------------------------------------------------------------
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints,
+      save_every=config.train.checkpoint_every)
+  restored, start = ckpt.restore(
+      checkpoint.abstract_like(state), data_iter=train_iter)
+  if restored is not None:
+    state = restored
+    logging.info('resumed from step %d', start)
+  guard = checkpoint.PreemptionGuard()
+
+  # ---- evals -----------------------------------------------------------------
+  evaluator = reconstruction.Evaluator(config, data, workdir, writer)
+
+  # ---- loop ------------------------------------------------------------------
+  total = config.train.total_steps
+  latent_frames_per_step = config.data.global_batch_size * config.model.latent_frames
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  step = start
+  t_last, step_last = time.time(), step
+  while step < total:
+    batch = pipeline.global_batch(next(train_iter), batch_sharding)
+    state, metrics = train_step(state, batch, step_rng)
+    step += 1
+    report(step)
+    if step % config.train.log_every == 0 or step == total:
+      metrics = jax.device_get(metrics)
+      dt = time.time() - t_last
+      metrics['steps_per_sec'] = (step - step_last) / dt
+      metrics['latent_frames_per_sec'] = metrics['steps_per_sec'] * latent_frames_per_step
+      writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+      t_last, step_last = time.time(), step
+      if not np.isfinite(metrics['loss']):
+        raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}')
+    stop = guard.should_stop(step)
+    ckpt.maybe_save(step, state, data_iter=train_iter,
+                    force=stop or step == total)
+    if stop:
+      logging.warning('preempted: checkpoint written at step %d, exiting', step)
+      break
+    if step % config.train.eval_every == 0 or step == total:
+      with report.timed('eval'):
+        evaluator.run(step, state.params)
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  return state
+
+
+def _log_param_counts(params, writer):
+  from vftok.models import layers
+  p = nn.meta.unbox(params)['params']
+  counts = {
+      'params/encoder_transformer': layers.transformer_param_count(p['encoder']),
+      'params/decoder_transformer': layers.transformer_param_count(p['decoder']),
+      'params/decoder_adaln': layers.adaln_param_count(p['decoder']),
+      'params/total': sum(int(np.prod(x.shape)) for x in jax.tree.leaves(p)),
+  }
+  for k, v in counts.items():
+    logging.info('%s: %.1fM', k, v / 1e6)
+  writer.write_hparams({k: v for k, v in counts.items()})

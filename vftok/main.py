@@ -1,0 +1,41 @@
+"""Entry point: `python -m vftok.main --config=configs/X.py --workdir=DIR`.
+
+Config fields can be overridden on the command line (`--config.train.total_steps=10`);
+unknown keys are rejected. The job is picked by `config.job`.
+"""
+import importlib
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics '
+                               'and pictures are written.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() first (TPU pods, '
+    'SLURM, multi-node GPU): one process per host.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+JOBS = ('train_tokenizer',)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  if config.job not in JOBS:
+    raise app.UsageError(f'unknown job {config.job!r}; choose from {JOBS}')
+  logging.info('JAX %s: %d processes, devices %s', jax.__version__,
+               jax.process_count(), jax.devices())
+  job = importlib.import_module(f'vftok.jobs.{config.job}')
+  job.run(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
