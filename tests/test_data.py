@@ -1,0 +1,300 @@
+"""Data layer: record schema, causal PCA codec, Grain pipeline, demo set."""
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from vftok import defaults
+from vftok.data import codecs
+from vftok.data import demo
+from vftok.data import pipeline
+from vftok.data import records
+
+
+def example(t=3, h=2, w=2, c=16, seed=0, label=7, frames=False,
+            dtype=np.float16):
+  rng = np.random.default_rng(seed)
+  ex = dict(latents=rng.normal(size=(t, h, w, c)).astype(dtype), label=label,
+            caption='a clip', source=f'vid:{seed}')
+  if frames:
+    f = 4 * (t - 1) + 1
+    ex['frames'] = rng.integers(0, 256, (f, 8 * h, 8 * w, 3), dtype=np.uint8)
+  return ex
+
+
+def psnr(a, b):
+  mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+  return 10 * np.log10(255.0 ** 2 / mse)
+
+
+# ---- records ----------------------------------------------------------------
+
+@pytest.mark.parametrize('dtype', [np.float16, np.float32])
+def test_record_round_trip(dtype):
+  ex = example(frames=True, dtype=dtype)
+  ex['repa_features'] = np.arange(3 * 2 * 2 * 5, dtype=np.float32).reshape(
+      3, 2, 2, 5)
+  out = records.deserialize(records.serialize(ex))
+  assert set(out) == set(ex)
+  for k in ('latents', 'frames', 'repa_features'):
+    assert out[k].dtype == ex[k].dtype and out[k].shape == ex[k].shape
+    np.testing.assert_array_equal(out[k], ex[k])
+  assert (out['label'], out['caption'], out['source']) == (7, 'a clip', 'vid:0')
+  with pytest.raises(ValueError, match='unknown record fields'):
+    records.serialize({**ex, 'pickle_me': object()})
+  with pytest.raises(ValueError, match='not a vftok latent record'):
+    records.deserialize(b'garbage')
+
+
+def test_write_records_is_atomic(tmp_path):
+  path = str(tmp_path / 'x.array_record')
+
+  def crashing():
+    yield example(seed=0)
+    yield example(seed=1)
+    raise RuntimeError('encoder died')
+
+  with pytest.raises(RuntimeError, match='encoder died'):
+    records.write_records(path, crashing())
+  assert not os.listdir(tmp_path)  # neither the file nor a temp file
+  bad = example(seed=2)
+  bad['latents'][0, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match='NaN'):
+    records.write_records(path, [example(), bad])
+  assert not os.listdir(tmp_path)
+  assert records.write_records(path, [example(seed=i) for i in range(3)]) == 3
+  assert os.listdir(tmp_path) == ['x.array_record']
+  got = records.read_records(str(tmp_path / '*.array_record'))
+  np.testing.assert_array_equal(got[2]['latents'], example(seed=2)['latents'])
+
+
+@pytest.mark.parametrize('change,match', [
+    (lambda ex: ex['latents'].__setitem__((1, 0, 0, 3), np.inf), 'NaN or Inf'),
+    (lambda ex: ex.update(latents=ex['latents'][..., :8]), '8 channels'),
+    (lambda ex: ex.update(latents=ex['latents'][0]), r'\[T, h, w, C\]'),
+    (lambda ex: ex.update(frames=ex['frames'][:5]), r'\(F-1\)/4\+1'),
+    (lambda ex: ex.update(frames=ex['frames'][:8]), '4n\\+1'),
+    (lambda ex: ex.pop('caption'), 'missing'),
+])
+def test_validate_example_errors(change, match):
+  ex = example(frames=True)
+  records.validate_example(ex)
+  change(ex)
+  with pytest.raises(ValueError, match=match):
+    records.validate_example(ex)
+
+
+# ---- codec ------------------------------------------------------------------
+
+def test_codec_contract_errors():
+  with pytest.raises(ValueError, match=r'4n\+1'):
+    codecs.check_clip_shape(16, 64, 64)
+  with pytest.raises(ValueError, match='multiples of 8'):
+    codecs.check_clip_shape(17, 60, 64)
+  codec = codecs.PatchPCACodec()
+  with pytest.raises(ValueError, match=r'4n\+1'):
+    codec.fit(np.zeros((1, 16, 64, 64, 3), np.uint8))
+  with pytest.raises(NotImplementedError, match='Using real VidTok latents'):
+    codecs.get_codec('vidtok')
+
+
+@pytest.fixture(scope='module')
+def bikes():
+  """8 clips of 9 real frames at 64x64 (random crops of bikes.mp4)."""
+  frames, _ = demo.decode_video(
+      os.path.join(demo.video_dir(), 'bikes.mp4'), 128)
+  rng = np.random.default_rng(0)
+  specs = demo._specs(rng, 1, frames[:120], 0, 120, 8, 9)
+  videos = {1: frames}
+  return np.stack([demo._clip(videos, s, 9, 64) for s in specs])
+
+
+def test_pca_codec_on_real_frames(bikes, tmp_path):
+  codec = codecs.PatchPCACodec().fit(bikes)
+  z = codec.encode(bikes[:1])
+  assert z.shape == (1, 3, 8, 8, 16) and z.dtype == np.float32
+  all_z = codec.encode(bikes).reshape(-1, 16)
+  # Whitened per patch type, so each channel is ~unit variance overall.
+  np.testing.assert_allclose(all_z.std(0), 1.0, atol=0.05)
+  np.testing.assert_allclose(all_z.mean(0), 0.0, atol=0.05)
+  recon = codec.decode(codec.encode(bikes))
+  assert recon.shape == bikes.shape and recon.min() >= 0 and recon.max() <= 255
+  assert psnr(recon, bikes) > 20
+  path = codec.save(str(tmp_path / 'codec.npz'))
+  assert os.listdir(tmp_path) == ['codec.npz']
+  np.testing.assert_array_equal(
+      codecs.get_codec('pca_offline', path).encode(bikes), codec.encode(bikes))
+  # Deterministic: a refit on the same data gives the same latents.
+  np.testing.assert_array_equal(
+      codecs.PatchPCACodec().fit(bikes).encode(bikes), codec.encode(bikes))
+
+
+def test_pca_codec_is_causal(bikes):
+  codec = codecs.PatchPCACodec().fit(bikes)
+  x = bikes[:1].copy()
+  y = x.copy()
+  y[:, 5:9] = 255 - y[:, 5:9]  # pixel frames 5..8 = latent frame 2
+  zx, zy = codec.encode(x), codec.encode(y)
+  np.testing.assert_array_equal(zx[:, :2], zy[:, :2])
+  assert not np.allclose(zx[:, 2], zy[:, 2])
+
+
+# ---- Grain pipeline ---------------------------------------------------------
+
+N = 40
+
+
+@pytest.fixture(scope='module')
+def record_dir(tmp_path_factory):
+  """N records (label = index) in 2 shards + a manifest with latent stats."""
+  d = tmp_path_factory.mktemp('records')
+  exs = [example(seed=i, label=i, dtype=np.float32) for i in range(N)]
+  records.write_records(str(d / 'train-0.array_record'), exs[:25])
+  records.write_records(str(d / 'train-1.array_record'), exs[25:])
+  records.write_manifest(str(d), dict(latent_mean=np.full(16, 0.5),
+                                      latent_std=np.full(16, 2.0)))
+  return d
+
+
+def data_config(record_dir, seed=0, batch=4):
+  c = defaults.tokenizer_config().data
+  c.kind, c.train_pattern = 'records', str(record_dir / 'train-*.array_record')
+  c.global_batch_size, c.shuffle_seed = batch, seed
+  return c
+
+
+def labels(it, n):
+  return [int(x) for _ in range(n) for x in next(it)['label']]
+
+
+def test_iterator_batches(record_dir):
+  it = pipeline.make_train_iterator(data_config(record_dir))
+  b = next(it)
+  assert b['latents'].shape == (4, 3, 2, 2, 16)
+  assert b['latents'].dtype == np.float32
+  assert b['label'].shape == (4,) and b['label'].dtype == np.int32
+  raw = example(seed=int(b['label'][0]), dtype=np.float32)['latents']
+  np.testing.assert_allclose(b['latents'][0], (raw - 0.5) / 2.0, rtol=1e-6)
+  # Every record once per epoch, in a shuffled order that depends on the seed.
+  epoch0 = [int(x) for x in b['label']] + labels(it, N // 4 - 1)
+  assert sorted(epoch0) == list(range(N)) and epoch0 != list(range(N))
+  other = labels(pipeline.make_train_iterator(data_config(record_dir, seed=1)),
+                 N // 4)
+  assert sorted(other) == list(range(N)) and other != epoch0
+  assert labels(it, N // 4) != epoch0  # next epoch: reshuffled
+
+
+def test_iterator_state_resumes_exactly(record_dir, tmp_path):
+  cfg = data_config(record_dir)
+  it = pipeline.make_train_iterator(cfg)
+  labels(it, 13)  # past one epoch
+  state = it.get_state()
+  want = [next(it) for _ in range(3)]
+  fresh = pipeline.make_train_iterator(cfg)
+  fresh.set_state(state)
+  for w in want:
+    got = next(fresh)
+    for k in w:
+      np.testing.assert_array_equal(got[k], w[k])
+  # The same through Orbax, as the train checkpoint stores it.
+  it = pipeline.make_train_iterator(cfg)
+  labels(it, 5)
+  with ocp.CheckpointManager(str(tmp_path), item_names=('data',)) as mgr:
+    mgr.save(5, args=ocp.args.Composite(
+        data=pipeline.checkpoint_args_save(it)))
+    mgr.wait_until_finished()
+    want = labels(it, 4)
+    fresh = pipeline.make_train_iterator(cfg)
+    mgr.restore(5, args=ocp.args.Composite(
+        data=pipeline.checkpoint_args_restore(fresh)))
+  assert labels(fresh, 4) == want
+
+
+def test_process_slices_are_disjoint_and_complete(record_dir):
+  cfg = data_config(record_dir)
+  one = labels(pipeline.make_train_iterator(cfg), N // 4)
+  parts = [labels(pipeline.make_train_iterator(
+      cfg, process_index=p, process_count=2), N // 4) for p in range(2)]
+  assert all(len(p) == N // 2 for p in parts)  # batch 4 / 2 processes
+  assert not set(parts[0]) & set(parts[1])
+  assert set(parts[0]) | set(parts[1]) == set(one) == set(range(N))
+  with pytest.raises(ValueError, match='divisible'):
+    pipeline.make_train_iterator(cfg, process_count=3)
+
+
+def test_resolve_and_global_batch(record_dir):
+  cfg = data_config(record_dir)
+  cfg.train_pattern = str(record_dir / 'nothing-*.array_record')
+  with pytest.raises(ValueError, match='matches no files'):
+    pipeline.resolve_patterns(cfg)
+  cfg = data_config(record_dir, batch=8)
+  data = pipeline.resolve_patterns(cfg)
+  np.testing.assert_allclose(data.latent_std, 2.0)
+  batch = next(pipeline.make_train_iterator(cfg, data))
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('data'))
+  g = pipeline.global_batch(batch, sharding)
+  assert g['latents'].shape == (8, 3, 2, 2, 16) and g['label'].shape == (8,)
+  np.testing.assert_array_equal(np.asarray(g['label']), batch['label'])
+
+
+# ---- demo set ---------------------------------------------------------------
+
+SMALL = dict(num_frames=9, resolution=32, max_clips_per_video=8,
+             eval_clips_per_video=2, clips_per_shard=16)
+
+
+def test_demo_build_failure_leaves_nothing(tmp_path, monkeypatch):
+  def boom(*a, **k):
+    raise RuntimeError('disk full')
+  monkeypatch.setattr(records, 'write_manifest', boom)
+  with pytest.raises(RuntimeError, match='disk full'):
+    demo.ensure_demo_dataset(str(tmp_path / 'demo'), **SMALL)
+  assert not os.listdir(tmp_path)
+
+
+def test_demo_dataset_builds_and_yields_batches(tmp_path):
+  root = str(tmp_path / 'demo')
+  paths = demo.ensure_demo_dataset(root, **SMALL)
+  m = paths.manifest
+  assert m['counts'] == {'train': 32, 'eval': 8} and m['codec'] == 'pca_offline'
+  assert m['latent_shape'] == [3, 4, 4, 16] and len(m['latent_std']) == 16
+  assert len(records.expand(paths.train_pattern)) == 2
+  assert sorted(os.listdir(tmp_path)) == ['demo']  # no temp dir left
+  assert demo.ensure_demo_dataset(root, **SMALL).manifest == m  # cached
+  with pytest.raises(ValueError, match='built with'):
+    demo.ensure_demo_dataset(root, **{**SMALL, 'resolution': 64})
+
+  # Eval clips come from a time range disjoint from every training clip.
+  split = {s['name']: s['train_frames'][1] for s in m['sources']}
+  train = records.read_records(paths.train_pattern)
+  evals = records.read_records(paths.eval_pattern)
+  for ex in train:
+    name, start = ex['source'].rsplit(':', 1)
+    assert int(start) + 9 <= split[name] and 'frames' not in ex
+  for ex in evals:
+    name, start = ex['source'].rsplit(':', 1)
+    assert int(start) >= split[name] and ex['frames'].shape == (9, 32, 32, 3)
+  assert {ex['label'] for ex in train} == {0, 1, 2, 3}
+
+  cfg = defaults.tokenizer_config().data
+  cfg.kind, cfg.root, cfg.num_frames, cfg.resolution = 'demo', root, 9, 32
+  cfg.global_batch_size = 4
+  data = pipeline.resolve_patterns(cfg)
+  b = next(pipeline.make_train_iterator(cfg, data))
+  assert b['latents'].shape == (4, 3, 4, 4, 16)
+  ev = pipeline.make_eval_batches(cfg, data, num_clips=8, batch_size=8)
+  assert ev[0]['frames'].shape == (8, 9, 32, 32, 3)
+  assert ev[0]['frames'].dtype == np.uint8
+  # Normalise -> denormalise -> decode reaches the held-out pixels.
+  codec = codecs.load_codec(data)
+  recon = codec.decode(pipeline.make_denormalizer(data)(ev[0]['latents']))
+  assert psnr(recon, ev[0]['frames']) > 18
+
+
+def test_demo_default_root(monkeypatch, tmp_path):
+  monkeypatch.setenv('VFTOK_DATA', str(tmp_path))
+  assert demo.default_root(17, 64) == str(tmp_path / 'demo-17x64')

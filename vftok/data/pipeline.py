@@ -1,0 +1,209 @@
+"""Grain input pipeline over latent records (records.py schema).
+
+    ArrayRecord files -> MapDataset.source -> shuffle(seed) -> repeat
+      -> [process_index::process_count] -> map(deserialize, normalise)
+      -> batch(global / processes) -> to_iter_dataset -> [mp_prefetch]
+
+Every step before `to_iter_dataset` is index-based, so the iterator's state is
+a position: `get_state()` / `set_state()` (and the Orbax args from
+`checkpoint_args_save` / `checkpoint_args_restore`) resume at exactly the next
+batch. Each epoch is shuffled differently; each process reads a disjoint
+slice and together they read every record of an epoch.
+
+Latents are normalised per channel with the manifest's mean / std (the flow
+decoder wants unit-scale targets); `make_denormalizer` inverts it before the
+codec decodes latents to pixels.
+"""
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import flags
+from absl import logging
+import grain
+import jax
+import numpy as np
+
+from vftok.data import demo
+from vftok.data import records
+
+TRAIN_FIELDS = ('latents', 'label', 'repa_features')
+EVAL_FIELDS = ('latents', 'label', 'frames')
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """A resolved data set: where its records are and how to read them."""
+  train_pattern: str
+  eval_pattern: str
+  manifest: Dict[str, Any]  # {} when the records come without one
+  codec_name: str = ''
+  codec_path: str = ''
+
+  def _stat(self, key):
+    v = self.manifest.get(key)
+    return None if v is None else np.asarray(v, np.float32)
+
+  @property
+  def latent_mean(self) -> Optional[np.ndarray]:
+    return self._stat('latent_mean')
+
+  @property
+  def latent_std(self) -> Optional[np.ndarray]:
+    return self._stat('latent_std')
+
+
+def resolve_patterns(data_config) -> Data:
+  """config.data -> Data; builds the demo set first if kind == 'demo'."""
+  kind = data_config.kind
+  if kind == 'demo':
+    p = demo.ensure_demo_dataset(data_config.root, data_config.num_frames,
+                                 data_config.resolution)
+    return Data(p.train_pattern, p.eval_pattern, p.manifest,
+                p.manifest['codec'], p.codec_path)
+  if kind != 'records':
+    raise ValueError(f"config.data.kind={kind!r}: must be 'records' or 'demo'")
+  train = data_config.train_pattern
+  files = records.expand(train) if train else []
+  if not files:
+    raise ValueError(f'config.data.train_pattern={train!r} matches no files '
+                     '(a glob of ArrayRecord files, see vftok/data/records.py)')
+  if data_config.eval_pattern and not records.expand(data_config.eval_pattern):
+    raise ValueError(f'config.data.eval_pattern={data_config.eval_pattern!r} '
+                     'matches no files')
+  directory = os.path.dirname(files[0])
+  manifest = {}
+  if os.path.exists(os.path.join(directory, records.MANIFEST)):
+    manifest = records.read_manifest(directory)
+  codec_path = manifest.get('codec_path', '')
+  return Data(train, data_config.eval_pattern, manifest,
+              manifest.get('codec', ''),
+              os.path.join(directory, codec_path) if codec_path else '')
+
+
+resolve = resolve_patterns
+
+
+class Prepare(grain.transforms.Map):
+  """Record bytes -> dict of the wanted fields, latents normalised."""
+
+  def __init__(self, fields: Sequence[str], mean=None, std=None):
+    self.fields = tuple(fields)
+    self.mean = None if mean is None else np.asarray(mean, np.float32)
+    self.std = None if std is None else np.asarray(std, np.float32)
+
+  def map(self, element: bytes) -> Dict[str, np.ndarray]:
+    ex = records.deserialize(element)
+    out = {}
+    for k in self.fields:
+      if k not in ex:
+        continue
+      v = ex[k]
+      if k == 'latents':
+        v = v.astype(np.float32)
+        if self.mean is not None:
+          v = (v - self.mean) / self.std
+      elif k == 'label':
+        v = np.int32(v)
+      elif k == 'repa_features':
+        v = v.astype(np.float32)
+      out[k] = v
+    return out
+
+
+def _stats(data, mean, std):
+  return (data.latent_mean if mean is None else mean,
+          data.latent_std if std is None else std)
+
+
+def make_train_iterator(data_config, data: Optional[Data] = None, *,
+                        process_index: int = 0, process_count: int = 1,
+                        latent_mean=None, latent_std=None
+                        ) -> grain.DatasetIterator:
+  """Infinite, shuffled iterator of this process's share of global batches.
+
+  Batches: `latents` float32 [b, T, h, w, C], `label` int32 [b] (and
+  `repa_features` if the records have them), b = global_batch_size /
+  process_count. Normalisation stats default to the data's manifest.
+  """
+  data = data or resolve_patterns(data_config)
+  gbs = data_config.global_batch_size
+  if gbs % process_count:
+    raise ValueError(f'global_batch_size={gbs} is not divisible by '
+                     f'{process_count} processes')
+  mean, std = _stats(data, latent_mean, latent_std)
+  source = grain.sources.ArrayRecordDataSource(
+      records.expand(data.train_pattern))
+  ds = grain.MapDataset.source(source)
+  ds = ds.shuffle(seed=data_config.shuffle_seed).repeat()
+  ds = ds[process_index::process_count]
+  ds = ds.map(Prepare(TRAIN_FIELDS, mean, std))
+  ds = ds.batch(gbs // process_count, drop_remainder=True)
+  # Threads overlap record reads with the step; order stays deterministic.
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=min(8, os.cpu_count() or 1),
+      prefetch_buffer_size=max(1, data_config.prefetch_buffer)))
+  if data_config.worker_count > 0:
+    if not flags.FLAGS.is_parsed():
+      # Grain's workers read absl flags; outside an absl app use defaults.
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=data_config.worker_count,
+        per_worker_buffer_size=max(1, data_config.prefetch_buffer)))
+  return iter(ds)
+
+
+def make_eval_batches(data_config, data: Optional[Data] = None, *,
+                      num_clips: int, batch_size: int
+                      ) -> List[Dict[str, np.ndarray]]:
+  """The first `num_clips` eval records, in file order, as batches.
+
+  Each batch: `latents` (normalised like training), `label`, `frames` uint8
+  [b, F, H, W, 3]. The last batch may be smaller.
+  """
+  data = data or resolve_patterns(data_config)
+  paths = records.expand(data.eval_pattern) if data.eval_pattern else []
+  if not paths:
+    raise ValueError(f'no eval records (eval_pattern={data.eval_pattern!r})')
+  source = grain.sources.ArrayRecordDataSource(paths)
+  n = min(num_clips, len(source))
+  if n < num_clips:
+    logging.warning('only %d eval clips available (asked for %d)', n,
+                    num_clips)
+  mean, std = _stats(data, None, None)
+  ds = grain.MapDataset.source(source)[:n].map(Prepare(EVAL_FIELDS, mean, std))
+  batches = list(ds.batch(batch_size))
+  if 'frames' not in batches[0]:
+    raise ValueError(f'eval records {data.eval_pattern!r} have no RGB '
+                     '`frames`: pixel metrics need them')
+  return batches
+
+
+def make_denormalizer(data: Data):
+  """-> fn(normalised latents) -> latents in the codec's own scale."""
+  mean, std = data.latent_mean, data.latent_std
+  if mean is None:
+    return lambda z: np.asarray(z, np.float32)
+  return lambda z: np.asarray(z, np.float32) * std + mean
+
+
+def global_batch(batch: Dict[str, np.ndarray], sharding
+                 ) -> Dict[str, jax.Array]:
+  """This process's rows -> global jax.Arrays laid out by `sharding`."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def checkpoint_args_save(it):
+  """Orbax args saving `it`'s position (one JSON file per process).
+
+  grain.checkpoint.CheckpointSave / CheckpointRestore (grain >= 0.2; older
+  releases: grain.python.PyGrainCheckpointSave) are registered with Orbax
+  when grain is imported.
+  """
+  return grain.checkpoint.CheckpointSave(it)
+
+
+def checkpoint_args_restore(it):
+  """Orbax args restoring `it` in place to the saved position."""
+  return grain.checkpoint.CheckpointRestore(it)

@@ -1,0 +1,216 @@
+"""The one latent-record schema: one ArrayRecord record = one clip.
+
+A record holds a clip already encoded by a 3D causal VAE (VidTok
+kl_causal_488_16chn contract: F = 4n + 1 RGB frames of H x W pixels become
+T = (F - 1) / 4 + 1 latent frames of H/8 x W/8 x C, C = 16):
+
+  latents        float16 | float32 [T, h, w, C]   finite
+  label          int                              class id, -1 if none
+  caption        str                              '' if none
+  source         str                              '<video id>:<start frame>'
+  frames         uint8 [F, H, W, 3] (optional)    RGB pixels of the clip
+                                                  (evaluation, REPA teachers)
+  repa_features  float16 | float32 [T, h', w', D] (optional)
+
+Byte layout (no pickle, readable without this code):
+
+  b'VFTK1' | uint32 little-endian header length | JSON header | array bytes
+
+The JSON header holds the scalar fields and, per array field,
+{"dtype": "<f2", "shape": [...], "offset": o, "nbytes": n} into the
+little-endian C-order array bytes that follow it.
+
+A directory of records carries `manifest.json` (`write_manifest`): counts,
+shapes, dtypes, the codec name, source fps, and the per-channel latent mean
+and std that the input pipeline normalises with.
+"""
+import glob
+import json
+import os
+import struct
+from typing import Any, Dict, Iterable, List, Optional
+
+from array_record.python import array_record_module
+import numpy as np
+
+MAGIC = b'VFTK1'
+MANIFEST = 'manifest.json'
+SCALARS = {'label': int, 'caption': str, 'source': str}
+ARRAYS = ('latents', 'frames', 'repa_features')
+REQUIRED = ('latents', 'label', 'caption', 'source')
+# Only plain numeric dtypes: a record can never smuggle in an object array.
+_DTYPES = {'latents': ('float16', 'float32'), 'frames': ('uint8',),
+           'repa_features': ('float16', 'float32')}
+# group_size:1 makes every record its own chunk: O(1) random access (Grain).
+WRITER_OPTIONS = 'group_size:1'
+
+
+def serialize(example: Dict[str, Any]) -> bytes:
+  """Example dict (see module docstring) -> record bytes."""
+  unknown = set(example) - set(SCALARS) - set(ARRAYS)
+  if unknown:
+    raise ValueError(f'unknown record fields {sorted(unknown)}; the schema has '
+                     f'{sorted(set(SCALARS) | set(ARRAYS))}')
+  header = {k: SCALARS[k](example[k]) for k in SCALARS if k in example}
+  chunks, offset = [], 0
+  for k in ARRAYS:
+    if example.get(k) is None:
+      continue
+    a = np.asarray(example[k])
+    if a.dtype.name not in _DTYPES[k]:
+      raise ValueError(f'{k} dtype {a.dtype} not in {_DTYPES[k]}')
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder('<'))
+    header[k] = {'dtype': a.dtype.str, 'shape': list(a.shape),
+                 'offset': offset, 'nbytes': a.nbytes}
+    chunks.append(a.tobytes())
+    offset += a.nbytes
+  head = json.dumps(header, separators=(',', ':')).encode()
+  return b''.join([MAGIC, struct.pack('<I', len(head)), head] + chunks)
+
+
+def deserialize(b: bytes) -> Dict[str, Any]:
+  """Record bytes -> example dict (arrays are writable numpy copies)."""
+  if b[:len(MAGIC)] != MAGIC:
+    raise ValueError(f'not a vftok latent record (magic {b[:len(MAGIC)]!r})')
+  start = len(MAGIC) + 4
+  (n,) = struct.unpack('<I', b[len(MAGIC):start])
+  header = json.loads(b[start:start + n])
+  body = memoryview(b)[start + n:]
+  out = {}
+  for k, v in header.items():
+    if k in ARRAYS:
+      dtype = np.dtype(v['dtype'])
+      if dtype.name not in _DTYPES[k]:
+        raise ValueError(f'{k} dtype {dtype} not in {_DTYPES[k]}')
+      raw = body[v['offset']:v['offset'] + v['nbytes']]
+      out[k] = np.frombuffer(raw, dtype).reshape(v['shape']).astype(
+          dtype.newbyteorder('='))
+    else:
+      out[k] = v
+  return out
+
+
+def validate_example(ex: Dict[str, Any], channels: Optional[int] = 16):
+  """Raises ValueError naming the first violation of the schema."""
+  missing = [k for k in REQUIRED if k not in ex]
+  if missing:
+    raise ValueError(f'record is missing fields {missing}')
+  lat = np.asarray(ex['latents'])
+  if lat.ndim != 4:
+    raise ValueError(f'latents must be [T, h, w, C], got shape {lat.shape}')
+  if lat.dtype.name not in _DTYPES['latents']:
+    raise ValueError(f'latents dtype {lat.dtype} not in {_DTYPES["latents"]}')
+  if channels is not None and lat.shape[-1] != channels:
+    raise ValueError(f'latents have {lat.shape[-1]} channels, expected '
+                     f'{channels} (VidTok kl_causal_488_16chn)')
+  if not np.all(np.isfinite(lat)):
+    raise ValueError(f'latents of {ex.get("source")!r} contain NaN or Inf')
+  for k, typ in SCALARS.items():
+    if not isinstance(ex[k], typ) and not (
+        typ is int and isinstance(ex[k], np.integer)):
+      raise ValueError(f'{k} must be {typ.__name__}, got '
+                       f'{type(ex[k]).__name__}')
+  t, h, w, _ = lat.shape
+  if ex.get('frames') is not None:
+    fr = np.asarray(ex['frames'])
+    if fr.ndim != 4 or fr.shape[-1] != 3 or fr.dtype != np.uint8:
+      raise ValueError(f'frames must be uint8 [F, H, W, 3], got {fr.dtype} '
+                       f'{fr.shape}')
+    f = fr.shape[0]
+    if (f - 1) % 4:
+      raise ValueError(f'{f} frames: must be 4n+1 (causal VAE contract)')
+    if (f - 1) // 4 + 1 != t:
+      raise ValueError(f'{t} latent frames but {f} pixel frames: expected '
+                       f'(F-1)/4+1 = {(f - 1) // 4 + 1}')
+    if fr.shape[1:3] != (8 * h, 8 * w):
+      raise ValueError(f'frames {fr.shape[1:3]} are not 8x latents {(h, w)}')
+  if ex.get('repa_features') is not None:
+    rf = np.asarray(ex['repa_features'])
+    if rf.ndim != 4 or rf.shape[0] != t:
+      raise ValueError(f'repa_features must be [T={t}, h, w, D], got '
+                       f'{rf.shape}')
+
+
+def write_records(path: str, examples: Iterable[Dict[str, Any]],
+                  channels: Optional[int] = 16) -> int:
+  """Validates and writes examples to one ArrayRecord file; -> count.
+
+  Atomic: written to `path.tmp-<pid>` and renamed, so `path` either holds
+  every example or does not exist (a failure removes the temp file).
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+  n = 0
+  try:
+    for ex in examples:
+      validate_example(ex, channels)
+      writer.write(serialize(ex))
+      n += 1
+    writer.close()
+    os.replace(tmp, path)
+  except BaseException:
+    if writer.is_open():
+      writer.close()
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return n
+
+
+def expand(path_or_pattern) -> List[str]:
+  """Glob (or list of globs) -> sorted existing file paths."""
+  pats = [path_or_pattern] if isinstance(path_or_pattern, str) else list(
+      path_or_pattern)
+  return sorted({p for pat in pats for p in glob.glob(os.path.expanduser(pat))})
+
+
+def read_records(path_or_pattern) -> List[Dict[str, Any]]:
+  """Reads every record of the matching files (small sets: all in memory)."""
+  paths = expand(path_or_pattern)
+  if not paths:
+    raise FileNotFoundError(f'no record files match {path_or_pattern!r}')
+  out = []
+  for p in paths:
+    reader = array_record_module.ArrayRecordReader(p)
+    try:
+      out.extend(deserialize(b) for b in reader.read_all())
+    finally:
+      reader.close()
+  return out
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def write_manifest(directory: str, manifest: Dict[str, Any]) -> str:
+  """Writes `directory/manifest.json` atomically; -> its path."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, MANIFEST)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(_jsonable(manifest), f, indent=2)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def read_manifest(directory: str) -> Dict[str, Any]:
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'no {MANIFEST} in {directory}')
+  with open(path) as f:
+    return json.load(f)
