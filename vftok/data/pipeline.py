@@ -39,6 +39,7 @@ class Data:
   manifest: Dict[str, Any]  # {} when the records come without one
   codec_name: str = ''
   codec_path: str = ''
+  normalize: str = 'global'  # config.data.normalize
 
   def _stat(self, key):
     v = self.manifest.get(key)
@@ -50,7 +51,17 @@ class Data:
 
   @property
   def latent_std(self) -> Optional[np.ndarray]:
-    return self._stat('latent_std')
+    """Per-channel divisor. 'global': one scale (the RMS of the channel
+    stds) for every channel, as SD3/FLUX scale VAE latents, so channels that
+    carry more energy keep more weight in the flow loss; 'per_channel':
+    every channel to unit variance."""
+    std = self._stat('latent_std')
+    if std is None or self.normalize == 'per_channel':
+      return std
+    if self.normalize != 'global':
+      raise ValueError(f"config.data.normalize={self.normalize!r}: must be "
+                       "'global' or 'per_channel'")
+    return np.full_like(std, np.sqrt(np.mean(np.square(std))))
 
 
 def resolve_patterns(data_config) -> Data:
@@ -60,7 +71,7 @@ def resolve_patterns(data_config) -> Data:
     p = demo.ensure_demo_dataset(data_config.root, data_config.num_frames,
                                  data_config.resolution)
     return Data(p.train_pattern, p.eval_pattern, p.manifest,
-                p.manifest['codec'], p.codec_path)
+                p.manifest['codec'], p.codec_path, data_config.normalize)
   if kind != 'records':
     raise ValueError(f"config.data.kind={kind!r}: must be 'records' or 'demo'")
   train = data_config.train_pattern
@@ -78,7 +89,8 @@ def resolve_patterns(data_config) -> Data:
   codec_path = manifest.get('codec_path', '')
   return Data(train, data_config.eval_pattern, manifest,
               manifest.get('codec', ''),
-              os.path.join(directory, codec_path) if codec_path else '')
+              os.path.join(directory, codec_path) if codec_path else '',
+              data_config.normalize)
 
 
 resolve = resolve_patterns

@@ -8,7 +8,6 @@ reported too: it is the ceiling the tokenizer can reach.
 import os
 from typing import Dict, List
 
-from absl import logging
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -65,7 +64,6 @@ class Evaluator:
     lines += [f'| {k} | {table[f"k={k}"]:.2f} |' for k in self.budgets]
     lines += [f'| codec only (ceiling) | {table["codec"]:.2f} |']
     text = '\n'.join(lines)
-    logging.info('reconstruction PSNR at step %d:\n%s', step, text)
     print(f'\nReconstruction PSNR at step {step} '
           f'({self.config.eval.num_clips} held-out clips):\n{text}\n', flush=True)
     self.writer.write_scalars(step, {f'eval/psnr_{n}': v for n, v in table.items()})

@@ -29,17 +29,23 @@ from vftok.data import pipeline
 from vftok.evals import reconstruction
 
 
-def run(config, workdir: str):
+def run(config, workdir: str, writer=None):
+  """Trains until config.train.total_steps (resuming if the workdir has a
+  checkpoint); returns the final train state."""
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, api.CONFIG_FILE), 'w') as f:
       f.write(config.to_json(indent=2))
-  writer = metric_writers.create_default_writer(
+  writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
   # ---- mesh ------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   logging.info('mesh: %s', dict(mesh.shape))
+  if config.data.global_batch_size % mesh.size:
+    raise ValueError(f'config.data.global_batch_size='
+                     f'{config.data.global_batch_size} must be divisible by '
+                     f'the {mesh.size} devices of the mesh')
 
   # ---- data ------------------------------------------------------------------
   data = pipeline.resolve(config.data)
@@ -67,7 +73,7 @@ def run(config, workdir: str):
 
   # ---- restore ---------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), keep=config.train.keep_checkpoints,
+      os.path.join(workdir, train_state.CHECKPOINT_DIR), keep=config.train.keep_checkpoints,
       save_every=config.train.checkpoint_every)
   restored, start = ckpt.restore(
       checkpoint.abstract_like(state), data_iter=train_iter)

@@ -22,11 +22,9 @@ _kernel_init = nn.initializers.xavier_uniform()
 
 def dense(features, axes, name, dtype, use_bias=False, zero_init=False,
           in_axis=-1):
+  # DenseGeneral flattens its kernel to 2-D (inputs, outputs) before calling
+  # the initializer, so xavier sees the true fan-in / fan-out.
   init = nn.initializers.zeros_init() if zero_init else _kernel_init
-  if in_axis != -1:  # DenseGeneral over several input dims (e.g. heads, dim)
-    init = nn.initializers.zeros_init() if zero_init else (
-        nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform',
-                                         in_axis=in_axis, out_axis=-1))
   return nn.DenseGeneral(
       features, axis=in_axis, use_bias=use_bias, dtype=dtype, name=name,
       kernel_init=nn.with_logical_partitioning(init, axes),
