@@ -13,14 +13,4 @@ from vftok import defaults
 
 
 def get_config(arg=None):
-  config = defaults.set_depths(defaults.tokenizer_config(), 18, 18)
-  config.data.resolution = 128
-  config.data.global_batch_size = 512
-  config.model.latent_size = (16, 16)
-  config.model.repa_layer = 1
-  config.model.repa_dim = 1024
-  config.train.total_steps = defaults.steps_for_tokens(config, 400e9)
-  config.optim.warmup_steps = defaults.steps_for_tokens(config, 4e9)
-  if arg == 'runlocal':
-    defaults.runlocal(config)
-  return config
+  return defaults.paper_tokenizer(18, 18, resolution=128, arg=arg)

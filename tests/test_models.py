@@ -212,3 +212,12 @@ def test_paper_config_parameter_counts(name, enc, dec):
   assert abs(layers.transformer_param_count(shapes['encoder']) - enc) < 0.1e6
   assert abs(layers.transformer_param_count(shapes['decoder']) - dec) < tol
   assert abs(layers.adaln_param_count(shapes['decoder']) - dec) < tol
+
+
+def test_fsq_skip_rounding_passes_bounded_values_per_sample():
+  z = jnp.array([[[0.3, -0.2, 0.1, 0.05, 0.4, -0.6]]] * 2)  # [2, 1, 6]
+  q = fsq.quantize(z, skip_rounding=jnp.array([[True], [False]]))
+  lv = np.array(fsq.DEFAULT_LEVELS)
+  np.testing.assert_allclose(q[0], fsq.bound(z[0]) / (lv // 2), rtol=1e-6)
+  np.testing.assert_allclose(q[1], fsq.quantize(z[1]))
+  assert not np.allclose(q[0], q[1])

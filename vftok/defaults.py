@@ -40,6 +40,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.head_dim = 64                    # heads = width / 64 = depth
   m.mlp_ratio = 4.0
   m.fsq_levels = (8, 8, 8, 5, 5, 5)  # 64000 codes
+  m.fsq_drop_quant_p = 0.0           # per sample: pass FSQ input unrounded
   m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
   m.uncond_prob = 0.1                # all registers masked (for CFG)
   m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'
@@ -94,6 +95,28 @@ def set_depths(config, enc_depth: int, dec_depth: int):
   m.enc_depth, m.dec_depth = enc_depth, dec_depth
   m.enc_width, m.dec_width = 64 * enc_depth, 64 * dec_depth
   m.head_dim = 64
+  return config
+
+
+def paper_tokenizer(enc_depth: int, dec_depth: int, resolution: int,
+                    patch_size=(1, 1, 1), batch: int = 512,
+                    train_tokens: float = 400e9, arg=None):
+  """A Table 5 tokenizer: 17 x resolution^2 clips, lengths in tokens
+  (warmup 4B), REPA with DINOv2-L (1024-d) on decoder layer 1.
+  arg='runlocal' shrinks it to a CPU smoke test on the demo data."""
+  config = set_depths(tokenizer_config(), enc_depth, dec_depth)
+  config.data.resolution = resolution
+  config.data.global_batch_size = batch
+  config.model.latent_size = (resolution // 8, resolution // 8)
+  config.model.patch_size = tuple(patch_size)
+  config.model.repa_layer = 1
+  config.model.repa_dim = 1024
+  config.train.total_steps = steps_for_tokens(config, train_tokens)
+  config.optim.warmup_steps = steps_for_tokens(config, 4e9)
+  if arg == 'runlocal':
+    runlocal(config)
+  elif arg:
+    raise ValueError(f'unknown config argument {arg!r} (only "runlocal")')
   return config
 
 

@@ -10,10 +10,11 @@ frames <= 4i (time-causal: frame 0 alone, then groups of 4).
   'vidtok'       the real VidTok VAE: not implemented yet (a later issue).
 """
 import abc
-import os
 from typing import Iterable, Union
 
 import numpy as np
+
+from vftok.data import records
 
 CHANNELS = 16
 _VIDTOK_HELP = (
@@ -182,16 +183,8 @@ class PatchPCACodec(LatentCodec):
   def save(self, path: str) -> str:
     """Writes the parameters to `path` (.npz) atomically."""
     self._check()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-      with open(tmp, 'wb') as f:
-        np.savez(f, name=np.array(self.name), **self.params)
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    with records.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+      np.savez(f, name=np.array(self.name), **self.params)
     return path
 
   @classmethod

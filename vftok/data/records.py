@@ -24,6 +24,7 @@ A directory of records carries `manifest.json` (`write_manifest`): counts,
 shapes, dtypes, the codec name, source fps, and the per-channel latent mean
 and std that the input pipeline normalises with.
 """
+import contextlib
 import glob
 import json
 import os
@@ -131,30 +132,38 @@ def validate_example(ex: Dict[str, Any], channels: Optional[int] = 16):
                        f'{rf.shape}')
 
 
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temp path beside `path`, renamed to `path` if the block
+  succeeds and removed if it fails: readers never see a half-written file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 def write_records(path: str, examples: Iterable[Dict[str, Any]],
                   channels: Optional[int] = 16) -> int:
   """Validates and writes examples to one ArrayRecord file; -> count.
 
-  Atomic: written to `path.tmp-<pid>` and renamed, so `path` either holds
-  every example or does not exist (a failure removes the temp file).
+  Atomic (`atomic_path`): `path` either holds every example or does not exist.
   """
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
   n = 0
-  try:
-    for ex in examples:
-      validate_example(ex, channels)
-      writer.write(serialize(ex))
-      n += 1
-    writer.close()
-    os.replace(tmp, path)
-  except BaseException:
-    if writer.is_open():
-      writer.close()
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_path(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+    try:
+      for ex in examples:
+        validate_example(ex, channels)
+        writer.write(serialize(ex))
+        n += 1
+    finally:
+      if writer.is_open():
+        writer.close()
   return n
 
 
@@ -194,17 +203,9 @@ def _jsonable(x):
 
 def write_manifest(directory: str, manifest: Dict[str, Any]) -> str:
   """Writes `directory/manifest.json` atomically; -> its path."""
-  os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, MANIFEST)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      json.dump(_jsonable(manifest), f, indent=2)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_path(path) as tmp, open(tmp, 'w') as f:
+    json.dump(_jsonable(manifest), f, indent=2)
   return path
 
 

@@ -55,8 +55,9 @@ class Decoder(nn.Module):
                      use_bias=True)(patches)
     x = x + layers.learned('pos_patch', (n, self.width), ('length', 'embed'),
                            self).astype(self.dtype)
-    x = jnp.concatenate([regs, x], axis=2)
+    # As in the encoder, frame position goes on the patches only.
     x = x + layers.sincos(jnp.arange(t_frames), self.width)[None, :, None].astype(self.dtype)
+    x = jnp.concatenate([regs, x], axis=2)
     x = x.reshape(b, t_frames * (k + n), self.width)
 
     cond = layers.TimeEmbedding(self.width, self.dtype, name='time_embed')(t)

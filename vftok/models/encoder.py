@@ -29,8 +29,11 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, latents):
-    """latents [B, T, H, W, C] -> (codes [B, T', K, D] in [-1, 1), pre-quant z)."""
+  def __call__(self, latents, skip_rounding=None):
+    """latents [B, T, H, W, C] -> (codes [B, T', K, D] in [-1, 1], pre-quant z).
+
+    skip_rounding: bool [B, 1, 1] or None (see fsq.quantize); training only.
+    """
     patches = layers.patchify(latents.astype(self.dtype), self.patch_size)
     b, t, n, _ = patches.shape
     k = self.registers
@@ -38,10 +41,14 @@ class Encoder(nn.Module):
                      use_bias=True)(patches)
     x = x + layers.learned('pos_patch', (n, self.width), ('length', 'embed'),
                            self).astype(self.dtype)
+    # Frame position on the patches only: a register's content should be what
+    # it reads from its frame (the mask already ties it to that frame); a
+    # large constant added to every register drowns that signal at init and
+    # the codes collapse to one value.
+    x = x + layers.sincos(jnp.arange(t), self.width)[None, :, None].astype(self.dtype)
     regs = layers.learned('registers', (k, self.width), ('registers', 'embed'),
                           self).astype(self.dtype)
     x = jnp.concatenate([x, jnp.broadcast_to(regs, (b, t, k, self.width))], axis=2)
-    x = x + layers.sincos(jnp.arange(t), self.width)[None, :, None].astype(self.dtype)
     x = x.reshape(b, t * (n + k), self.width)
 
     layout = masks.interleaved(t, n, k, registers_first=False)
@@ -53,4 +60,5 @@ class Encoder(nn.Module):
     x = x.reshape(b, t, n + k, self.width)[:, :, n:]
     z = layers.dense(len(self.fsq_levels), ('embed', 'codes'), 'to_codes',
                      jnp.float32, use_bias=True)(x)
-    return fsq.quantize(z.astype(jnp.float32), self.fsq_levels), z
+    return (fsq.quantize(z.astype(jnp.float32), self.fsq_levels, skip_rounding),
+            z)

@@ -47,15 +47,25 @@ def _round_ste(x):
   return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
 
-def quantize(z, levels: Sequence[int] = DEFAULT_LEVELS):
-  """float [..., D] -> codes [..., D] in [-1, 1) (straight-through gradient)."""
+def quantize(z, levels: Sequence[int] = DEFAULT_LEVELS, skip_rounding=None):
+  """float [..., D] -> codes [..., D] in [-1, 1] (straight-through gradient).
+
+  skip_rounding: optional bool broadcastable to z[..., 0] (training only):
+  where True, the bounded value is passed unrounded ("drop_quant_p" of the
+  official release), so the decoder sees the encoder's small variations
+  before they are large enough to change a code.
+  """
   lv = _levels(levels)
   z = jnp.asarray(z)
   if z.shape[-1] != len(lv):
     raise ValueError(f'FSQ input has {z.shape[-1]} channels; levels {tuple(lv)} '
                      f'need {len(lv)}')
   half_width = (lv // 2).astype(np.float32)
-  return (_round_ste(bound(z, lv)) / half_width).astype(z.dtype)
+  bounded = bound(z, lv)
+  rounded = _round_ste(bounded)
+  if skip_rounding is not None:
+    rounded = jnp.where(jnp.asarray(skip_rounding)[..., None], bounded, rounded)
+  return (rounded / half_width).astype(z.dtype)
 
 
 def _basis(lv):

@@ -28,8 +28,8 @@ class VideoFlexTok(nn.Module):
   decoder: decoder_lib.Decoder
   repa_head: repa_lib.RepaHead
 
-  def encode(self, latents):
-    return self.encoder(latents)
+  def encode(self, latents, skip_rounding=None):
+    return self.encoder(latents, skip_rounding)
 
   def decode(self, codes, keep, x_t, t):
     return self.decoder(codes, keep, x_t, t)
@@ -113,13 +113,16 @@ def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
   m = model_config
   x = batch['latents'].astype(jnp.float32)
   b = x.shape[0]
-  r_keep, r_t, r_eps = jax.random.split(rng, 3)
+  r_keep, r_t, r_eps, r_q = jax.random.split(rng, 4)
   keep = sample_keep(r_keep, b, m.registers, m.nested_dropout, m.uncond_prob)
   t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift)
   eps = jax.random.normal(r_eps, x.shape)
   x_t = flow.add_noise(x, eps, t)
 
-  codes, _ = model.apply(params, x, method=VideoFlexTok.encode)
+  skip = None
+  if m.fsq_drop_quant_p > 0:
+    skip = jax.random.bernoulli(r_q, m.fsq_drop_quant_p, (b, 1, 1))
+  codes, _ = model.apply(params, x, skip, method=VideoFlexTok.encode)
   velocity, hidden = model.apply(params, codes, keep, x_t, t,
                                  method=VideoFlexTok.decode)
   flow_loss = jnp.mean(jnp.square(velocity - flow.velocity_target(x, eps)))
