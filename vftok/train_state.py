@@ -9,7 +9,6 @@ import os
 from typing import Any, Callable, Dict, Tuple
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax

@@ -10,7 +10,6 @@ config differs. Everything written to the workdir:
   recon_<step>.png       reconstructions at token budgets 1, 2, 4, ..., K
   psnr_<step>.md         PSNR per token budget
 """
-import json
 import os
 import time
 
