@@ -9,6 +9,7 @@ import pytest
 from vftok import defaults
 from vftok import optim
 from vftok import sharding
+from vftok.models import layers
 
 
 def optim_config(**overrides):
@@ -154,10 +155,10 @@ def test_clipping_bounds_gradient():
 
 def test_count_params():
   boxed = Toy(128).init(jax.random.key(0), jnp.zeros((1, 4)))
-  total = optim.count_params(boxed)
+  total = layers.count_params(boxed)
   assert total == sum(x.size for x in jax.tree.leaves(sharding.unbox(boxed)))
-  assert optim.count_params(boxed) == optim.count_params(abstract(128))
-  kernels = optim.count_params(boxed, lambda path, _: path.endswith('kernel'))
+  assert layers.count_params(boxed) == layers.count_params(abstract(128))
+  kernels = layers.count_params(boxed, lambda path, _: path.endswith('kernel'))
   p = sharding.unbox(boxed)['params']
   assert kernels == sum(p[n]['kernel'].size for n in
                         ('embed_in', 'query', 'out', 'fc1', 'fc2', 'fsq_in'))

@@ -17,12 +17,11 @@ output is heads x head_dim. Fan-in is the product of all other axes. Unboxed
 leaves (no names) use the last-axis rule.
 """
 import math
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 
@@ -155,34 +154,3 @@ def make_optimizer(optim_config, total_steps: int, params,
     chain.append(scale_by_tree(mup_lr_multipliers(params, base_params)))
   chain.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*chain), schedule
-
-
-def count_params(tree, predicate: Optional[Callable[[str, Any], bool]] = None
-                 ) -> int:
-  """Number of scalars in `tree` (boxed or not).
-
-  `predicate(path, leaf)` selects leaves; path is '/'-joined keys, e.g.
-  'params/encoder/block_0/mlp/fc1/kernel'.
-  """
-  leaves, _ = jax.tree_util.tree_flatten_with_path(_strip(tree))
-  total = 0
-  for path, x in leaves:
-    if predicate is not None and not predicate(_path_str(path), x):
-      continue
-    total += int(np.prod(np.shape(x)))
-  return total
-
-
-def _strip(tree):
-  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree,
-                      is_leaf=_is_box)
-
-
-def _path_str(path) -> str:
-  parts = []
-  for k in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return '/'.join(parts)

@@ -16,7 +16,6 @@ import time
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -26,6 +25,7 @@ from vftok import sharding
 from vftok import train_state
 from vftok.data import pipeline
 from vftok.evals import reconstruction
+from vftok.models import layers
 
 
 def run(config, workdir: str, writer=None):
@@ -120,13 +120,12 @@ def run(config, workdir: str, writer=None):
 
 
 def _log_param_counts(params, writer):
-  from vftok.models import layers
-  p = nn.meta.unbox(params)['params']
+  p = params['params']
   counts = {
       'params/encoder_transformer': layers.transformer_param_count(p['encoder']),
       'params/decoder_transformer': layers.transformer_param_count(p['decoder']),
       'params/decoder_adaln': layers.adaln_param_count(p['decoder']),
-      'params/total': sum(int(np.prod(x.shape)) for x in jax.tree.leaves(p)),
+      'params/total': layers.count_params(p),
   }
   for k, v in counts.items():
     logging.info('%s: %.1fM', k, v / 1e6)

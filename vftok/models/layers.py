@@ -8,7 +8,7 @@ implementation can be chosen without touching the model.
 Linear layers have no biases and norms no learned shift: with them the block
 parameter count is 12 * width^2 per layer, the count in Table 5 of the paper.
 """
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import einops
 import flax.linen as nn
@@ -167,22 +167,31 @@ def unpatchify(tokens, patch_size, grid_hw):
                           h=grid_hw[0], w=grid_hw[1], pt=pt, ph=ph, pw=pw)
 
 
+def count_params(tree, predicate: Optional[Callable[[str, Any], bool]] = None
+                 ) -> int:
+  """Number of scalars in `tree` (boxed or not, arrays or ShapeDtypeStructs).
+
+  `predicate(path, leaf)` selects leaves; path is '/'-joined keys, e.g.
+  'params/encoder/blocks_0/mlp/fc1/kernel'.
+  """
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  tree = jax.tree.map(lambda x: x.value if is_box(x) else x, tree,
+                      is_leaf=is_box)
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+    if predicate is None or predicate(name, leaf):
+      total += int(np.prod(np.shape(leaf)))
+  return total
+
+
 def transformer_param_count(params) -> int:
   """Parameters of Transformer blocks, excluding adaLN modulation (Table 5)."""
-  return _count(params, lambda path: 'blocks_' in path and 'adaln' not in path)
+  return count_params(params, lambda p, _: 'blocks_' in p and 'adaln' not in p)
 
 
 def adaln_param_count(params) -> int:
-  return _count(params, lambda path: 'blocks_' in path and 'adaln' in path)
-
-
-def _count(params, keep):
-  total = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
-    if keep(name):
-      total += int(np.prod(leaf.shape))
-  return total
+  return count_params(params, lambda p, _: 'blocks_' in p and 'adaln' in p)
 
 
 def optional_dtype(name: Optional[str]):
