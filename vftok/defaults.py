@@ -41,6 +41,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.mlp_ratio = 4.0
   m.fsq_levels = (8, 8, 8, 5, 5, 5)  # 64000 codes
   m.fsq_drop_quant_p = 0.0           # per sample: pass FSQ input unrounded
+  m.fsq_readout_scale = 1.0          # z = scale * Linear(h); see encoder.py
   m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
   m.uncond_prob = 0.1                # all registers masked (for CFG)
   m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'

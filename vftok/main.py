@@ -20,7 +20,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'SLURM, multi-node GPU): one process per host.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-JOBS = ('train_tokenizer',)
+JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset')
 
 
 def main(argv):

@@ -7,9 +7,11 @@ frames <= 4i (time-causal: frame 0 alone, then groups of 4).
 
   'pca_offline'  PatchPCACodec: embedded, fitted on the data, no weights to
                  download; what the demo uses.
-  'vidtok'       the real VidTok VAE: not implemented yet (a later issue).
+  'vidtok'       VidTokCodec: the real VidTok VAE (PyTorch), an optional
+                 extra loaded lazily from a local checkpoint.
 """
 import abc
+import os
 from typing import Iterable, Union
 
 import numpy as np
@@ -17,11 +19,14 @@ import numpy as np
 from vftok.data import records
 
 CHANNELS = 16
-_VIDTOK_HELP = (
-    "the 'vidtok' codec (real VidTok kl_causal_488_16chn weights) is not "
-    "implemented yet: encode your clips with VidTok yourself and write them "
-    "with vftok.data.records.write_records (see the README section 'Using "
-    "real VidTok latents'); the demo uses the offline codec 'pca_offline'.")
+VIDTOK_CHECKPOINT = 'vidtok_kl_causal_488_16chn.ckpt'
+_VIDTOK_INSTALL = (
+    "the 'vidtok' codec needs PyTorch and the VidTok code ({missing}). "
+    'Install them: pip install torch omegaconf einops lightning safetensors; '
+    'git clone https://github.com/microsoft/VidTok and put the clone on '
+    'PYTHONPATH; download checkpoints/' + VIDTOK_CHECKPOINT + ' from '
+    'https://huggingface.co/microsoft/VidTok and pass its path '
+    "(config.codec_path). Without them, use the offline codec 'pca_offline'.")
 
 
 def check_clip_shape(f: int, h: int, w: int):
@@ -196,12 +201,81 @@ class PatchPCACodec(LatentCodec):
       return cls(**{k: z[k] for k in cls._KEYS})
 
 
-def get_codec(name: str, path: str = '') -> LatentCodec:
-  """Codec by name; `path`: its saved parameters (pca_offline: .npz)."""
+class CodecUnavailableError(ImportError):
+  """An optional codec's dependencies are not installed."""
+
+
+def _import_vidtok():
+  """-> (torch, OmegaConf, instantiate_from_config), imported on first use."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from omegaconf import OmegaConf  # pylint: disable=g-import-not-at-top
+    from vidtok.modules import util  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CodecUnavailableError(_VIDTOK_INSTALL.format(
+        missing=f'missing module {e.name!r}')) from e
+  return torch, OmegaConf, util.instantiate_from_config
+
+
+class VidTokCodec(LatentCodec):
+  """VidTok kl_causal_488_16chn (PyTorch) behind the LatentCodec interface.
+
+  `checkpoint`: a local .ckpt; `config`: its VidTok yaml (default: the file of
+  the same name in the VidTok clone's configs/). Latents are what VidTok's
+  `model.encode` returns (for the KL models, a posterior sample, as VidTok's
+  own pipelines use them). Untested here: it needs the weights and torch.
+  """
+
+  name = 'vidtok'
+
+  def __init__(self, checkpoint: str, config: str = '', device: str = ''):
+    torch, omega, instantiate = _import_vidtok()
+    if not checkpoint or not os.path.exists(checkpoint):
+      raise ValueError(f'VidTok checkpoint {checkpoint!r} not found: download '
+                       f'checkpoints/{VIDTOK_CHECKPOINT} from '
+                       'https://huggingface.co/microsoft/VidTok and pass its '
+                       'path (config.codec_path)')
+    if not config:
+      import vidtok  # pylint: disable=g-import-not-at-top
+      repo = os.path.dirname(os.path.dirname(os.path.abspath(vidtok.__file__)))
+      name = os.path.splitext(os.path.basename(checkpoint))[0] + '.yaml'
+      config = os.path.join(repo, 'configs', name)
+    cfg = omega.load(config)
+    cfg.model.params.ckpt_path = checkpoint
+    cfg.model.params.ignore_keys = []
+    cfg.model.params.verbose = False
+    self.torch = torch
+    self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    self.model = instantiate(cfg.model).to(self.device).eval()
+
+  def encode(self, frames) -> np.ndarray:
+    torch = self.torch
+    x = torch.from_numpy(_frames5d(frames)).to(self.device)
+    x = x.permute(0, 4, 1, 2, 3) / 127.5 - 1.0  # [B, 3, F, H, W], -1..1
+    with torch.no_grad():
+      z = self.model.encode(x)
+    z = z.float().permute(0, 2, 3, 4, 1).cpu().numpy()  # [B, T, h, w, C]
+    if z.shape[-1] != CHANNELS:
+      raise ValueError(f'the VidTok model gives {z.shape[-1]} channels, not '
+                       f'{CHANNELS}: use {VIDTOK_CHECKPOINT}')
+    return z
+
+  def decode(self, latents) -> np.ndarray:
+    torch = self.torch
+    z = torch.from_numpy(np.asarray(latents, np.float32)).to(self.device)
+    with torch.no_grad():
+      x = self.model.decode(z.permute(0, 4, 1, 2, 3))
+    x = (x.float().clamp(-1, 1) + 1) * 127.5
+    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def get_codec(name: str, path: str = '', **options) -> LatentCodec:
+  """Codec by name; `path`: its saved parameters (pca_offline: .npz; vidtok:
+  the .ckpt, `options`: VidTokCodec's config / device)."""
   if name == PatchPCACodec.name:
     return PatchPCACodec.load(path) if path else PatchPCACodec()
-  if name == 'vidtok':
-    raise NotImplementedError(_VIDTOK_HELP)
+  if name == VidTokCodec.name:
+    return VidTokCodec(path, **options)
   raise ValueError(f"unknown codec {name!r}; choose 'pca_offline' or 'vidtok'")
 
 

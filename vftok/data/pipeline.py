@@ -13,6 +13,10 @@ slice and together they read every record of an epoch.
 Latents are normalised per channel with the manifest's mean / std (the flow
 decoder wants unit-scale targets); `make_denormalizer` inverts it before the
 codec decodes latents to pixels.
+
+Token records (jobs/tokenize_dataset.py, for the AR model) are read the same
+way by `make_token_iterator`: `tokens` int32 [b, T, K], `label`, and on
+request `caption` (numpy str array).
 """
 import dataclasses
 import os
@@ -29,6 +33,7 @@ from vftok.data import records
 
 TRAIN_FIELDS = ('latents', 'label', 'repa_features')
 EVAL_FIELDS = ('latents', 'label', 'frames')
+TOKEN_FIELDS = ('tokens', 'label')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +124,8 @@ class Prepare(grain.transforms.Map):
         v = np.int32(v)
       elif k == 'repa_features':
         v = v.astype(np.float32)
+      elif k == 'tokens':
+        v = v.astype(np.int32)
       out[k] = v
     return out
 
@@ -139,17 +146,43 @@ def make_train_iterator(data_config, data: Optional[Data] = None, *,
   process_count. Normalisation stats default to the data's manifest.
   """
   data = data or resolve_patterns(data_config)
+  mean, std = _stats(data, latent_mean, latent_std)
+  return _shuffled_batches(records.expand(data.train_pattern), data_config,
+                           Prepare(TRAIN_FIELDS, mean, std), process_index,
+                           process_count)
+
+
+def make_token_iterator(data_config, pattern: str = '', *,
+                        fields: Sequence[str] = TOKEN_FIELDS,
+                        process_index: int = 0, process_count: int = 1
+                        ) -> grain.DatasetIterator:
+  """`make_train_iterator` for token records (jobs/tokenize_dataset.py).
+
+  Reads `pattern` (default data_config.train_pattern). Batches: `tokens`
+  int32 [b, T, K], `label` int32 [b] (add 'caption' to `fields` for a numpy
+  str array [b]), b = global_batch_size / process_count. Infinite, shuffled
+  per epoch, checkpointable like the latent iterator.
+  """
+  pattern = pattern or data_config.train_pattern
+  paths = records.expand(pattern) if pattern else []
+  if not paths:
+    raise ValueError(f'token record pattern {pattern!r} matches no files')
+  return _shuffled_batches(paths, data_config, Prepare(fields), process_index,
+                           process_count)
+
+
+def _shuffled_batches(paths, data_config, prepare, process_index,
+                      process_count) -> grain.DatasetIterator:
+  """source -> shuffle -> repeat -> process slice -> prepare -> batch."""
   gbs = data_config.global_batch_size
   if gbs % process_count:
     raise ValueError(f'global_batch_size={gbs} is not divisible by '
                      f'{process_count} processes')
-  mean, std = _stats(data, latent_mean, latent_std)
-  source = grain.sources.ArrayRecordDataSource(
-      records.expand(data.train_pattern))
+  source = grain.sources.ArrayRecordDataSource(paths)
   ds = grain.MapDataset.source(source)
   ds = ds.shuffle(seed=data_config.shuffle_seed).repeat()
   ds = ds[process_index::process_count]
-  ds = ds.map(Prepare(TRAIN_FIELDS, mean, std))
+  ds = ds.map(prepare)
   ds = ds.batch(gbs // process_count, drop_remainder=True)
   # Threads overlap record reads with the step; order stays deterministic.
   ds = ds.to_iter_dataset(grain.ReadOptions(

@@ -1,4 +1,4 @@
-"""The one latent-record schema: one ArrayRecord record = one clip.
+"""The record schema: one ArrayRecord record = one clip.
 
 A record holds a clip already encoded by a 3D causal VAE (VidTok
 kl_causal_488_16chn contract: F = 4n + 1 RGB frames of H x W pixels become
@@ -11,6 +11,11 @@ T = (F - 1) / 4 + 1 latent frames of H/8 x W/8 x C, C = 16):
   frames         uint8 [F, H, W, 3] (optional)    RGB pixels of the clip
                                                   (evaluation, REPA teachers)
   repa_features  float16 | float32 [T, h', w', D] (optional)
+
+A token record (written by jobs/tokenize_dataset.py, read by the AR trainer)
+holds the same scalars and, instead of latents, the tokenizer's ids:
+
+  tokens         uint16 [T, K]                    FSQ ids, K tokens per frame
 
 Byte layout (no pickle, readable without this code):
 
@@ -29,7 +34,7 @@ import glob
 import json
 import os
 import struct
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from array_record.python import array_record_module
 import numpy as np
@@ -37,11 +42,12 @@ import numpy as np
 MAGIC = b'VFTK1'
 MANIFEST = 'manifest.json'
 SCALARS = {'label': int, 'caption': str, 'source': str}
-ARRAYS = ('latents', 'frames', 'repa_features')
+ARRAYS = ('latents', 'frames', 'repa_features', 'tokens')
 REQUIRED = ('latents', 'label', 'caption', 'source')
+TOKEN_REQUIRED = ('tokens', 'label', 'caption', 'source')
 # Only plain numeric dtypes: a record can never smuggle in an object array.
 _DTYPES = {'latents': ('float16', 'float32'), 'frames': ('uint8',),
-           'repa_features': ('float16', 'float32')}
+           'repa_features': ('float16', 'float32'), 'tokens': ('uint16',)}
 # group_size:1 makes every record its own chunk: O(1) random access (Grain).
 WRITER_OPTIONS = 'group_size:1'
 
@@ -106,11 +112,7 @@ def validate_example(ex: Dict[str, Any], channels: Optional[int] = 16):
                      f'{channels} (VidTok kl_causal_488_16chn)')
   if not np.all(np.isfinite(lat)):
     raise ValueError(f'latents of {ex.get("source")!r} contain NaN or Inf')
-  for k, typ in SCALARS.items():
-    if not isinstance(ex[k], typ) and not (
-        typ is int and isinstance(ex[k], np.integer)):
-      raise ValueError(f'{k} must be {typ.__name__}, got '
-                       f'{type(ex[k]).__name__}')
+  _validate_scalars(ex)
   t, h, w, _ = lat.shape
   if ex.get('frames') is not None:
     fr = np.asarray(ex['frames'])
@@ -132,6 +134,33 @@ def validate_example(ex: Dict[str, Any], channels: Optional[int] = 16):
                        f'{rf.shape}')
 
 
+def _validate_scalars(ex: Dict[str, Any]):
+  for k, typ in SCALARS.items():
+    if not isinstance(ex[k], typ) and not (
+        typ is int and isinstance(ex[k], np.integer)):
+      raise ValueError(f'{k} must be {typ.__name__}, got '
+                       f'{type(ex[k]).__name__}')
+
+
+def validate_token_example(ex: Dict[str, Any], channels=None):
+  """Raises ValueError naming the first violation of the token schema.
+
+  (`channels` is unused: the signature matches `validate_example`.)
+  """
+  del channels
+  missing = [k for k in TOKEN_REQUIRED if k not in ex]
+  if missing:
+    raise ValueError(f'token record is missing fields {missing}')
+  extra = [k for k in ARRAYS if k != 'tokens' and ex.get(k) is not None]
+  if extra:
+    raise ValueError(f'token records hold no {extra} (only tokens)')
+  tok = np.asarray(ex['tokens'])
+  if tok.ndim != 2 or tok.dtype != np.uint16:
+    raise ValueError(f'tokens must be uint16 [T, K], got {tok.dtype} '
+                     f'{tok.shape}')
+  _validate_scalars(ex)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
   """Yields a temp path beside `path`, renamed to `path` if the block
@@ -148,23 +177,31 @@ def atomic_path(path: str):
 
 
 def write_records(path: str, examples: Iterable[Dict[str, Any]],
-                  channels: Optional[int] = 16) -> int:
+                  channels: Optional[int] = 16,
+                  validate: Callable[..., None] = validate_example) -> int:
   """Validates and writes examples to one ArrayRecord file; -> count.
 
   Atomic (`atomic_path`): `path` either holds every example or does not exist.
+  `validate(example, channels)` checks each example (token records:
+  `validate_token_example`, see `write_token_records`).
   """
   n = 0
   with atomic_path(path) as tmp:
     writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     try:
       for ex in examples:
-        validate_example(ex, channels)
+        validate(ex, channels)
         writer.write(serialize(ex))
         n += 1
     finally:
       if writer.is_open():
         writer.close()
   return n
+
+
+def write_token_records(path: str, examples: Iterable[Dict[str, Any]]) -> int:
+  """`write_records` for token records (`validate_token_example`)."""
+  return write_records(path, examples, None, validate_token_example)
 
 
 def expand(path_or_pattern) -> List[str]:
@@ -199,6 +236,9 @@ def _jsonable(x):
   if isinstance(x, np.generic):
     return x.item()
   return x
+
+
+jsonable = _jsonable  # numpy values -> JSON-able (manifests, job reports)
 
 
 def write_manifest(directory: str, manifest: Dict[str, Any]) -> str:

@@ -25,6 +25,11 @@ class Encoder(nn.Module):
   patch_size: Sequence[int]
   grid_hw: Sequence[int]            # latent patch grid (H / ph, W / pw)
   fsq_levels: Sequence[int] = fsq.DEFAULT_LEVELS
+  # z = readout_scale * Linear(h). Under Adam the 6-wide readout moves z by
+  # about lr * width per step whatever its gradient, so at a small width and
+  # a high lr z runs into tanh saturation and every clip gets one token
+  # within tens of steps; a scale < 1 keeps z in FSQ's working range.
+  readout_scale: float = 1.0
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
 
@@ -59,6 +64,6 @@ class Encoder(nn.Module):
     x = layers.layer_norm('norm_out', self.dtype)(x)
     x = x.reshape(b, t, n + k, self.width)[:, :, n:]
     z = layers.dense(len(self.fsq_levels), ('embed', 'codes'), 'to_codes',
-                     jnp.float32, use_bias=True)(x)
+                     jnp.float32, use_bias=True)(x) * self.readout_scale
     return (fsq.quantize(z.astype(jnp.float32), self.fsq_levels, skip_rounding),
             z)

@@ -63,7 +63,8 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
                 mlp_ratio=m.mlp_ratio, dtype=dtype)
   return VideoFlexTok(
       encoder=encoder_lib.Encoder(width=enc_w, depth=m.enc_depth,
-                                  fsq_levels=tuple(m.fsq_levels), **common),
+                                  fsq_levels=tuple(m.fsq_levels),
+                                  readout_scale=m.fsq_readout_scale, **common),
       decoder=decoder_lib.Decoder(width=dec_w, depth=m.dec_depth,
                                   latent_channels=m.latent_channels,
                                   attention=m.decoder_attention,
