@@ -162,3 +162,21 @@ def test_count_params():
   p = sharding.unbox(boxed)['params']
   assert kernels == sum(p[n]['kernel'].size for n in
                         ('embed_in', 'query', 'out', 'fc1', 'fc2', 'fsq_in'))
+
+
+def test_encoder_lr_scale_slows_only_the_encoder():
+  # Identical gradients for an 'encoder' and a 'decoder' subtree: Adam's
+  # first update is lr * sign(g), so the encoder's must be exactly scale x.
+  w = jnp.full((3, 4), 0.5)
+  params = {'params': {'encoder': {'k': w}, 'decoder': {'k': w}}}
+  grads = {'params': {'encoder': {'k': w * 2.0}, 'decoder': {'k': w * 2.0}}}
+  cfg = optim_config(mup_base_width=0, weight_decay=0.0, warmup_steps=0,
+                     encoder_lr_scale=0.1)
+  tx, _ = optim.make_optimizer(cfg, 10, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  enc = np.asarray(updates['params']['encoder']['k'])
+  dec = np.asarray(updates['params']['decoder']['k'])
+  assert np.all(dec < 0)
+  np.testing.assert_allclose(enc, 0.1 * dec, rtol=1e-6)
+  with pytest.raises(ValueError, match='encoder'):
+    optim.make_optimizer(cfg, 10, {'params': {'dec': {'k': w}}})

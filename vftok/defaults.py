@@ -67,6 +67,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.05
   o.grad_clip = 1.0
   o.mup_base_width = 256             # 0 disables muP
+  o.encoder_lr_scale = 1.0           # encoder updates x this (see optim.py)
 
   # ---- mesh (vftok/sharding.py) ------------------------------------------
   c.mesh = ml_collections.ConfigDict()

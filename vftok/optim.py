@@ -152,5 +152,23 @@ def make_optimizer(optim_config, total_steps: int, params,
       raise ValueError('muP is on (mup_base_width > 0): pass base_params, the '
                        'abstract params of the model at the base width')
     chain.append(scale_by_tree(mup_lr_multipliers(params, base_params)))
+  enc_scale = float(getattr(optim_config, 'encoder_lr_scale', 1.0))
+  if enc_scale != 1.0:
+    chain.append(scale_by_tree(encoder_multipliers(params, enc_scale)))
   chain.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*chain), schedule
+
+
+def encoder_multipliers(params, scale: float):
+  """A prefix tree: `scale` for params['params']['encoder'], 1 elsewhere.
+
+  A slower encoder keeps its (informative, random) initial codes while the
+  decoder learns to read registers; at full lr, Adam's unit-size steps on the
+  encoder's near-zero, noisy early gradients erase that information first.
+  """
+  if 'params' not in params or 'encoder' not in params['params']:
+    raise ValueError('encoder_lr_scale needs params with a params/encoder '
+                     f'subtree; got top-level keys {sorted(params)}')
+  return {k: ({m: (scale if m == 'encoder' else 1.0) for m in v}
+              if k == 'params' else 1.0)
+          for k, v in params.items()}
