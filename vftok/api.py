@@ -99,12 +99,16 @@ class Tokenizer:
     """float latents [B, T, H, W, C] -> int32 tokens [B, T, K]."""
     return self._encode(self.params, self._check_latents(latents))
 
-  @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-  def _decode(self, params, codes, keep, steps, guidance_scale, rng):
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+  def _decode(self, params, codes, keep, steps, guidance, time_shift, rng,
+              first_frame):
     b, t = codes.shape[:2]
     pt = self.config.model.patch_size[0]
     shape = (b, t * pt, *self.latent_shape[1:])
     null_keep = jnp.zeros_like(keep)
+    if first_frame is not None:
+      # The given frame carries no tokens: its registers are masked.
+      keep = keep.at[:, 0].set(False)
 
     def velocity(x, tt, cond):
       v, _ = self.model.apply(params, codes, keep if cond else null_keep, x, tt,
@@ -112,16 +116,25 @@ class Tokenizer:
       return v
 
     noise = jax.random.normal(rng, shape)
-    return flow.euler_sample(velocity, noise, steps, guidance_scale,
-                             self.config.model.time_shift)
+    return flow.euler_sample(velocity, noise, steps, guidance, time_shift,
+                             clean_first_frame=first_frame)
 
   def detokenize(self, tokens, steps: int = 25, guidance_scale: float = 1.0,
-                 seed: int = 0) -> jax.Array:
+                 seed: int = 0, *, guidance: str = 'cfg',
+                 apg_momentum: float = 0.0, apg_eta: float = 0.0,
+                 apg_norm_threshold: float = 0.0,
+                 time_shift: Optional[float] = None,
+                 first_frame=None) -> jax.Array:
     """int tokens [B, T, k], 1 <= k <= K -> latents [B, T, H, W, C].
 
     Missing registers (k < K) are the learned mask token: fewer tokens give a
-    coarser reconstruction. guidance_scale != 1 applies classifier-free
-    guidance against all-masked registers.
+    coarser reconstruction. guidance_scale != 1 guides against all-masked
+    registers: guidance='cfg' (classifier-free) or 'apg' (adaptive projected
+    guidance with apg_momentum / apg_eta / apg_norm_threshold; see
+    flow.Guidance). time_shift: Euler time-grid shift (default: the model's
+    training shift). first_frame [B, H, W, C] or [B, 1, H, W, C]: decode
+    conditioned on this clean first latent frame (decoders fine-tuned with
+    frame conditioning, stage 2); the output's frame 0 is exactly it.
     """
     tokens = np.asarray(tokens)
     k_max = self.tokens_per_frame
@@ -130,8 +143,50 @@ class Tokenizer:
     k = tokens.shape[-1]
     if not 1 <= k <= k_max:
       raise ValueError(f'tokens per frame must be in [1, {k_max}], got {k}')
+    if int(steps) < 1:
+      raise ValueError(f'steps must be >= 1, got {steps}')
     codes = fsq.indices_to_codes(tokens, self.levels)  # validates the id range
     codes = jnp.pad(codes, ((0, 0), (0, 0), (0, k_max - k), (0, 0)))
-    keep = tokenizer_lib.keep_first(k, tokens.shape[0], k_max)
-    return self._decode(self.params, codes, keep, int(steps),
-                        float(guidance_scale), jax.random.key(seed))
+    keep = jnp.broadcast_to(tokenizer_lib.keep_first(k, tokens.shape[0], k_max)[:, None],
+                            (tokens.shape[0], tokens.shape[1], k_max))
+    if first_frame is not None:
+      first_frame = self._check_first_frame(first_frame, tokens.shape[0])
+    g = flow.Guidance(float(guidance_scale), guidance, float(apg_momentum),
+                      float(apg_eta), float(apg_norm_threshold))
+    shift = float(self.config.model.time_shift if time_shift is None
+                  else time_shift)
+    return self._decode(self.params, codes, keep, int(steps), g, shift,
+                        jax.random.key(seed), first_frame)
+
+  def _check_first_frame(self, frame, batch: int):
+    frame = np.asarray(frame, np.float32)
+    _, h, w, c = self.latent_shape
+    if frame.ndim == 4:
+      frame = frame[:, None]
+    if frame.shape != (batch, 1, h, w, c):
+      raise ValueError(f'first_frame must be [B, H, W, C] = {(batch, h, w, c)} '
+                       f'(one clean latent frame per clip), got {frame.shape}')
+    if self.config.model.patch_size[0] != 1:
+      raise ValueError('first-frame conditioning needs time patch size 1')
+    if not np.all(np.isfinite(frame)):
+      raise ValueError('first_frame contains NaN or Inf values')
+    return frame
+
+  # ---- streaming and long videos -------------------------------------------
+  def stream(self, batch: int = 1, max_frames: int = 64) -> 'streaming.TokenStream':
+    """A streaming tokenizer: push one latent frame at a time, get its K
+    tokens (identical to `tokenize` on the whole clip; see streaming.py)."""
+    from vftok import streaming
+    return streaming.TokenStream(self, batch, max_frames)
+
+  def tokenize_long(self, chunk_latents):
+    """Latents of a long video's overlapping chunks -> tokens [B, F, K]; see
+    long_video.py (F = latent frames of the whole video)."""
+    from vftok import long_video
+    return long_video.tokenize_long(self, chunk_latents)
+
+  def detokenize_long(self, tokens, reencode_last_frame, **kwargs):
+    """tokens [B, F, k] of `tokenize_long` -> per-chunk latents; chunk i > 0 is
+    decoded conditioned on chunk i - 1's last decoded frame. See long_video.py."""
+    from vftok import long_video
+    return long_video.detokenize_long(self, tokens, reencode_last_frame, **kwargs)

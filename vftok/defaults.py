@@ -16,6 +16,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.kind = 'records'            # 'records' | 'demo'
   c.data.root = ''                   # demo: where the embedded set is built
+  c.data.demo_repa_teacher = 'i3d:Mixed_3c'  # demo: REPA features stored
   c.data.train_pattern = ''          # records: glob of ArrayRecord files
   c.data.eval_pattern = ''
   c.data.num_frames = 17             # pixel frames per clip (4n+1, causal VAE)
@@ -45,6 +46,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
   m.uncond_prob = 0.1                # all registers masked (for CFG)
   m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'
+  m.first_frame_prob = 0.0           # stage 2: clean first latent frame given
   # Rectified flow: x_t = t * eps + (1 - t) * x, t ~ logit-normal.
   m.time_mean = 0.0
   m.time_std = 1.0
@@ -55,6 +57,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.repa_dim = 1024                  # DINOv2-L feature width
   m.repa_weight = 1.0
   m.repa_source = 'random_stand_in'  # see vftok/models/features.py
+  m.repa_teacher_path = ''           # 'dinov2': local HF checkpoint dir
+  m.repa_teacher_layer = ''          # '' = final output; an int (DINOv2) or
+                                     # an endpoint name (I3D)
 
   # ---- optimiser (vftok/optim.py) ----------------------------------------
   o = c.optim = ml_collections.ConfigDict()
@@ -68,6 +73,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   o.grad_clip = 1.0
   o.mup_base_width = 256             # 0 disables muP
   o.encoder_lr_scale = 1.0           # encoder updates x this (see optim.py)
+  o.freeze = ()                      # top-level modules not trained, e.g.
+                                     # ('encoder',) in stage 2
 
   # ---- mesh (vftok/sharding.py) ------------------------------------------
   c.mesh = ml_collections.ConfigDict()
@@ -82,6 +89,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3
   t.compute_dtype = 'bfloat16'       # params stay float32
+  t.init_from = ''                   # workdir whose params start training
+                                     # (stage 2 starts from stage 1)
 
   # ---- evaluation during training -----------------------------------------
   e = c.eval = ml_collections.ConfigDict()
@@ -113,12 +122,26 @@ def paper_tokenizer(enc_depth: int, dec_depth: int, resolution: int,
   config.model.patch_size = tuple(patch_size)
   config.model.repa_layer = 1
   config.model.repa_dim = 1024
+  # DINOv2-L on the key frames, on the fly (see models/features.py); pass
+  # --config.model.repa_teacher_path=/path/to/dinov2-large (no download here).
+  config.model.repa_source = 'dinov2'
   config.train.total_steps = steps_for_tokens(config, train_tokens)
   config.optim.warmup_steps = steps_for_tokens(config, 4e9)
   if arg == 'runlocal':
     runlocal(config)
   elif arg:
     raise ValueError(f'unknown config argument {arg!r} (only "runlocal")')
+  return config
+
+
+def decoder_finetune(config, init_from: str = ''):
+  """Stage 2 (paper Appendix F.1): the stage-1 run's params, encoder frozen
+  (no gradients, no optimizer state), decoder with full attention, the clean
+  first latent frame given with probability 0.5 (frame conditioning)."""
+  config.model.decoder_attention = 'full'
+  config.model.first_frame_prob = 0.5
+  config.optim.freeze = ('encoder',)
+  config.train.init_from = init_from
   return config
 
 
@@ -129,6 +152,9 @@ def steps_for_tokens(config, tokens: float) -> int:
   per_clip = (m.latent_frames // pt) * (m.latent_size[0] // ph) * (
       m.latent_size[1] // pw)
   return max(1, int(tokens // (config.data.global_batch_size * per_clip)))
+
+
+DEMO_REPA_DIM = 480  # I3D Mixed_3c channels (vftok/data/demo.py)
 
 
 def runlocal(config):
@@ -146,7 +172,8 @@ def runlocal(config):
   m.enc_depth = m.dec_depth = 2
   m.enc_width = m.dec_width = 128
   m.head_dim = 32
-  m.repa_dim = 64
+  # The demo set's precomputed I3D features (real pretrained teacher).
+  m.repa_source, m.repa_dim = 'records', DEMO_REPA_DIM
   config.train.total_steps = 10
   config.train.log_every = 5
   config.train.eval_every = 10

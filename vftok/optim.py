@@ -17,7 +17,7 @@ output is heads x head_dim. Fan-in is the product of all other axes. Unboxed
 leaves (no names) use the last-axis rule.
 """
 import math
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -156,7 +156,36 @@ def make_optimizer(optim_config, total_steps: int, params,
   if enc_scale != 1.0:
     chain.append(scale_by_tree(encoder_multipliers(params, enc_scale)))
   chain.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*chain), schedule
+  tx = optax.chain(*chain)
+  frozen = tuple(getattr(optim_config, 'freeze', ()) or ())
+  if frozen:
+    tx = freeze_modules(tx, params, frozen)
+  return tx, schedule
+
+
+def freeze_modules(tx, params, frozen: Sequence[str]
+                   ) -> optax.GradientTransformation:
+  """Trains params['params'][m] for m not in `frozen` with `tx`; the frozen
+  modules get zero updates and no optimizer state (stage 2: the encoder).
+
+  Their parameters then stay bit-identical (p + 0 = p) and no Adam moments are
+  allocated for them.
+  """
+  modules = set(params.get('params', {}))
+  unknown = set(frozen) - modules
+  if unknown:
+    raise ValueError(f'optim.freeze names {sorted(unknown)}, which are not '
+                     f'modules of the model (have {sorted(modules)})')
+
+  def labels(tree):
+    def label(path, _):
+      keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+      return ('frozen' if len(keys) > 1 and keys[0] == 'params'
+              and keys[1] in frozen else 'train')
+    return jax.tree_util.tree_map_with_path(label, tree)
+
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               labels)
 
 
 def encoder_multipliers(params, scale: float):

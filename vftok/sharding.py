@@ -142,6 +142,11 @@ def state_shardings(abstract_state, mesh: jax.sharding.Mesh,
   ends the same way ('params/fc1/kernel'), if that is unambiguous; every
   other leaf (step, optimizer counts) is replicated.
   """
+  # optax.multi_transform (frozen modules) keeps boxes around an empty
+  # MaskedNode: nothing to shard there, so drop the box.
+  abstract_state = jax.tree.map(
+      lambda x: x.value if _is_box(x) and not jax.tree.leaves(x.value) else x,
+      abstract_state, is_leaf=_is_box)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(
       abstract_state, is_leaf=_is_box)
   specs, by_suffix = [], {}

@@ -53,14 +53,22 @@ def make_init_fn(model, tx, model_config) -> Callable:
   return init
 
 
-def make_train_step(model, tx, schedule, model_config) -> Callable:
+def make_train_step(model, tx, schedule, model_config,
+                    freeze_encoder: bool = False) -> Callable:
+  """freeze_encoder (stage 2): no backward pass through the encoder; pair it
+  with an optimizer that freezes the encoder (optim.freeze)."""
   teacher = features.get(model_config)
 
-  def train_step(state: TrainState, batch, rng) -> Tuple[TrainState, Dict]:
+  def train_step(state: TrainState, batch, rng, teacher_params=None
+                 ) -> Tuple[TrainState, Dict]:
+    """teacher_params: `teacher.params` (the REPA teacher's weights, as an
+    argument rather than constants baked into the executable); None for
+    parameter-free sources."""
     rng = jax.random.fold_in(rng, state.step)
+    teacher_fn = lambda b: teacher.apply(teacher_params, b)
     grad_fn = jax.value_and_grad(tokenizer.loss_fn, argnums=1, has_aux=True)
     (_, metrics), grads = grad_fn(model, state.params, batch, rng, model_config,
-                                  teacher)
+                                  teacher_fn, freeze_encoder)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
@@ -68,15 +76,21 @@ def make_train_step(model, tx, schedule, model_config) -> Callable:
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
 
+  train_step.teacher = teacher
   return train_step
 
 
-def restore_params(config, workdir: str, step=None):
-  """Restores the params of a training workdir onto the default device(s)."""
+def restore_params(config, workdir: str, step=None, mesh=None):
+  """Restores the params of a training workdir (trained with `config`).
+
+  mesh: restore sharded over it by the params' logical axes (a stage-2 run
+  starting from stage 1 on a pod); default: the first device.
+  """
   from vftok import checkpoint
   from vftok import sharding
   model, tx, _ = build(config)
-  mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+  if mesh is None:
+    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
   init = make_init_fn(model, tx, config.model)
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.state_shardings(abstract, mesh)
@@ -85,8 +99,37 @@ def restore_params(config, workdir: str, step=None):
       sharding.unbox(abstract), shardings)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                  async_save=False)
-  state, restored_step = ckpt.restore(abstract, step=step)
+  state, _ = ckpt.restore(abstract, step=step)
   ckpt.close()
   if state is None:
     raise ValueError(f'no checkpoint found in {workdir}')
   return state.params
+
+
+def load_workdir_config(workdir: str):
+  """The resolved config a training run wrote into its workdir."""
+  import json
+  import ml_collections
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir!r} is not a vftok workdir: no config.json')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def init_params_from(workdir: str, params, mesh):
+  """Params of the run in `workdir`, checked against and laid out like
+  `params` (the new run's; same architecture, e.g. stage 1 -> stage 2)."""
+  src_config = load_workdir_config(workdir)
+  src = restore_params(src_config, workdir, mesh=mesh)
+  want = jax.tree_util.tree_structure(params)
+  if jax.tree_util.tree_structure(src) != want:
+    raise ValueError(f'train.init_from={workdir!r}: its model has different '
+                     'parameters than this config (different architecture)')
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(src),
+                          jax.tree.leaves(params)):
+    if a.shape != b.shape:
+      raise ValueError(f'train.init_from={workdir!r}: parameter '
+                       f'{jax.tree_util.keystr(path)} has shape {a.shape}, '
+                       f'this config expects {b.shape}')
+  return jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), src, params)

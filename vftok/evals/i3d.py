@@ -189,36 +189,57 @@ class _Logits(nn.Module):
                   relu=False, name='Conv3d_0c_1x1')(x)
 
 
+# Feature-map endpoints (output stride, channels): `layer=<name>` returns the
+# map [B, T', H / stride, W / stride, C] after that stage (REPA teachers).
+ENDPOINTS = {'Conv3d_2c_3x3': (4, 192), 'Mixed_3b': (8, 256),
+             'Mixed_3c': (8, 480), 'Mixed_4b': (16, 512), 'Mixed_4c': (16, 512),
+             'Mixed_4d': (16, 512), 'Mixed_4e': (16, 528),
+             'Mixed_4f': (16, 832), 'Mixed_5b': (32, 832),
+             'Mixed_5c': (32, 1024)}
+
+
 class InceptionI3d(nn.Module):
   """I3D, inference only. [B, T, 224, 224, 3] in [-1, 1] ->
-  'logits': [B, 400] (time-averaged pre-softmax logits) or
-  'pool': [B, 1024] (Mixed_5c averaged over time and space)."""
+  'logits': [B, 400] (time-averaged pre-softmax logits),
+  'pool': [B, 1024] (Mixed_5c averaged over time and space), or
+  an ENDPOINTS name: that stage's feature map (later stages are not run)."""
   num_classes: int = NUM_CLASSES
   layer: str = 'logits'
 
   @nn.compact
   def __call__(self, x):
+    if self.layer not in ('logits', 'pool', *ENDPOINTS):
+      raise ValueError(f"layer must be 'logits', 'pool' or one of "
+                       f'{sorted(ENDPOINTS)}, got {self.layer!r}')
     pool = functools.partial(nn.max_pool, padding='SAME')
-    x = Unit3D(64, (7, 7, 7), (2, 2, 2), name='Conv3d_1a_7x7')(x)
-    x = pool(x, (1, 3, 3), strides=(1, 2, 2))             # MaxPool3d_2a_3x3
-    x = Unit3D(64, (1, 1, 1), name='Conv3d_2b_1x1')(x)
-    x = Unit3D(192, (3, 3, 3), name='Conv3d_2c_3x3')(x)
-    x = pool(x, (1, 3, 3), strides=(1, 2, 2))             # MaxPool3d_3a_3x3
-    x = InceptionModule((64, 96, 128, 16, 32, 32), name='Mixed_3b')(x)
-    x = InceptionModule((128, 128, 192, 32, 96, 64), name='Mixed_3c')(x)
-    x = pool(x, (3, 3, 3), strides=(2, 2, 2))             # MaxPool3d_4a_3x3
-    x = InceptionModule((192, 96, 208, 16, 48, 64), name='Mixed_4b')(x)
-    x = InceptionModule((160, 112, 224, 24, 64, 64), name='Mixed_4c')(x)
-    x = InceptionModule((128, 128, 256, 24, 64, 64), name='Mixed_4d')(x)
-    x = InceptionModule((112, 144, 288, 32, 64, 64), name='Mixed_4e')(x)
-    x = InceptionModule((256, 160, 320, 32, 128, 128), name='Mixed_4f')(x)
-    x = pool(x, (2, 2, 2), strides=(2, 2, 2))             # MaxPool3d_5a_2x2
-    x = InceptionModule((256, 160, 320, 32, 128, 128), name='Mixed_5b')(x)
-    x = InceptionModule((384, 192, 384, 48, 128, 128), name='Mixed_5c')(x)
+    stages = [
+        lambda x: Unit3D(64, (7, 7, 7), (2, 2, 2), name='Conv3d_1a_7x7')(x),
+        lambda x: pool(x, (1, 3, 3), strides=(1, 2, 2)),     # MaxPool3d_2a_3x3
+        lambda x: Unit3D(64, (1, 1, 1), name='Conv3d_2b_1x1')(x),
+        ('Conv3d_2c_3x3', lambda x: Unit3D(192, (3, 3, 3), name='Conv3d_2c_3x3')(x)),
+        lambda x: pool(x, (1, 3, 3), strides=(1, 2, 2)),     # MaxPool3d_3a_3x3
+        ('Mixed_3b', (64, 96, 128, 16, 32, 32)),
+        ('Mixed_3c', (128, 128, 192, 32, 96, 64)),
+        lambda x: pool(x, (3, 3, 3), strides=(2, 2, 2)),     # MaxPool3d_4a_3x3
+        ('Mixed_4b', (192, 96, 208, 16, 48, 64)),
+        ('Mixed_4c', (160, 112, 224, 24, 64, 64)),
+        ('Mixed_4d', (128, 128, 256, 24, 64, 64)),
+        ('Mixed_4e', (112, 144, 288, 32, 64, 64)),
+        ('Mixed_4f', (256, 160, 320, 32, 128, 128)),
+        lambda x: pool(x, (2, 2, 2), strides=(2, 2, 2)),     # MaxPool3d_5a_2x2
+        ('Mixed_5b', (256, 160, 320, 32, 128, 128)),
+        ('Mixed_5c', (384, 192, 384, 48, 128, 128)),
+    ]
+    for stage in stages:
+      if callable(stage):
+        x = stage(x)
+        continue
+      name, spec = stage
+      x = spec(x) if callable(spec) else InceptionModule(spec, name=name)(x)
+      if name == self.layer:
+        return x
     if self.layer == 'pool':
       return jnp.mean(x, axis=(1, 2, 3))
-    if self.layer != 'logits':
-      raise ValueError(f"layer must be 'logits' or 'pool', got {self.layer!r}")
     x = nn.avg_pool(x, (2, 7, 7), strides=(1, 1, 1), padding='VALID')
     logits = _Logits(self.num_classes, name='Logits')(x)  # [B, T', 1, 1, C]
     return jnp.mean(logits[:, :, 0, 0, :], axis=1)
@@ -269,7 +290,9 @@ def load_variables(path: Optional[str] = None):
       raise ValueError(f'{path}: {jax.tree_util.keystr(kp)} has shape '
                        f'{got.shape}, expected {want.shape}')
     # BatchNorm moving stats are stored as [1, 1, 1, 1, C]; flax wants [C].
-    return jnp.asarray(got.reshape(want.shape), jnp.float32)
+    # NumPy, not jnp: this result is cached, and a first call inside a jit
+    # trace must not cache tracers.
+    return np.asarray(got.reshape(want.shape), np.float32)
 
   return jax.tree_util.tree_map_with_path(fit, shapes)
 

@@ -25,6 +25,7 @@ from vftok import sharding
 from vftok import train_state
 from vftok.data import pipeline
 from vftok.evals import reconstruction
+from vftok.models import features
 from vftok.models import layers
 
 
@@ -50,7 +51,8 @@ def run(config, workdir: str, writer=None):
   data = pipeline.resolve(config.data)
   train_iter = pipeline.make_train_iterator(
       config.data, data, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(),
+      key_frames=features.needs_frames(config.model))
   batch_sharding = sharding.batch_sharding(mesh)
 
   # ---- model -----------------------------------------------------------------
@@ -64,9 +66,17 @@ def run(config, workdir: str, writer=None):
   _log_param_counts(state.params, writer)
 
   # ---- step ------------------------------------------------------------------
+  step_fn = train_state.make_train_step(
+      model, tx, schedule, config.model,
+      freeze_encoder='encoder' in tuple(config.optim.get('freeze', ())))
+  # The frozen REPA teacher's weights (if any) are replicated once and passed
+  # to every step as an argument.
+  teacher_params = jax.device_put(step_fn.teacher.params,
+                                  sharding.replicated(mesh))
   train_step = jax.jit(
-      train_state.make_train_step(model, tx, schedule, config.model),
-      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
+      step_fn,
+      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh),
+                    sharding.replicated(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
 
@@ -79,6 +89,15 @@ def run(config, workdir: str, writer=None):
   if restored is not None:
     state = restored
     logging.info('resumed from step %d', start)
+  elif 'encoder' in tuple(config.optim.get('freeze', ())) and not config.train.get('init_from'):
+    raise ValueError('the encoder is frozen (stage 2) but config.train.init_from '
+                     'names no stage-1 workdir to start from')
+  elif config.train.get('init_from'):
+    # Stage 2 starts from the stage-1 params (fresh optimizer, step 0); on
+    # resume the stage-2 checkpoint above wins.
+    state = state.replace(params=train_state.init_params_from(
+        config.train.init_from, state.params, mesh))
+    logging.info('params initialised from %s', config.train.init_from)
   guard = checkpoint.PreemptionGuard()
 
   # ---- evals -----------------------------------------------------------------
@@ -92,7 +111,7 @@ def run(config, workdir: str, writer=None):
   t_last, step_last = time.time(), step
   while step < total:
     batch = pipeline.global_batch(next(train_iter), batch_sharding)
-    state, metrics = train_step(state, batch, step_rng)
+    state, metrics = train_step(state, batch, step_rng, teacher_params)
     step += 1
     report(step)
     if step % config.train.log_every == 0 or step == total:

@@ -32,7 +32,9 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, codes, keep, x_t, t):
-    """codes [B, T, K, D]; keep bool [B, K]; x_t [B, T*pt, H, W, C]; t [B].
+    """codes [B, T, K, D]; keep bool [B, K] or [B, T, K]; x_t [B, T*pt, H, W, C];
+    t: flow time [B], or [B, T] per latent frame (a clean conditioning frame
+    has t = 0: stage-2 frame conditioning).
 
     Returns (velocity [B, T*pt, H, W, C] float32,
              patch hidden states after block `repa_layer` [B, T, N, width]).
@@ -48,7 +50,8 @@ class Decoder(nn.Module):
     regs = layers.dense(self.width, ('codes', 'embed'), 'codes_embed',
                         self.dtype, use_bias=True)(codes.astype(self.dtype))
     mask_token = layers.learned('mask_token', (self.width,), ('embed',), self)
-    regs = jnp.where(keep[:, None, :, None], regs, mask_token.astype(self.dtype))
+    keep = keep if keep.ndim == 3 else keep[:, None, :]
+    regs = jnp.where(keep[..., None], regs, mask_token.astype(self.dtype))
     regs = regs + layers.learned('pos_register', (k, self.width),
                                  ('registers', 'embed'), self).astype(self.dtype)
     x = layers.dense(self.width, ('patch', 'embed'), 'patch_embed', self.dtype,
@@ -60,6 +63,8 @@ class Decoder(nn.Module):
     x = jnp.concatenate([regs, x], axis=2)
     x = x.reshape(b, t_frames * (k + n), self.width)
 
+    t = jnp.broadcast_to(t[:, None] if t.ndim == 1 else t, (b, t_frames))
+    # One time embedding per latent frame: [B, T, width].
     cond = layers.TimeEmbedding(self.width, self.dtype, name='time_embed')(t)
     layout = masks.interleaved(t_frames, n, k, registers_first=True)
     mask = masks.decoder_mask(self.attention)(layout, layout)
@@ -74,10 +79,10 @@ class Decoder(nn.Module):
     # Final adaLN (shift, scale) and zero-initialised projection, as in DiT.
     mod = layers.dense(2 * self.width, ('embed', 'cond'), 'adaln_final',
                        self.dtype, use_bias=True, zero_init=True)(nn.silu(cond))
-    shift, scale = jnp.split(mod[:, None, :], 2, axis=-1)
+    shift, scale = jnp.split(mod[:, :, None, :], 2, axis=-1)
     x = layers.layer_norm('norm_out', self.dtype, use_scale=False)(x)
-    x = x * (1 + scale) + shift
     x = x.reshape(b, t_frames, k + n, self.width)[:, :, k:]
+    x = x * (1 + scale) + shift
     out = layers.dense(patches.shape[-1], ('embed', 'patch'), 'to_patches',
                        jnp.float32, use_bias=True, zero_init=True)(x)
     velocity = layers.unpatchify(out, self.patch_size, self.grid_hw)

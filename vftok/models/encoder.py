@@ -10,6 +10,7 @@ depend on later frames: tokenization can stream (see `tests/test_models.py`).
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vftok.models import fsq
@@ -34,10 +35,17 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, latents, skip_rounding=None):
+  def __call__(self, latents, skip_rounding=None, cache=None, frame_offset=0):
     """latents [B, T, H, W, C] -> (codes [B, T', K, D] in [-1, 1], pre-quant z).
 
     skip_rounding: bool [B, 1, 1] or None (see fsq.quantize); training only.
+
+    Streaming (cache is not None): latents are the next latent frame(s) of a
+    video whose earlier `frame_offset` frames (a traced int) were pushed
+    before; `cache` holds their keys and values per block ({'k', 'v'}:
+    [depth, B, max_frames * (N + K), heads, head_dim], see `init_cache`). The
+    call attends to the cached frames exactly as the full-clip mask would
+    (time-causal) and returns (codes, z, updated cache).
     """
     patches = layers.patchify(latents.astype(self.dtype), self.patch_size)
     b, t, n, _ = patches.shape
@@ -50,7 +58,8 @@ class Encoder(nn.Module):
     # it reads from its frame (the mask already ties it to that frame); a
     # large constant added to every register drowns that signal at init and
     # the codes collapse to one value.
-    x = x + layers.sincos(jnp.arange(t), self.width)[None, :, None].astype(self.dtype)
+    frame_index = frame_offset + jnp.arange(t)
+    x = x + layers.sincos(frame_index, self.width)[None, :, None].astype(self.dtype)
     regs = layers.learned('registers', (k, self.width), ('registers', 'embed'),
                           self).astype(self.dtype)
     x = jnp.concatenate([x, jnp.broadcast_to(regs, (b, t, k, self.width))], axis=2)
@@ -58,12 +67,39 @@ class Encoder(nn.Module):
 
     layout = masks.interleaved(t, n, k, registers_first=False)
     mask = masks.encoder_mask(layout, layout)
+    if cache is not None:
+      # Cached positions before frame_offset are earlier frames: visible to
+      # every token of the new frames (time-causal); later slots are empty.
+      cached = cache['k'].shape[2]
+      visible = jnp.arange(cached) < frame_offset * (n + k)
+      mask = jnp.concatenate(
+          [jnp.broadcast_to(visible, (len(layout), cached)), mask], axis=1)
+      new_k, new_v = [], []
     for i in range(self.depth):
-      x = layers.Block(self.width, self.head_dim, self.mlp_ratio, self.dtype,
-                       name=f'blocks_{i}')(x, mask)
+      block = layers.Block(self.width, self.head_dim, self.mlp_ratio,
+                           self.dtype, name=f'blocks_{i}')
+      if cache is None:
+        x = block(x, mask)
+      else:
+        x, (k_i, v_i) = block(x, mask, (cache['k'][i], cache['v'][i]))
+        new_k.append(k_i)
+        new_v.append(v_i)
     x = layers.layer_norm('norm_out', self.dtype)(x)
     x = x.reshape(b, t, n + k, self.width)[:, :, n:]
     z = layers.dense(len(self.fsq_levels), ('embed', 'codes'), 'to_codes',
                      jnp.float32, use_bias=True)(x) * self.readout_scale
-    return (fsq.quantize(z.astype(jnp.float32), self.fsq_levels, skip_rounding),
-            z)
+    codes = fsq.quantize(z.astype(jnp.float32), self.fsq_levels, skip_rounding)
+    if cache is None:
+      return codes, z
+    start = frame_offset * (n + k)
+    update = lambda c, new: jax.lax.dynamic_update_slice_in_dim(
+        c, jnp.stack(new).astype(c.dtype), start, axis=2)
+    return codes, z, {'k': update(cache['k'], new_k),
+                      'v': update(cache['v'], new_v)}
+
+  def init_cache(self, batch: int, max_frames: int, dtype=jnp.float32):
+    """Empty KV cache for streaming up to `max_frames` latent frames."""
+    n = self.grid_hw[0] * self.grid_hw[1]
+    shape = (self.depth, batch, max_frames * (n + self.registers),
+             self.width // self.head_dim, self.head_dim)
+    return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}

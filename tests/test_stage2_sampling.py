@@ -1,0 +1,185 @@
+"""Stage 2 (frozen encoder, full attention, first-frame conditioning), guided
+sampling, streaming tokenization and long videos."""
+import jax
+import numpy as np
+import optax
+import pytest
+
+import vftok
+from vftok import defaults
+from vftok import flow
+from vftok import long_video
+from vftok import sharding
+from vftok import train_state
+
+
+def stage2_config():
+  c = defaults.tiny_tokenizer_config()
+  c.model.decoder_attention = 'full'
+  c.model.first_frame_prob = 0.5
+  c.optim.freeze = ('encoder',)
+  c.optim.weight_decay = 0.1   # would move the encoder if it were not frozen
+  return c
+
+
+def latents(b=8, t=3, seed=0):
+  return np.random.default_rng(seed).normal(size=(b, t, 4, 4, 4)).astype(np.float32)
+
+
+def test_stage2_keeps_every_encoder_parameter_bit_identical():
+  c = stage2_config()
+  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:2])
+  model, tx, schedule = train_state.build(c)
+  init_fn = train_state.make_init_fn(model, tx, c.model)
+  state, shardings = sharding.create_sharded_state(init_fn, jax.random.key(0), mesh)
+  before = jax.device_get(state.params)
+  # No optimizer state (Adam moments) is allocated for the encoder.
+  n_opt = sum(np.size(x) for x in jax.tree.leaves(state.opt_state))
+  n_enc = sum(np.size(x) for x in jax.tree.leaves(before['params']['encoder']))
+  n_all = sum(np.size(x) for x in jax.tree.leaves(before))
+  assert n_opt < 2 * (n_all - n_enc) + 16
+  step = jax.jit(train_state.make_train_step(model, tx, schedule, c.model,
+                                             freeze_encoder=True),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh),
+                               sharding.replicated(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)))
+  batch = {'latents': jax.device_put(latents(), sharding.batch_sharding(mesh))}
+  for _ in range(3):
+    state, metrics = step(state, batch, jax.random.key(1))
+  after = jax.device_get(state.params)
+  assert np.isfinite(metrics['loss'])
+  for a, b in zip(jax.tree.leaves(before['params']['encoder']),
+                  jax.tree.leaves(after['params']['encoder'])):
+    np.testing.assert_array_equal(a, b)
+  moved = [np.any(a != b) for a, b in zip(jax.tree.leaves(before['params']['decoder']),
+                                          jax.tree.leaves(after['params']['decoder']))]
+  assert any(moved)
+
+
+def test_freeze_rejects_unknown_module():
+  c = stage2_config()
+  c.optim.freeze = ('encodr',)
+  with pytest.raises(ValueError, match='encodr'):
+    train_state.build(c)
+
+
+def perturbed(tok, scale=0.05, seed=0):
+  """A freshly initialised decoder is adaLN-Zero: its output is exactly 0
+  whatever the input. Random offsets make every pathway live."""
+  leaves, treedef = jax.tree.flatten(tok.params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  tok.params = jax.tree.unflatten(treedef, [
+      x + scale * jax.random.normal(k, x.shape, x.dtype)
+      for x, k in zip(leaves, keys)])
+  return tok
+
+
+@pytest.fixture(scope='module')
+def tok():
+  c = stage2_config()
+  return perturbed(vftok.Tokenizer.from_config(c, seed=0))
+
+
+def test_first_frame_conditioning_reproduces_the_given_frame(tok):
+  x = latents(2)
+  tokens = tok.tokenize(x)
+  out = np.asarray(tok.detokenize(tokens[:, :, :2], steps=3,
+                                  first_frame=x[:, 0]))
+  np.testing.assert_array_equal(out[:, 0], x[:, 0])
+  free = np.asarray(tok.detokenize(tokens[:, :, :2], steps=3))
+  assert not np.allclose(free[:, 1:], out[:, 1:])  # later frames see it
+  with pytest.raises(ValueError, match='first_frame'):
+    tok.detokenize(tokens, steps=2, first_frame=x[:1, 0])
+
+
+def test_apg_reduces_to_cfg_and_differs_with_projection():
+  rng = np.random.default_rng(0)
+  x0_c, x0_u = rng.normal(size=(2, 2, 3, 3, 4, 4, 4))
+  g_cfg = flow.Guidance(3.0, 'apg', eta=1.0)   # no projection change, no momentum
+  out, _ = flow.apg_combine(x0_c, x0_u, np.zeros_like(x0_c), g_cfg)
+  np.testing.assert_allclose(out, x0_u + 3.0 * (x0_c - x0_u), rtol=1e-5, atol=1e-5)
+  out0, _ = flow.apg_combine(x0_c, x0_u, np.zeros_like(x0_c),
+                             flow.Guidance(3.0, 'apg', eta=0.0))
+  # eta = 0 removes the component of the update parallel to x0_c.
+  upd = (np.asarray(out0) - x0_c).reshape(2, -1)
+  np.testing.assert_allclose(np.sum(upd * x0_c.reshape(2, -1), -1), 0, atol=1e-3)
+  clipped, _ = flow.apg_combine(x0_c, x0_u, np.zeros_like(x0_c),
+                                flow.Guidance(3.0, 'apg', eta=1.0, norm_threshold=0.5))
+  assert np.all(np.linalg.norm((np.asarray(clipped) - x0_c).reshape(2, -1), axis=-1)
+                <= 2.0 * 0.5 + 1e-4)
+  with pytest.raises(ValueError, match='guidance kind'):
+    flow.Guidance(2.0, 'pag')
+
+
+def test_detokenize_guidance_options(tok):
+  tokens = tok.tokenize(latents(2))
+  cfg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0))
+  apg_as_cfg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0,
+                                         guidance='apg', apg_eta=1.0))
+  np.testing.assert_allclose(apg_as_cfg, cfg, atol=1e-4)
+  apg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0,
+                                  guidance='apg', apg_momentum=-0.5,
+                                  apg_norm_threshold=1.0))
+  assert np.all(np.isfinite(apg)) and not np.allclose(apg, cfg)
+  shifted = np.asarray(tok.detokenize(tokens, steps=3, time_shift=3.0))
+  assert not np.allclose(shifted, np.asarray(tok.detokenize(tokens, steps=3)))
+
+
+def test_streaming_tokens_equal_batch_tokens():
+  c = defaults.tiny_tokenizer_config()
+  t = vftok.Tokenizer.from_config(c, seed=3)
+  x = latents(2, 5, seed=1)
+  want = np.asarray(t.tokenize(x))
+  stream = t.stream(batch=2, max_frames=8)
+  got = np.stack([np.asarray(stream.push(x[:, i])) for i in range(5)], axis=1)
+  np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match='push takes'):
+    stream.push(x[:1, 0])
+  full = t.stream(batch=2, max_frames=1)
+  full.push(x[:, 0])
+  with pytest.raises(ValueError, match='stream is full'):
+    full.push(x[:, 1])
+
+
+@pytest.mark.parametrize('frames, spans', [
+    (17, [(0, 17)]),
+    (33, [(0, 17), (16, 33)]),
+    (81, [(0, 17), (16, 33), (32, 49), (48, 65), (64, 81)]),
+    (21, [(0, 17), (16, 21)]),
+])
+def test_chunk_spans(frames, spans):
+  assert long_video.chunk_spans(frames) == spans
+  clip = np.arange(frames)[None, :, None, None, None]
+  assert np.array_equal(long_video.stitch_frames(long_video.split_frames(clip)), clip)
+
+
+@pytest.mark.parametrize('frames', [16, 18, 80])
+def test_chunk_spans_reject_bad_lengths(frames):
+  with pytest.raises(ValueError, match='4 n \\+ 1'):
+    long_video.chunk_spans(frames)
+
+
+def test_long_video_round_trip_keeps_frames_and_chunk_boundaries():
+  c = stage2_config()
+  c.model.latent_frames = 5
+  t = perturbed(vftok.Tokenizer.from_config(c, seed=0))
+  rng = np.random.default_rng(0)
+  # An 81-frame video = 5 chunks of 5 latent frames (a stand-in VAE here: each
+  # chunk's latents are random, the frame count is what is checked).
+  chunk_lat = [rng.normal(size=(1, 5, 4, 4, 4)).astype(np.float32) for _ in range(5)]
+  tokens = t.tokenize_long(chunk_lat)
+  assert tokens.shape == (1, 21, c.model.registers)   # (81 - 1) / 4 + 1
+  np.testing.assert_array_equal(tokens[:, 5:9], np.asarray(t.tokenize(chunk_lat[1]))[:, 1:])
+  seen = []
+
+  def reencode(prev):
+    seen.append(np.asarray(prev))
+    return np.asarray(prev)[:, -1:] * 0.5
+  chunks = t.detokenize_long(tokens[:, :, :2], reencode, steps=2)
+  assert [ch.shape[1] for ch in chunks] == [5] * 5
+  for i in range(1, 5):
+    # Chunk i starts exactly at the frame handed over from chunk i - 1.
+    np.testing.assert_array_equal(chunks[i][:, 0], seen[i - 1][:, -1] * 0.5)
+    np.testing.assert_array_equal(seen[i - 1], chunks[i - 1])
+  with pytest.raises(ValueError, match='latent frames'):
+    t.tokenize_long([chunk_lat[0][:, :3]] + chunk_lat[1:])

@@ -1,0 +1,126 @@
+"""Long videos: overlapping 17-frame chunks, decoded with frame conditioning.
+
+A video of F = 16 m + 4 r + 1 frames (any length >= 17 that the causal VAE
+accepts, i.e. F = 4 n + 1) is split into chunks of 17 frames sharing one frame
+with their neighbour: frames [0, 16], [16, 32], ..., the last chunk possibly
+shorter (4 r + 1 frames). The causal VAE encodes each chunk on its own, so
+chunk i's first latent frame is its first pixel frame alone, the last pixel
+frame of chunk i - 1 (paper Sec. 3.4, one overlapping frame).
+
+Tokens: chunk 0 keeps all its latent frames; later chunks drop their first
+latent frame (it is not tokenized: at decoding time it is the previous
+chunk's last frame). The result is [B, L, K] with L = (F - 1) / 4 + 1, the
+latent frame count of the whole video: 81 frames -> 21 latent frames (672
+tokens at 32 tokens per frame, as in the paper).
+
+Decoding: chunk 0 as usual; chunk i > 0 conditioned (stage-2 decoder) on the
+clean latent of the previous chunk's last decoded pixel frame, obtained by
+`reencode_last_frame(prev_chunk_latents) -> [B, 1, h, w, C]` (VAE-decode the
+chunk, VAE-encode its last frame alone; `codec_reencoder` builds it).
+"""
+from typing import Callable, List, Sequence, Tuple
+
+import numpy as np
+
+CHUNK_FRAMES = 17
+OVERLAP = 1
+TIME_STRIDE = 4  # causal VAE: 4 n + 1 frames -> n + 1 latent frames
+
+
+def chunk_spans(num_frames: int, chunk: int = CHUNK_FRAMES,
+                overlap: int = OVERLAP) -> List[Tuple[int, int]]:
+  """[(start, end_exclusive)] pixel-frame spans of the chunks of a video."""
+  if num_frames < chunk or (num_frames - 1) % TIME_STRIDE:
+    raise ValueError(
+        f'a long video needs >= {chunk} frames and 4 n + 1 frames (the causal '
+        f'VAE contract), got {num_frames}')
+  step = chunk - overlap
+  spans, start = [], 0
+  while start + overlap < num_frames:
+    spans.append((start, min(start + chunk, num_frames)))
+    start += step
+  return spans
+
+
+def latent_frames(pixel_frames: int) -> int:
+  return (pixel_frames - 1) // TIME_STRIDE + 1
+
+
+def split_frames(frames) -> List[np.ndarray]:
+  """[B, F, H, W, 3] pixels -> list of chunk clips [B, f_i, H, W, 3]."""
+  frames = np.asarray(frames)
+  if frames.ndim != 5:
+    raise ValueError(f'frames must be [B, F, H, W, 3], got {frames.shape}')
+  return [frames[:, a:b] for a, b in chunk_spans(frames.shape[1])]
+
+
+def stitch_frames(chunks: Sequence[np.ndarray]) -> np.ndarray:
+  """Inverse of split_frames: drop each later chunk's overlapping frame."""
+  return np.concatenate([chunks[0]] + [c[:, OVERLAP:] for c in chunks[1:]],
+                        axis=1)
+
+
+def tokenize_long(tok, chunk_latents: Sequence) -> np.ndarray:
+  """chunk_latents: list of [B, t_i, h, w, C] (per-chunk VAE latents) ->
+  int32 tokens [B, L, K]."""
+  if not chunk_latents:
+    raise ValueError('tokenize_long needs at least one chunk')
+  full = latent_frames(CHUNK_FRAMES)
+  out = []
+  for i, lat in enumerate(chunk_latents):
+    lat = np.asarray(lat)
+    last = i == len(chunk_latents) - 1
+    if lat.ndim != 5 or (lat.shape[1] != full and not (last and 1 < lat.shape[1] < full)):
+      raise ValueError(
+          f'chunk {i} latents have shape {lat.shape}; every chunk but the last '
+          f'must have {full} latent frames (the last 2..{full})')
+    tokens = np.asarray(tok.tokenize(lat))
+    out.append(tokens if i == 0 else tokens[:, OVERLAP:])
+  return np.concatenate(out, axis=1)
+
+
+def _token_chunks(num_latent: int) -> List[Tuple[int, int]]:
+  """Token-frame spans of each chunk inside [B, L, K] (without the overlap)."""
+  full = latent_frames(CHUNK_FRAMES)
+  if num_latent < full:
+    raise ValueError(f'long-video tokens need >= {full} latent frames, got '
+                     f'{num_latent}')
+  spans, start = [(0, full)], full
+  while start < num_latent:
+    spans.append((start, min(start + full - OVERLAP, num_latent)))
+    start += full - OVERLAP
+  return spans
+
+
+def detokenize_long(tok, tokens, reencode_last_frame: Callable,
+                    **detok_kwargs) -> List[np.ndarray]:
+  """tokens [B, L, k] -> list of per-chunk latents [B, t_i, h, w, C], where a
+  later chunk's frame 0 is the conditioning frame re-encoded from the
+  previous chunk (decode each with the codec and `stitch_frames`)."""
+  tokens = np.asarray(tokens)
+  if tokens.ndim != 3:
+    raise ValueError(f'tokens must be [B, L, k], got shape {tokens.shape}')
+  chunks = []
+  for i, (a, b) in enumerate(_token_chunks(tokens.shape[1])):
+    chunk_tokens = tokens[:, a:b]
+    if i == 0:
+      chunks.append(np.asarray(tok.detokenize(chunk_tokens, **detok_kwargs)))
+      continue
+    first = np.asarray(reencode_last_frame(chunks[-1]))
+    # The conditioning frame's token slot is a placeholder: its registers are
+    # masked inside detokenize(first_frame=...).
+    placeholder = np.zeros_like(chunk_tokens[:, :1])
+    chunk_tokens = np.concatenate([placeholder, chunk_tokens], axis=1)
+    chunks.append(np.asarray(tok.detokenize(chunk_tokens, first_frame=first,
+                                            **detok_kwargs)))
+  return chunks
+
+
+def codec_reencoder(codec, normalize: Callable, denormalize: Callable
+                    ) -> Callable:
+  """The VAE round trip for `detokenize_long`: normalised chunk latents ->
+  pixels -> last pixel frame alone -> normalised latent [B, 1, h, w, C]."""
+  def reencode(chunk_latents):
+    pixels = np.clip(codec.decode(denormalize(np.asarray(chunk_latents))), 0, 255)
+    return normalize(codec.encode(pixels[:, -1:]))
+  return reencode
