@@ -113,9 +113,11 @@ def test_apg_reduces_to_cfg_and_differs_with_projection():
 
 def test_detokenize_guidance_options(tok):
   tokens = tok.tokenize(latents(2))
-  cfg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0))
+  cfg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0,
+                                  guidance='cfg'))
   apg_as_cfg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0,
-                                         guidance='apg', apg_eta=1.0))
+                                         guidance='apg', apg_eta=1.0,
+                                         apg_momentum=0.0, apg_norm_threshold=0.0))
   np.testing.assert_allclose(apg_as_cfg, cfg, atol=1e-4)
   apg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0,
                                   guidance='apg', apg_momentum=-0.5,
@@ -123,6 +125,8 @@ def test_detokenize_guidance_options(tok):
   assert np.all(np.isfinite(apg)) and not np.allclose(apg, cfg)
   shifted = np.asarray(tok.detokenize(tokens, steps=3, time_shift=3.0))
   assert not np.allclose(shifted, np.asarray(tok.detokenize(tokens, steps=3)))
+  plain = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=1.0))
+  assert not np.allclose(plain, np.asarray(tok.detokenize(tokens, steps=3)))  # APG 3 default
 
 
 def test_streaming_tokens_equal_batch_tokens():

@@ -96,7 +96,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   e = c.eval = ml_collections.ConfigDict()
   e.num_clips = 16
   e.sample_steps = 25
-  e.guidance_scale = 1.0
+  e.guidance_scale = 3.0            # APG (the detokenize default, README)
   return c
 
 

@@ -20,7 +20,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'SLURM, multi-node GPU): one process per host.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset')
+JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
+        'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar')
 
 
 def main(argv):

@@ -34,13 +34,6 @@ class TokenStream:
     self.cache = enc.init_cache(batch, max_frames, enc.dtype)
     self.pushed = 0
 
-  @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-  def _step(self, params, cache, latents, offset):
-    codes, _, cache = self.tok.model.apply(
-        params, latents, cache, offset,
-        method=tokenizer_lib.VideoFlexTok.encode_streaming)
-    return fsq.codes_to_indices(codes, self.tok.levels)[:, 0], cache
-
   def push(self, frame) -> jax.Array:
     """frame: latents [B, H, W, C] (or [B, pt, H, W, C] with a time patch
     size pt > 1) -> int32 tokens [B, K] of that frame."""
@@ -54,8 +47,18 @@ class TokenStream:
       raise ValueError(f'stream is full: {self.max_frames} frames pushed '
                        '(start a new stream or raise max_frames)')
     latents = self.tok._check_latents(frame)  # shape, channels, finiteness
-    tokens, self.cache = self._step(self.tok.params, self.cache,
-                                    jnp.asarray(latents),
-                                    jnp.asarray(self.pushed, jnp.int32))
+    tokens, self.cache = _step(self.tok, self.tok.params, self.cache,
+                               jnp.asarray(latents),
+                               jnp.asarray(self.pushed, jnp.int32))
     self.pushed += 1
     return tokens
+
+
+# Static on the (long-lived) Tokenizer, not the stream: a new stream of the
+# same shape reuses the compiled step.
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _step(tok, params, cache, latents, offset):
+  codes, _, cache = tok.model.apply(
+      params, latents, cache, offset,
+      method=tokenizer_lib.VideoFlexTok.encode_streaming)
+  return fsq.codes_to_indices(codes, tok.levels)[:, 0], cache

@@ -1,0 +1,42 @@
+"""Demo: a class-conditional AR generator on the demo set's tokens, on a CPU.
+
+    python -m vftok.main --config=configs/ar_demo.py --workdir=/tmp/ar_demo \
+      --config.tokenizer.checkpoint=/tmp/vftok_demo
+
+The tokenizer checkpoint is a configs/demo.py run. On first use the job
+tokenizes the embedded demo set with it (jobs/tokenize_dataset.py; cached
+in <workdir>/demo_tokens): 1024 clips of 5 latent frames x 16 tokens, each
+labelled by its source video (4 classes, vftok/data/demo.py). The model is
+the paper's architecture at depth 4, width 128 (the 64000-way output head is
+most of the compute), trained on full 80-token sequences in time-first
+order, so at the end it samples every class at 1, 4 and 16 tokens per frame
+(KV cache, CFG 1.5), and the tokenizer decodes them: samples_<step>.png and
+samples_<step>_n<n>.gif / .mp4 in the workdir. Then, for more samples and
+the KV-cache speed-up:
+
+    python -m vftok.main --config=configs/sample_ar.py --workdir=/tmp/ar_demo/samples \
+      --config.ar_workdir=/tmp/ar_demo --config.benchmark
+"""
+from vftok import ar_defaults
+
+
+def get_config(arg=None):
+  del arg
+  c = ar_defaults.demo(ar_defaults.ar_config(4))
+  m = c.model
+  m.width, m.heads = 128, 4     # head_dim 32
+  m.dropout = 0.1               # as the paper's class-to-video models
+  c.cond_dropout = 0.1
+  o = c.optim
+  o.lr = 2e-3
+  o.warmup_steps = 10
+  o.weight_decay = 0.05
+  t = c.train
+  # ~2.5 s / step on 2 idle cores (5 s at load 9); 200 steps ~ 3 epochs.
+  t.total_steps = 200
+  t.log_every = 20
+  t.eval_every = 200
+  t.checkpoint_every = 100
+  c.eval.cfg_scale = 1.5
+  c.eval.decode_steps = 25
+  return c

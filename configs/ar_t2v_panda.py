@@ -1,0 +1,67 @@
+"""Text-to-video AR on Panda-70M VideoFlexTok tokens (paper Table 7).
+
+    python -m vftok.main --config=configs/ar_t2v_panda.py:20 --workdir=DIR \
+      --config.data.train_pattern='/data/panda_tokens/train-*.array_record' \
+      --config.tokenizer.checkpoint=/ckpt/tokenizer_panda \
+      --config.text.path=/ckpt/flan-t5-xl
+
+The argument is the depth: 12, 20, 30, 42 (the paper's "AR 400M, 1.1B,
+2.0B, 5.2B"; models/ar.py reproduces the total counts of d30 and d42 with a
+text input as wide as the model), each trained compute-optimally (D = 20 N tokens, batch
+sqrt-scaled to a power of 2: vftok/compute_plan.py reproduces Table 7's
+3.25B / 12B / 38B / 101B tokens and batches 128 / 256 / 512 / 512); add
+',4c' for the 4x over-trained 5.2B (402B tokens). Default 20: the 1.1B
+VideoFlexTok model the paper compares with the 5.2B 3D-grid one.
+
+Text: a frozen T5 encoder loaded from a local Hugging Face directory
+(config.text.path; no download), cross-attention in every block (what
+Table 7's totals imply, see models/ar.py), conditioning dropout 0.1, no
+Transformer dropout. The paper says only "T5"; the default width 2048 is
+FLAN-T5-XL, the encoder of LlamaGen, which the paper follows for the
+cross-attention design. For another T5 set config.model.text_dim to its
+d_model (the job checks it). Captions are encoded on the host per batch
+(jobs/train_ar.py); 120 tokens as LlamaGen.
+
+`:runlocal` shrinks it to a CPU smoke test on the demo tokens with the
+bundled MiniLM encoder (needs --config.tokenizer.checkpoint).
+"""
+from vftok import ar_defaults
+from vftok import compute_plan
+from vftok.models import ar
+
+
+def get_config(arg=None):
+  depth, flags = ar_defaults.parse_arg(arg, 20)
+  unknown = flags - {'runlocal', '4c'}
+  if unknown:
+    raise ValueError(f'unknown config arguments {sorted(unknown)}')
+  if depth not in ar.PAPER_T2V_DEPTHS:
+    raise ValueError(f'depth {depth}: Table 7 has {ar.PAPER_T2V_DEPTHS}')
+  c = ar_defaults.ar_config(depth)
+  m = c.model
+  m.num_classes = 0
+  m.text_dim = 2048             # FLAN-T5-XL d_model
+  m.cross_attn_every = 1
+  m.dropout = 0.0
+  m.dtype = 'bfloat16'
+  m.vocab_size, m.seq_len = 64000, 1280
+  m.num_frames, m.tokens_per_frame = 5, 256
+  c.cond_dropout = 0.1
+  c.text.encoder = 't5'
+  c.text.path = ''              # a local HF T5 (or T5 encoder) directory
+  c.text.max_length = 120
+  c.text.cache_size = 0         # ~30M distinct captions: nothing to reuse
+  plan = compute_plan.plan_for_depth(
+      depth, tokens_per_video=ar_defaults.PAPER_TOKENS_PER_VIDEO,
+      conditioning='text', overtrain=4.0 if '4c' in flags else 1.0)
+  ar_defaults.set_length(c, plan.tokens, plan.batch_size)
+  c.optim.lr = plan.learning_rate
+  c.train.log_every = 100
+  c.train.eval_every = 10_000
+  c.train.checkpoint_every = 2000
+  c.eval.budgets = (1, 4, 16, 32, 256)
+  c.eval.captions = ('a dog running on a beach at sunset',
+                     'a person cooking in a kitchen')
+  if 'runlocal' in flags:
+    ar_defaults.runlocal(c, text=True)
+  return c

@@ -1,0 +1,39 @@
+"""Samples videos from a trained AR workdir (vftok/jobs/sample_ar.py).
+
+    python -m vftok.main --config=configs/sample_ar.py --workdir=OUT \
+      --config.ar_workdir=/tmp/ar_demo --config.classes='(0, 1, 2, 3)' \
+      --config.budgets='(1, 4, 16)' --config.cfg_scale=2.0 --config.benchmark
+
+    # text-conditioned workdir:
+    #   --config.captions="('a man talking in a moving car',)"
+
+Writes OUT/<prefix>.png (one row per condition x budget), <prefix>_n<n>.mp4 /
+.gif, <prefix>.npz (tokens) and <prefix>.json (settings, tokens/s, paths).
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.job = 'sample_ar'
+  c.ar_workdir = ''             # a train_ar workdir
+  c.ar_step = -1                # -1: its latest checkpoint
+  c.tokenizer_workdir = ''      # '' : the AR run's tokenizer.checkpoint
+  c.tokenizer_step = -1
+  c.classes = ()                # class ids; () : the AR run's eval classes
+  c.captions = ()               # text models; () : the AR run's eval captions
+  c.samples = 2                 # videos per condition
+  c.budgets = (1, 4, 16)        # tokens per latent frame
+  c.cfg_scale = 1.5             # 1: no guidance
+  c.temperature = 1.0           # 0: greedy
+  c.top_k = 0                   # 0: off
+  c.top_p = 1.0                 # 1: off
+  c.seed = 0
+  c.decode_steps = 25           # tokenizer flow-decoder Euler steps
+  c.decode_guidance = 1.0
+  c.fps = 8
+  c.formats = ('mp4', 'gif')
+  c.prefix = 'samples'
+  c.benchmark = False           # tokens/s with and without the KV cache
+  return c

@@ -1,0 +1,269 @@
+"""The AR jobs end to end at tiny sizes (train_ar, sample_ar).
+
+Covers: training on token records lowers the loss, and a run preempted at
+step 4 and resumed reproduces the uninterrupted loss curve exactly; the
+demo_tokens path tokenizes a (tiny) demo set with a tokenizer checkpoint,
+trains, samples every class at two budgets with the KV cache and writes the
+grid PNG + GIF / MP4; sample_ar does class -> video with the KV-cache
+benchmark; text conditioning (captions encoded on the fly by a pluggable
+encoder) trains and samples caption -> video.
+"""
+import importlib.util
+import json
+import os
+import zlib
+
+from clu import metric_writers
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vftok import api
+from vftok import ar_defaults
+from vftok import checkpoint
+from vftok import defaults
+from vftok import sharding
+from vftok import train_state
+from vftok.data import records
+from vftok.jobs import sample_ar
+from vftok.jobs import train_ar
+from vftok.models import text_encoders
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T, K, LEVELS = 5, 4, (4, 4, 4)   # the tiny tokenizer: 64 codes
+VOCAB = int(np.prod(LEVELS))
+CAPTIONS = ('red ball', 'blue sky', 'green tree', 'a cat')
+
+
+class Recorder(metric_writers.LoggingWriter):
+  def __init__(self):
+    super().__init__()
+    self.scalars = {}
+
+  def write_scalars(self, step, scalars):
+    self.scalars.setdefault(step, {}).update(scalars)
+
+
+def losses(rec):
+  return [rec.scalars[s]['loss'] for s in sorted(rec.scalars)
+          if 'loss' in rec.scalars[s]]
+
+
+def load_config(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def tiny_ar(config, text_dim=0):
+  m = config.model
+  m.depth, m.width, m.heads = 1, 32, 2
+  m.vocab_size, m.num_frames, m.tokens_per_frame, m.seq_len = VOCAB, T, K, T * K
+  m.num_classes = 0 if text_dim else 4
+  m.text_dim = text_dim
+  m.dropout = 0.1
+  config.data.global_batch_size = 8   # the 8 simulated devices
+  config.optim.lr = 1e-2
+  config.optim.warmup_steps = 1
+  t = config.train
+  t.log_every, t.checkpoint_every, t.eval_every = 1, 4, 0
+  e = config.eval
+  e.budgets, e.samples_per_condition = (1, K), 1
+  e.decode_steps, e.formats = 1, ('gif', 'mp4')
+  return config
+
+
+def write_synthetic_records(directory, n=32):
+  """Class c's clips share one token grid (plus a little noise): learnable."""
+  rng = np.random.default_rng(0)
+  os.makedirs(directory, exist_ok=True)
+  base = rng.integers(0, VOCAB, (4, T, K))
+  examples = []
+  for i in range(n):
+    c = i % 4
+    tokens = base[c].copy()
+    flip = rng.random((T, K)) < 0.1
+    tokens[flip] = rng.integers(0, VOCAB, flip.sum())
+    examples.append(dict(tokens=tokens.astype(np.uint16), label=c,
+                         caption=CAPTIONS[c], source=f'synthetic:{i}'))
+  path = os.path.join(directory, 'train-00000-of-00001.array_record')
+  records.write_token_records(path, examples)
+  return os.path.join(directory, 'train-*.array_record')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs of one test compile the same train step (and later tests the same
+  sampler): a persistent compilation cache makes the repeats cache hits."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  names = ('jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs')
+  old = {n: getattr(jax.config, n) for n in names}
+  jax.config.update(names[0], str(tmp_path_factory.mktemp('xla_cache')))
+  jax.config.update(names[1], 0.5)
+  cc.reset_cache()
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+  cc.reset_cache()
+
+
+@pytest.fixture(scope='module')
+def demo_root(tmp_path_factory):
+  from vftok.data import demo
+  root = tmp_path_factory.mktemp('demo_data')
+  demo.ensure_demo_dataset(str(root), 17, 32, max_clips_per_video=16,
+                           eval_clips_per_video=1, clips_per_shard=32,
+                           repa_teacher='')
+  return root
+
+
+@pytest.fixture(scope='module')
+def tokenizer_dir(demo_root, tmp_path_factory):
+  """A tokenizer workdir (config.json + checkpoint) with initial params: the
+  AR jobs only need its interface, and skipping training keeps this fast."""
+  c = defaults.tokenizer_config()
+  c.data.kind, c.data.root, c.data.resolution = 'demo', str(demo_root), 32
+  c.data.demo_repa_teacher = ''
+  c.data.global_batch_size = 8
+  m = c.model
+  m.latent_size, m.patch_size, m.registers, m.fsq_levels = (4, 4), (1, 1, 1), K, LEVELS
+  m.enc_depth = m.dec_depth = 1
+  m.enc_width = m.dec_width = 32
+  m.head_dim, m.repa_dim, m.repa_source = 16, 8, 'random_stand_in'
+  c.optim.mup_base_width = 0
+  c.train.compute_dtype = 'float32'
+  out = tmp_path_factory.mktemp('tokenizer')
+  with open(out / api.CONFIG_FILE, 'w') as f:
+    f.write(c.to_json())
+  # Random params from NumPy: compiling the tokenizer's init costs seconds.
+  model, tx, _ = train_state.build(c)
+  abstract = sharding.unbox(jax.eval_shape(
+      train_state.make_init_fn(model, tx, c.model), jax.random.key(0)))
+  rng = np.random.default_rng(0)
+
+  def leaf(path, x):
+    if not jax.tree_util.keystr(path).startswith('.params'):
+      return jnp.zeros(x.shape, x.dtype)  # step, optimizer moments
+    base = 1.0 if getattr(path[-1], 'key', '') == 'scale' else 0.0  # norms
+    return jnp.asarray(base + 0.02 * rng.standard_normal(x.shape), x.dtype)
+  state = jax.tree_util.tree_map_with_path(leaf, abstract)
+  ckpt = checkpoint.Checkpointer(str(out / train_state.CHECKPOINT_DIR),
+                                 async_save=False)
+  ckpt.maybe_save(1, state, force=True)
+  ckpt.close()
+  return str(out)
+
+
+def test_train_lowers_loss_and_resume_reproduces_it(tmp_path, monkeypatch):
+  c = tiny_ar(ar_defaults.ar_config(1))
+  c.data.train_pattern = write_synthetic_records(str(tmp_path / 'tokens'))
+  c.train.total_steps = 8
+  full = Recorder()
+  train_ar.run(c, str(tmp_path / 'full'), writer=full)
+  curve = losses(full)
+  assert len(curve) == 8 and curve[0] > 3.5  # ~ln(64) at the start
+  assert np.mean(curve[-2:]) < curve[0] - 0.5
+  assert {'accuracy', 'lr', 'tokens_per_sec', 'grad_norm'} <= set(full.scalars[8])
+
+  monkeypatch.setattr(checkpoint.PreemptionGuard, 'should_stop',
+                      lambda self, step: step == 4)
+  first = Recorder()
+  train_ar.run(c, str(tmp_path / 'cut'), writer=first)
+  assert sorted(first.scalars) == [1, 2, 3, 4]
+  monkeypatch.undo()
+  second = Recorder()
+  train_ar.run(c, str(tmp_path / 'cut'), writer=second)
+  assert min(second.scalars) == 5
+  np.testing.assert_allclose(losses(first) + losses(second), curve, rtol=1e-6)
+
+
+def test_demo_tokens_train_samples_and_sample_job(demo_root, tokenizer_dir,
+                                                  tmp_path):
+  c = tiny_ar(load_config('ar_demo'))
+  c.tokenizer.checkpoint = tokenizer_dir
+  c.train.total_steps = c.train.eval_every = 2
+  work = tmp_path / 'ar'
+  rec = Recorder()
+  train_ar.run(c, str(work), writer=rec)
+  manifest = records.read_manifest(str(work / 'demo_tokens'))
+  assert manifest['counts']['train'] == 64 and manifest['tokens_shape'] == [T, K]
+  for name in ('samples_2.png', 'samples_2_n1.gif', 'samples_2_n4.mp4',
+               'samples_2.npz'):
+    assert (work / name).exists(), name
+  assert rec.scalars[2]['sample/tokens_per_sec_n4'] > 0
+  tokens = np.load(work / 'samples_2.npz')['n4']
+  assert tokens.shape == (4, 1, T, K) and tokens.max() < VOCAB
+
+  s = load_config('sample_ar')
+  s.ar_workdir = str(work)
+  # 2 x 2 rows at the trained budgets: the run's compiled sampler is reused.
+  s.classes, s.budgets, s.samples = (0, 3), (1, K), 2
+  s.decode_steps, s.benchmark, s.formats = 1, True, ('mp4',)
+  out = tmp_path / 'sampled'
+  report = sample_ar.run(s, str(out))
+  for name in ('samples.png', 'samples_n1.mp4', f'samples_n{K}.mp4',
+               'samples.json', 'samples.txt'):
+    assert (out / name).exists(), name
+  assert set(report['tokens_per_sec']) == {'kv_cache_first_call', 'kv_cache',
+                                           'no_kv_cache'}
+  assert json.loads((out / 'samples.json').read_text())['ar_step'] == 2
+
+
+class _WordTokenizer:
+  """HF-tokenizer-like: words -> ids by hash, padded to max_length."""
+
+  def __call__(self, texts, padding, truncation, max_length, return_tensors,
+               return_token_type_ids):
+    del padding, truncation, return_tensors, return_token_type_ids
+    ids = np.zeros((len(texts), max_length), np.int32)
+    mask = np.zeros((len(texts), max_length), np.int32)
+    for i, text in enumerate(texts):
+      words = text.split()[:max_length]
+      ids[i, :len(words)] = [1 + zlib.crc32(w.encode()) % 99 for w in words]
+      mask[i, :len(words)] = 1
+    return {'input_ids': ids, 'attention_mask': mask}
+
+
+class _BagOfWords(nn.Module):
+  @nn.compact
+  def __call__(self, ids, mask):
+    return nn.Embed(100, 8)(ids) * mask[..., None]
+
+
+def _tiny_text_encoder(path, max_length, dtype):
+  del path, dtype
+  module = _BagOfWords()
+  params = module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
+                       jnp.ones((1, 2), bool))
+  return text_encoders.TextEncoder('tiny_words', module, params,
+                                   _WordTokenizer(), 8, max_length)
+
+
+def test_text_conditioning_trains_and_samples(tokenizer_dir, tmp_path):
+  text_encoders.register('tiny_words', _tiny_text_encoder)
+  c = tiny_ar(load_config('ar_demo_t2v'), text_dim=8)
+  c.data.kind = 'records'
+  c.data.train_pattern = write_synthetic_records(str(tmp_path / 'tokens'))
+  c.text.encoder, c.text.max_length = 'tiny_words', 4
+  c.tokenizer.checkpoint = tokenizer_dir
+  c.eval.captions = CAPTIONS[:2]
+  c.train.total_steps = 3
+  rec = Recorder()
+  train_ar.run(c, str(tmp_path / 'ar'), writer=rec)
+  assert np.isfinite(losses(rec)).all()
+
+  s = load_config('sample_ar')
+  s.ar_workdir = str(tmp_path / 'ar')
+  s.captions, s.budgets, s.samples = ('a cat', 'unseen words'), (2,), 1
+  s.decode_steps, s.formats, s.cfg_scale = 1, ('gif',), 3.0
+  report = sample_ar.run(s, str(tmp_path / 'sampled'))
+  assert (tmp_path / 'sampled' / 'samples_n2.gif').exists()
+  assert [c['caption'] for c in report['conditions']] == list(s.captions)
+  with pytest.raises(ValueError, match='not class-'):
+    s.classes = (0,)
+    sample_ar.run(s, str(tmp_path / 'bad'))

@@ -1,0 +1,354 @@
+"""The tokenizer evaluation sweep and the class alignment score.
+
+The sweep runs on a tiny checkpoint written in the trainer's layout (random
+init; numbers are meaningless but every code path runs) over a synthetic
+8-clip record set, with I3D on the 'pool' layer at 16 px so the real network
+runs in seconds (the default stays the standard 224 px logits).
+"""
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from vftok import api
+from vftok import checkpoint
+from vftok import defaults
+from vftok import sharding
+from vftok import train_state
+from vftok.data import codecs
+from vftok.data import records
+from vftok.evals import class_score
+from vftok.jobs import eval_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLIPS = 4
+GUIDANCE = (1.0, 2.0)
+
+
+def _load_config(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def _clips(rng, n, f=17, size=32):
+  """Smooth moving colour patterns: varied enough for PCA and I3D."""
+  t = np.arange(f)[:, None, None, None]
+  y = np.arange(size)[None, :, None, None]
+  x = np.arange(size)[None, None, :, None]
+  out = []
+  for _ in range(n):
+    fx, fy, v = rng.uniform(0.1, 0.5, 3)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    img = 127.5 + 100 * np.sin(fx * x + fy * y + v * t + phase)
+    out.append(img)
+  return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+
+
+def _write_dataset(root):
+  rng = np.random.default_rng(0)
+  clips = _clips(rng, 16)
+  codec = codecs.PatchPCACodec().fit(clips)
+  codec.save(os.path.join(root, 'codec.npz'))
+  lat = codec.encode(clips)
+
+  def examples(idx, frames):
+    for i in idx:
+      ex = dict(latents=lat[i].astype(np.float16), label=int(i % 2),
+                caption='', source=f'synthetic:{i}')
+      if frames:
+        ex['frames'] = clips[i]
+      yield ex
+  records.write_records(os.path.join(root, 'train-00000-of-00001.array_record'),
+                        examples(range(8), False))
+  records.write_records(os.path.join(root, 'eval-00000-of-00001.array_record'),
+                        examples(range(8, 16), True))
+  flat = lat.reshape(-1, 16)
+  records.write_manifest(root, dict(codec='pca_offline', codec_path='codec.npz',
+                                    latent_mean=flat.mean(0),
+                                    latent_std=flat.std(0)))
+
+
+def _perturb(params, key):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [
+      x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+      for x, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+  """A train_tokenizer workdir (config.json + Orbax checkpoint at step 1)."""
+  data = tmp_path_factory.mktemp('records')
+  _write_dataset(str(data))
+  c = defaults.tiny_tokenizer_config()
+  c.data.train_pattern = str(data / 'train-*.array_record')
+  c.data.eval_pattern = str(data / 'eval-*.array_record')
+  m = c.model
+  m.latent_channels, m.latent_frames, m.enc_depth, m.dec_depth = 16, 5, 1, 1
+  workdir = tmp_path_factory.mktemp('ckpt')
+  model, tx, _ = train_state.build(c)
+  init_fn = train_state.make_init_fn(model, tx, c.model)
+  state, _ = sharding.create_sharded_state(
+      init_fn, jax.random.key(0), sharding.make_mesh(c.mesh))
+  # Zero-initialised output layers would make every budget decode to the
+  # bare noise; perturbed weights make the tokens matter.
+  state = state.replace(params=jax.jit(_perturb)(state.params,
+                                                 jax.random.key(1)))
+  ck = checkpoint.Checkpointer(str(workdir / 'checkpoints'), async_save=False)
+  ck.maybe_save(1, state, force=True)
+  ck.close()
+  (workdir / api.CONFIG_FILE).write_text(c.to_json(indent=2))
+  return str(workdir)
+
+
+def eval_config(ckpt_dir, **overrides):
+  c = _load_config('eval_tokenizer')
+  c.checkpoint = ckpt_dir
+  c.num_clips = NUM_CLIPS
+  c.guidance_scales = GUIDANCE
+  c.sample_steps = (2,)
+  c.fvd.layer, c.fvd.resolution = 'pool', 16
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _env(extra_path=''):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, extra_path,
+                                                  env.get('PYTHONPATH')) if p)
+  return env
+
+
+FAKE_CLASSIFIER = '''
+import numpy as np
+class Bright:
+  class_names = ['dark', 'bright']
+  def __call__(self, clips):
+    p = np.asarray(clips, np.float32).mean(axis=(1, 2, 3, 4)) / 255.0
+    return np.stack([1 - p, p], axis=1)
+def make(path):
+  assert path == 'unused-path'
+  return Bright()
+'''
+
+
+@pytest.fixture(scope='module')
+def cli_sweep(ckpt, tmp_path_factory):
+  """The documented command, with a plug-in classifier from another module."""
+  out = tmp_path_factory.mktemp('sweep')
+  plugin = tmp_path_factory.mktemp('plugin')
+  (plugin / 'fake_classifier.py').write_text(FAKE_CLASSIFIER)
+  cmd = [sys.executable, '-m', 'vftok.main',
+         '--config=configs/eval_tokenizer.py', f'--config.checkpoint={ckpt}',
+         f'--workdir={out}', f'--config.num_clips={NUM_CLIPS}',
+         '--config.guidance_scales=(1.0,2.0)', '--config.sample_steps=(2,)',
+         '--config.fvd.layer=pool', '--config.fvd.resolution=16',
+         '--config.classifier.factory=fake_classifier:make',
+         '--config.classifier.path=unused-path']
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(str(plugin)),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, proc.stdout
+
+
+def test_sweep_command_writes_table_plot_grid(cli_sweep):
+  out, stdout = cli_sweep
+  with open(out / 'sweep.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [(int(r['budget']), float(r['guidance']), int(r['steps']))
+          for r in rows] == [(k, g, 2) for g in GUIDANCE for k in (1, 2, 4)]
+  for r in rows:
+    assert float(r['rfvd']) >= 0 and np.isfinite(float(r['rfvd']))
+    assert 0 < float(r['psnr']) < 100 and -1 <= float(r['ssim']) <= 1
+    assert 0 <= float(r['class_score']) <= 1
+    assert float(r['sec_per_clip_detokenize']) > 0
+  md = (out / 'sweep.md').read_text()
+  assert md in stdout  # printed with the table
+  assert md.count('\n| ') == len(rows) + 2  # header, rows, codec ceiling
+  for line in ('| 4 | 2 | 2 |', 'codec only (ceiling)', '- tokenize:',
+               '- detokenize, 2 Euler steps, guidance 1.0:',
+               'guidance 2.0 (CFG', '- I3D features (I3D pool (1024-d)',
+               f'{NUM_CLIPS} evaluation clips'):
+    assert line in md, line
+  result = json.loads((out / 'sweep.json').read_text())
+  assert result['info']['devices'] == jax.device_count()
+  plot = Image.open(out / 'sweep.png')
+  assert plot.size == (1300, 400)
+  for g in ('1', '2'):
+    grid = np.asarray(Image.open(out / f'recon_g{g}_s2.png'))
+    # original, codec, 3 budgets; 2 clips x 5 frames of 32 px (+2 px pad).
+    assert grid.shape == (5 * 34 + 2, 64 + 10 * 34 + 2, 3)
+  assert any(n.startswith('events.out.tfevents') for n in os.listdir(out))
+
+
+def test_sweep_same_seed_same_numbers(ckpt, cli_sweep, tmp_path):
+  """In another process, with only one setting of the sweep: identical."""
+  got = eval_tokenizer.run(eval_config(ckpt, budgets=(2,), guidance_scales=(
+      2.0,)), str(tmp_path))
+  cli = json.loads((cli_sweep[0] / 'sweep.json').read_text())
+  want = [r for r in cli['rows'] if r['budget'] == 2 and r['guidance'] == 2.0]
+  keys = ('rfvd', 'psnr', 'ssim')
+  assert [got['rows'][0][k] for k in keys] == [want[0][k] for k in keys]
+  assert got['codec']['rfvd'] == cli['codec']['rfvd']
+  # The budgets do not all decode alike (the tokens are read).
+  assert len({r['psnr'] for r in cli['rows']}) > 1
+
+
+def test_sharded_model_matches_public_api_and_noise_is_per_clip(ckpt):
+  tok, step = eval_tokenizer.restore_tokenizer(ckpt)
+  assert step == 1
+  lat = np.random.default_rng(0).normal(size=(8,) + tok.latent_shape)
+  mesh = sharding.make_mesh(tok.config.mesh)
+  model = eval_tokenizer.ShardedTokenizer(tok, mesh, batch_size=8, seed=0)
+  tokens = model.tokenize(lat)
+  assert tokens.sharding == model.bs  # split over the 8 devices
+  np.testing.assert_array_equal(np.asarray(tokens), tok.tokenize(lat))
+  # Our traceable decode == Tokenizer.detokenize given the API's noise, with
+  # CFG and with APG (the eval config's APG parameters).
+  apg = _load_config('eval_tokenizer').apg.to_dict()
+  decode = jax.jit(eval_tokenizer.decode_latents, static_argnums=(0, 5, 6))
+  for k, kind in ((2, 'cfg'), (4, 'apg')):
+    want = tok.detokenize(
+        np.asarray(tokens)[:, :, :k], steps=2, guidance_scale=2.0, seed=3,
+        guidance=kind, apg_momentum=apg['momentum'], apg_eta=apg['eta'],
+        apg_norm_threshold=apg['norm_threshold'])
+    noise = jax.random.normal(jax.random.key(3), want.shape)
+    g = eval_tokenizer.ShardedTokenizer(tok, mesh, 8, 0, kind, apg).guidance(
+        2.0)
+    got = decode(tok, tok.params, np.asarray(tokens), k, noise, 2, g)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=kind)
+  # Clip i's noise depends on (seed, i) only, not on the batch it is in
+  # (clips decode independently, so neither do their reconstructions).
+  shape = tok.latent_shape
+  same = eval_tokenizer.clip_noise(0, np.array([5]), shape)
+  np.testing.assert_array_equal(
+      same[0], eval_tokenizer.clip_noise(0, np.array([3, 4, 5]), shape)[2])
+  assert not np.allclose(same, eval_tokenizer.clip_noise(1, np.array([5]),
+                                                         shape))
+
+
+def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
+  cases = [('', 'config.checkpoint is not set'),
+           (str(tmp_path / 'missing'), 'does not exist'),
+           (os.path.join(ckpt, 'checkpoints'),
+            f"no config.json; did you mean the workdir '{ckpt}'"),
+           (str(tmp_path), 'no config.json')]
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  (empty / api.CONFIG_FILE).write_text('{"job": "train_tokenizer"}')
+  cases.append((str(empty), 'has no finished checkpoint'))
+  ar = tmp_path / 'ar'
+  ar.mkdir()
+  (ar / api.CONFIG_FILE).write_text('{"job": "train_ar"}')
+  cases.append((str(ar), "holds a 'train_ar' run"))
+  for path, match in cases:
+    with pytest.raises(ValueError, match=match):
+      eval_tokenizer.run(eval_config(path), str(tmp_path / 'out'))
+  assert not (empty / 'checkpoints').exists()  # nothing created there
+  with pytest.raises(ValueError, match=r'available steps: \[1\]'):
+    eval_tokenizer.restore_tokenizer(ckpt, step=7)
+  with pytest.raises(ValueError, match='multiple of the 8 devices'):
+    eval_tokenizer.run(eval_config(ckpt, batch_size=6), str(tmp_path / 'o'))
+  with pytest.raises(ValueError, match=r'budgets must be in \[1, 4\]'):
+    eval_tokenizer.run(eval_config(ckpt, budgets=(8,)), str(tmp_path / 'o'))
+  # Through the command line: one error line, not a cascade.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vftok.main', '--config=configs/eval_tokenizer.py',
+       f'--config.checkpoint={tmp_path / "missing"}', f'--workdir={tmp_path}'],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('ValueError: config.checkpoint=') and \
+      'does not exist' in last, proc.stderr[-2000:]
+  assert proc.stderr.count('Traceback') == 1
+
+
+# ------------------------------------------------------------ class score ---
+
+def _blobs(rng, n_per_class, classes=3, dim=1024):
+  centres = rng.normal(size=(classes, dim)) * 0.5
+  x = np.concatenate([c + rng.normal(size=(n_per_class, dim)) for c in centres])
+  y = np.repeat(np.arange(classes), n_per_class).astype(np.int32)
+  return x * 3 + 10, y  # offset / scale: standardisation must handle them
+
+
+def test_linear_classifier_learns_separable_features(tmp_path):
+  rng = np.random.default_rng(0)
+  x, y = _blobs(rng, 40)
+  x_test, y_test = _blobs(np.random.default_rng(0), 40)  # same centres
+  x_test = x_test + rng.normal(size=x_test.shape)        # new noise
+  head = class_score.train_linear(x, y, 3, steps=200)
+  probs = head.probabilities(x_test)
+  assert probs.shape == (120, 3)
+  np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+  assert class_score.accuracy(probs, y_test) >= 0.95
+  score = class_score.class_score(probs, y_test)
+  assert score == pytest.approx(np.mean(probs[np.arange(120), y_test]))
+  assert score > 0.8
+  # Deterministic, and saved / loaded with its class names and I3D setup.
+  again = class_score.train_linear(x, y, 3, steps=200)
+  np.testing.assert_array_equal(again.weight, head.weight)
+  clf = class_score.I3DClassifier(head, ['a', 'b', 'c'], 'pool', 32, 16)
+  path = clf.save(str(tmp_path / 'classifier.npz'))
+  loaded = class_score.make_classifier(class_score.DEFAULT_FACTORY, path)
+  assert loaded.class_names == ['a', 'b', 'c']
+  assert (loaded.layer, loaded.resolution, loaded.num_frames) == ('pool', 32,
+                                                                   16)
+  np.testing.assert_allclose(loaded.head.probabilities(x_test), probs,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match='does not exist'):
+    class_score.load_classifier(str(tmp_path / 'nope.npz'))
+
+
+def test_class_score_is_mean_probability_of_given_class():
+  probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+  labels = np.array([0, 1, 2])
+  assert class_score.class_score(probs, labels) == pytest.approx(
+      (0.7 + 0.1 + 0.4) / 3)
+  np.testing.assert_allclose(class_score.true_class_probs(probs, labels),
+                             [0.7, 0.1, 0.4])
+  fixed = lambda clips: np.tile([[0.25, 0.75]], (len(clips), 1))
+  clips = np.zeros((4, 16, 8, 8, 3), np.uint8)
+  assert class_score.score_clips(fixed, clips, [1, 1, 0, 1]) == pytest.approx(
+      (0.75 * 3 + 0.25) / 4)
+  with pytest.raises(ValueError, match=r'class ids in \[0, 3\)'):
+    class_score.class_score(probs, np.array([0, 1, -1]))
+  for bad in ('nodots', 'vftok.evals.class_score:missing', 'no_such_mod:f'):
+    with pytest.raises(ValueError, match='classifier factory'):
+      class_score.load_factory(bad)
+  assert class_score.load_factory('vftok.evals.class_score.load_classifier') \
+      is class_score.load_classifier
+
+
+def test_train_classifier_job_on_records(ckpt, tmp_path):
+  from vftok.jobs import train_classifier  # pylint: disable=g-import-not-at-top
+  c = _load_config('train_classifier')
+  with open(os.path.join(ckpt, api.CONFIG_FILE)) as f:
+    data = json.load(f)['data']
+  c.data.kind = 'records'
+  c.data.train_pattern, c.data.eval_pattern = (data['train_pattern'],
+                                               data['eval_pattern'])
+  c.max_clips_per_class = 4
+  c.features.resolution = 16
+  c.train.steps = 50
+  results = train_classifier.run(c, str(tmp_path))
+  assert results['train (codec decodes)/accuracy'] >= 0.75
+  for k, v in results.items():
+    assert 0 <= v <= 1, k
+  clf = class_score.I3DClassifier.load(str(tmp_path / 'classifier.npz'))
+  assert clf.class_names == ['class_0', 'class_1']
+  probs = clf(np.zeros((2, 17, 32, 32, 3), np.uint8))
+  assert probs.shape == (2, 2)
+  assert 'held-out, real frames' in (tmp_path / 'classifier.md').read_text()

@@ -1,0 +1,194 @@
+"""Conditions -> AR tokens -> tokenizer latents -> pixels -> PNG / GIF / MP4.
+
+Shared by the AR trainer's periodic samples and the sample_ar job:
+
+  * `sample_tokens`: for each token budget n, one batched, KV-cached (or
+    recomputing) `ar_sampling.sample` call over every condition x sample,
+    timed (tokens/s);
+  * `Decoder`: the tokenizer's flow decoder (latents) and the data's codec
+    (pixels), with the latent de-normalisation the tokens were made with;
+  * `write_outputs`: a grid PNG (one row per condition x budget) and, per
+    budget, an animated grid (rows: conditions, columns: samples).
+"""
+import dataclasses
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from vftok import ar_sampling
+from vftok import defaults
+from vftok import media
+from vftok.data import codecs
+from vftok.data import pipeline
+from vftok.data import records
+from vftok.evals import reconstruction
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  """One prompt: a class id or a caption (or neither: unconditional)."""
+  name: str
+  class_label: Optional[int] = None
+  caption: Optional[str] = None
+
+
+def class_conditions(labels: Sequence[int], names: Sequence[str] = ()
+                     ) -> List[Condition]:
+  return [Condition(names[c] if c < len(names) else f'class {c}', int(c))
+          for c in labels]
+
+
+def caption_conditions(captions: Sequence[str]) -> List[Condition]:
+  return [Condition(f'caption {i}', caption=str(c))
+          for i, c in enumerate(captions)]
+
+
+def single_device(params):
+  """Replicated params -> one copy on the first local device: sampling a
+  few videos on every data-parallel replica would only repeat the work.
+  Sharded (FSDP) params stay as they are (every device takes part)."""
+  leaves = jax.tree.leaves(params)
+  if all(getattr(x, 'sharding', None) is None or x.sharding.is_fully_replicated
+         for x in leaves):
+    return jax.device_put(params, jax.local_devices()[0])
+  return params
+
+
+def sample_tokens(model, params, conditions: Sequence[Condition],
+                  budgets: Sequence[int], samples: int, *, seed: int,
+                  num_frames: int, order: str = 'time_first',
+                  embed_captions=None, cfg_scale: float = 1.0,
+                  temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, use_kv_cache: bool = True
+                  ) -> Tuple[Dict[int, np.ndarray], Dict[int, float]]:
+  """-> ({n: int32 [C, samples, T, n]}, {n: seconds of the sample call}).
+
+  params: the (unboxed) 'params' tree. embed_captions: captions ->
+  (emb, mask) for caption conditions (ar_train_state.CaptionEmbedder).
+  """
+  kwargs = {}
+  rows = [c for c in conditions for _ in range(samples)]
+  if any(c.class_label is not None for c in rows):
+    kwargs['class_labels'] = jnp.asarray([c.class_label for c in rows],
+                                         jnp.int32)
+  if any(c.caption is not None for c in rows):
+    if embed_captions is None:
+      raise ValueError('caption conditions need a text encoder')
+    emb, mask = embed_captions([c.caption for c in rows])
+    kwargs['text_emb'], kwargs['text_mask'] = jnp.asarray(emb), jnp.asarray(
+        mask)
+  if not kwargs:
+    kwargs['batch_size'] = len(rows)
+  tokens, seconds = {}, {}
+  for n in budgets:
+    start = time.perf_counter()
+    out = ar_sampling.sample(
+        model, params, jax.random.fold_in(jax.random.key(seed), n),
+        num_frames=num_frames, tokens_per_frame_budget=int(n), order=order,
+        cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+        top_p=top_p, use_kv_cache=use_kv_cache, **kwargs)
+    out = np.asarray(jax.block_until_ready(out))
+    seconds[n] = time.perf_counter() - start
+    tokens[n] = out.reshape(len(conditions), samples, *out.shape[1:])
+  return tokens, seconds
+
+
+def latent_data(ar_config, tokenizer) -> pipeline.Data:
+  """The latent set the tokenizer was trained on: its codec maps latents to
+  pixels and its stats undo the normalisation the tokens were made with.
+
+  ar_config.tokenizer.latent_dir (a latent-record dir with manifest.json)
+  overrides it. Tokenizer data fields added to the code after its checkpoint
+  was written take their current defaults (as eval_tokenizer does).
+  """
+  tok_data = tokenizer.config.data
+  latent_dir = ar_config.tokenizer.get('latent_dir', '')
+  if latent_dir:
+    manifest = records.read_manifest(latent_dir)
+    codec_path = manifest.get('codec_path', '')
+    return pipeline.Data('', '', manifest, manifest.get('codec', ''),
+                         os.path.join(latent_dir, codec_path)
+                         if codec_path else '',
+                         tok_data.get('normalize', 'global'))
+  fields = defaults.tokenizer_config().data.to_dict()
+  fields.update(tok_data.to_dict())
+  d = ar_config.data
+  if d.get('root'):
+    fields['root'] = d.root
+  if d.get('demo_repa_teacher'):
+    fields['demo_repa_teacher'] = d.demo_repa_teacher
+  return pipeline.resolve(ml_collections.ConfigDict(fields))
+
+
+class Decoder:
+  """AR tokens [B, T, n] -> uint8 pixels [B, F, H, W, 3]."""
+
+  def __init__(self, tokenizer, data: pipeline.Data, steps: int = 25,
+               guidance_scale: float = 1.0, seed: int = 0):
+    self.tokenizer = tokenizer
+    self.codec = codecs.load_codec(data)
+    self.denormalize = pipeline.make_denormalizer(data)
+    self.steps, self.guidance_scale, self.seed = steps, guidance_scale, seed
+
+  def __call__(self, tokens) -> np.ndarray:
+    latents = self.tokenizer.detokenize(
+        np.asarray(tokens), steps=self.steps,
+        guidance_scale=self.guidance_scale, seed=self.seed)
+    return media.to_uint8(self.codec.decode(self.denormalize(
+        np.asarray(latents))))
+
+
+def decode_all(decoder, tokens: Dict[int, np.ndarray]
+               ) -> Dict[int, np.ndarray]:
+  """{n: [C, S, T, n]} -> {n: uint8 [C, S, F, H, W, 3]} (one decode per n)."""
+  out = {}
+  for n, tok in tokens.items():
+    c, s = tok.shape[:2]
+    px = decoder(tok.reshape(c * s, *tok.shape[2:]))
+    out[n] = px.reshape(c, s, *px.shape[1:])
+  return out
+
+
+def write_outputs(directory: str, prefix: str,
+                  conditions: Sequence[Condition],
+                  pixels: Dict[int, np.ndarray], *, fps: float = 8.0,
+                  formats: Sequence[str] = ('gif',), scale: int = 2
+                  ) -> List[str]:
+  """<prefix>.png: one row per condition x budget (evenly spaced frames of
+  every sample); <prefix>_n<n>.<fmt>: per budget, the animated grid of
+  conditions (rows) x samples (columns), enlarged `scale` x;
+  <prefix>.txt: the conditions of the rows. -> the written paths."""
+  os.makedirs(directory, exist_ok=True)
+  budgets = sorted(pixels)
+  rows, labels = [], []
+  for i, cond in enumerate(conditions):
+    for n in budgets:
+      rows.append(pixels[n][i])
+      labels.append(f'{cond.name[:9]} n={n}')
+  samples = rows[0].shape[0]
+  # PIL's default font is ~6 px per character.
+  grid = reconstruction.make_grid(
+      rows, labels, clips=samples, frames_per_clip=min(5, rows[0].shape[1]),
+      label_width=max(64, 6 * max(map(len, labels)) + 8))
+  paths = [os.path.join(directory, f'{prefix}.png')]
+  with records.atomic_path(paths[0]) as tmp:
+    Image.fromarray(grid).save(tmp, format='PNG')
+  for n in budgets:
+    video = media.upscale(media.tile(pixels[n]), scale)
+    paths += media.write_video(os.path.join(directory, f'{prefix}_n{n}'),
+                               video, fps, formats)
+  text = os.path.join(directory, f'{prefix}.txt')
+  with records.atomic_path(text) as tmp, open(tmp, 'w') as f:
+    for cond in conditions:
+      what = (f'caption: {cond.caption}' if cond.caption is not None else
+              f'class: {cond.class_label}' if cond.class_label is not None
+              else 'unconditional')
+      f.write(f'{cond.name}\t{what}\n')
+    f.write(f'budgets (tokens per latent frame): {budgets}\n')
+  return paths + [text]

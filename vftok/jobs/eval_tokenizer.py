@@ -1,0 +1,542 @@
+"""Evaluates a trained tokenizer over token budgets, guidance scales and steps.
+
+    python -m vftok.main --config=configs/eval_tokenizer.py \
+        --config.checkpoint=/tmp/vftok_demo --workdir=/tmp/vftok_eval
+
+For every held-out clip: tokenize once, then for each (guidance, steps,
+budget k) decode from the first k tokens of every latent frame, map latents
+to pixels with the data's codec (rounded to uint8, as a saved video would be)
+and compare with the original pixels:
+
+  rFVD   Fréchet distance of I3D features, reconstructions vs originals
+         (config.fvd: standard 400-d logits of 16 frames at 224 x 224)
+  PSNR   over each whole clip, averaged over clips (dB)
+  SSIM   per frame (Gaussian 11 x 11, sigma 1.5), averaged
+  class  optional: mean p(label | reconstruction) (config.classifier)
+
+The codec's own reconstruction (no tokenizer) is reported as the ceiling.
+Writes to the workdir: sweep.csv, sweep.md (table + throughput), sweep.json,
+sweep.png (rFVD / PSNR / SSIM vs budget, one line per guidance/steps),
+recon_g<guidance>_s<steps>.png (originals, codec, every budget) and the same
+numbers as TensorBoard scalars (step = budget).
+
+Determinism: the same config and seed give identical numbers (tested across
+processes). Clip i is decoded from the noise fold_in(key(seed), i), so its
+reconstruction does not depend on the batch size or the device count (up to
+float round-off of differently shaped programs), and every setting sees the
+same noise per clip (paired comparisons across budgets).
+Tokenize, detokenize, pixel metrics and I3D run with the batch sharded over
+all devices (data-parallel mesh; the tokenizer is replicated).
+Throughput is steady state: functions are compiled ahead of time and the
+compile time is reported separately.
+"""
+import csv
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, Tuple
+
+from absl import logging
+from clu import metric_writers
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from vftok import api
+from vftok import defaults
+from vftok import flow
+from vftok import sharding
+from vftok.data import codecs
+from vftok.data import pipeline
+from vftok.data import records
+from vftok.evals import class_score
+from vftok.evals import frechet
+from vftok.evals import pixels
+from vftok.evals import reconstruction
+from vftok.evals import video_features
+from vftok.models import fsq
+from vftok.models import tokenizer as tokenizer_lib
+
+COLUMNS = ('budget', 'guidance', 'steps', 'rfvd', 'psnr', 'ssim',
+           'class_score', 'sec_per_clip_detokenize')
+
+
+# ------------------------------------------------------------- checkpoint ---
+
+def restore_tokenizer(path: str, step: int = -1) -> Tuple[api.Tokenizer, int]:
+  """A train_tokenizer workdir -> (Tokenizer, step); one ValueError that says
+  what is wrong with the path otherwise."""
+  if not path:
+    raise ValueError('config.checkpoint is not set: pass --config.checkpoint='
+                     'DIR, the --workdir of a train_tokenizer run (it holds '
+                     'config.json and checkpoints/)')
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise ValueError(f'config.checkpoint={path!r} does not exist or is not a '
+                     'directory')
+  config_file = os.path.join(path, api.CONFIG_FILE)
+  if not os.path.exists(config_file):
+    hint = ''
+    for up in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+      if os.path.exists(os.path.join(up, api.CONFIG_FILE)):
+        hint = f'; did you mean the workdir {up!r}?'
+        break
+    raise ValueError(f'config.checkpoint={path!r} is not a tokenizer workdir: '
+                     f'it has no {api.CONFIG_FILE}{hint}')
+  try:
+    with open(config_file) as f:
+      job = json.load(f).get('job')
+  except (ValueError, OSError) as e:
+    raise ValueError(f'{config_file} is not a readable JSON config: {e}'
+                     ) from None
+  if job != 'train_tokenizer':
+    raise ValueError(f'config.checkpoint={path!r} holds a {job!r} run, not a '
+                     'train_tokenizer run')
+  ckpt_dir = os.path.join(path, 'checkpoints')
+  steps = sorted(int(d) for d in (os.listdir(ckpt_dir)
+                                  if os.path.isdir(ckpt_dir) else [])
+                 if d.isdigit())
+  if not steps:
+    raise ValueError(f'config.checkpoint={path!r} has no finished checkpoint '
+                     f'in {ckpt_dir} (training not started or no save yet?)')
+  if step >= 0 and step not in steps:
+    raise ValueError(f'config.checkpoint={path!r} has no checkpoint at step '
+                     f'{step}; available steps: {steps}')
+  step = steps[-1] if step < 0 else step
+  try:
+    tok = api.Tokenizer.from_checkpoint(path, step)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'could not restore the tokenizer of {path!r} at step '
+                     f'{step}: {type(e).__name__}: {e}') from e
+  return tok, step
+
+
+# --------------------------------------------------------- sharded model ---
+
+def clip_noise(seed: int, ids, shape):
+  """Initial noise per clip: clip i gets normal(fold_in(key(seed), i))."""
+  key = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
+                                              shape))(ids)
+
+
+def decode_latents(tok: api.Tokenizer, params, tokens, k, noise, steps: int,
+                   guidance):
+  """Tokenizer.detokenize(tokens[:, :, :k]) with given noise, traceable: the
+  budget k is an array (every budget shares one compilation), masked codes
+  are zeroed as the API's padding does. guidance: a CFG scale (float) or a
+  flow.Guidance."""
+  codes = fsq.indices_to_codes(tokens, tok.levels)
+  b, _, kmax = tokens.shape
+  keep = jnp.broadcast_to(jnp.arange(kmax) < k, (b, kmax))
+  codes = jnp.where(keep[:, None, :, None], codes, 0.0)
+  null_keep = jnp.zeros_like(keep)
+
+  def velocity(x, t, cond):
+    v, _ = tok.model.apply(params, codes, keep if cond else null_keep, x, t,
+                           method=tokenizer_lib.VideoFlexTok.decode)
+    return v
+
+  return flow.euler_sample(velocity, noise, steps, guidance,
+                           tok.config.model.time_shift)
+
+
+class ShardedTokenizer:
+  """tokenize / detokenize with the batch split over `mesh`, AOT-compiled,
+  with steady-state seconds accumulated per function."""
+
+  def __init__(self, tok: api.Tokenizer, mesh, batch_size: int, seed: int,
+               guidance_kind: str = 'cfg', apg=None):
+    self.tok, self.batch_size, self.seed = tok, batch_size, seed
+    if guidance_kind not in ('cfg', 'apg'):
+      raise ValueError(f"guidance must be 'cfg' or 'apg', got "
+                       f'{guidance_kind!r}')
+    self.guidance_kind, self.apg = guidance_kind, dict(apg or {})
+    self.rep = sharding.replicated(mesh)
+    self.bs = sharding.batch_sharding(mesh)
+    self.params = jax.device_put(tok.params, self.rep)
+    self.seconds: Dict[str, float] = {}
+    self.compile_seconds = 0.0
+    t, h, w, c = tok.latent_shape
+    self.noise_shape = (t, h, w, c)
+    self._lat = jax.ShapeDtypeStruct((batch_size, t, h, w, c), jnp.float32,
+                                     sharding=self.bs)
+    self._tokens_shape = (batch_size, t // tok.config.model.patch_size[0],
+                          tok.tokens_per_frame)
+    self._encode = None  # compiled on first use
+    self._decoders = {}
+
+  def _compile(self, fn, *abstract, in_shardings=None):
+    t0 = time.perf_counter()
+    in_shardings = in_shardings or (self.rep,) + (self.bs,) * len(abstract)
+    out = jax.jit(fn, in_shardings=in_shardings, out_shardings=self.bs).lower(
+        self.params, *abstract).compile()
+    self.compile_seconds += time.perf_counter() - t0
+    return out
+
+  def _encode_fn(self, params, latents):
+    codes, _ = self.tok.model.apply(params, latents,
+                                    method=tokenizer_lib.VideoFlexTok.encode)
+    return fsq.codes_to_indices(codes, self.tok.levels)
+
+  def guidance(self, scale: float):
+    """A CFG scale stays a float (the sampler's plain form); APG needs
+    flow.Guidance with its momentum / eta / norm threshold."""
+    if self.guidance_kind == 'cfg':
+      return float(scale)
+    return flow.Guidance(float(scale), 'apg', **self.apg)
+
+  def _time(self, name, fn, *args):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+  def tokenize(self, latents) -> jax.Array:
+    """float latents [B, T, h, w, C] (normalised) -> sharded int32 tokens."""
+    if self._encode is None:
+      self._encode = self._compile(self._encode_fn, self._lat)
+    lat = video_features.put_global(np.asarray(latents, np.float32), self.bs)
+    return self._time('tokenize', self._encode, self.params, lat)
+
+  def detokenize(self, tokens, k: int, ids, steps: int, guidance: float
+                 ) -> np.ndarray:
+    key = (steps, guidance)
+    if key not in self._decoders:
+      g = self.guidance(guidance)
+
+      def fn(params, tokens, k, ids):
+        noise = clip_noise(self.seed, ids, self.noise_shape)
+        return decode_latents(self.tok, params, tokens, k, noise, steps, g)
+
+      abstract = (
+          jax.ShapeDtypeStruct(self._tokens_shape, jnp.int32,
+                               sharding=self.bs),
+          jax.ShapeDtypeStruct((), jnp.int32, sharding=self.rep),
+          jax.ShapeDtypeStruct((self.batch_size,), jnp.int32,
+                               sharding=self.bs))
+      self._decoders[key] = self._compile(
+          fn, *abstract, in_shardings=(self.rep, self.bs, self.rep, self.bs))
+    name = f'detokenize/g{guidance}_s{steps}/k{k}'
+    ids = video_features.put_global(np.asarray(ids, np.int32), self.bs)
+    k = jax.device_put(jnp.int32(k), self.rep)
+    out = self._time(name, self._decoders[key], self.params, tokens, k, ids)
+    return video_features.fetch(out)
+
+
+# ------------------------------------------------------------------ data ---
+
+def eval_batches(config, tok_config):
+  """-> (data, clip count, lazily read batches of config.batch_size)."""
+  # Data fields added to the code after the checkpoint was written keep their
+  # current defaults, so older workdirs still resolve their data.
+  fields = defaults.tokenizer_config().data.to_dict()
+  fields.update(tok_config.data.to_dict())
+  data_config = ml_collections.ConfigDict(fields)
+  if config.data_root:
+    data_config.root = config.data_root
+  data = pipeline.resolve(data_config)
+  if config.eval_pattern:
+    data = dataclasses.replace(data, eval_pattern=config.eval_pattern)
+  paths = records.expand(data.eval_pattern) if data.eval_pattern else []
+  if not paths:
+    raise ValueError(f'no evaluation records match {data.eval_pattern!r} '
+                     '(config.eval_pattern)')
+  source = grain.sources.ArrayRecordDataSource(paths)
+  n = len(source) if config.num_clips < 0 else min(config.num_clips,
+                                                   len(source))
+  if 0 <= len(source) < config.num_clips:
+    logging.warning('only %d evaluation clips (asked for %d)', len(source),
+                    config.num_clips)
+  if n < 2:
+    raise ValueError(f'need at least 2 evaluation clips for FVD, got {n}')
+  prepare = pipeline.Prepare(pipeline.EVAL_FIELDS, data.latent_mean,
+                             data.latent_std)
+  ds = grain.MapDataset.source(source)[:n].map(prepare).batch(
+      config.batch_size)
+  first = ds[0]
+  if 'frames' not in first:
+    raise ValueError(f'evaluation records {data.eval_pattern!r} have no RGB '
+                     '`frames`: pixel metrics need them')
+  return data, n, (ds[i] for i in range(len(ds)))
+
+
+def to_uint8(x) -> np.ndarray:
+  return np.clip(np.round(np.asarray(x, np.float32)), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------- run ---
+
+def _check(config, registers: int, devices: int):
+  if config.batch_size < 1 or config.batch_size % devices:
+    raise ValueError(f'config.batch_size={config.batch_size} must be a '
+                     f'positive multiple of the {devices} devices (the batch '
+                     'is split over them)')
+  budgets = sorted(set(int(k) for k in config.budgets))
+  budgets = budgets or tokenizer_lib.keep_budgets(registers)
+  if budgets[0] < 1 or budgets[-1] > registers:
+    raise ValueError(f'config.budgets={tuple(config.budgets)}: budgets must '
+                     f'be in [1, {registers}] (tokens per latent frame)')
+  steps = [int(s) for s in config.sample_steps]
+  guidance = [float(g) for g in config.guidance_scales]
+  if not steps or min(steps) < 1 or not guidance:
+    raise ValueError('config.sample_steps must be >= 1 and '
+                     'config.guidance_scales non-empty')
+  return budgets, [(g, s) for g in guidance for s in steps]
+
+
+def run(config, workdir: str, writer=None) -> Dict:
+  """Runs the sweep; -> {'info', 'rows', 'codec', 'timing'} (sweep.json)."""
+  t_start = time.perf_counter()
+  tok, step = restore_tokenizer(config.checkpoint, config.step)
+  mesh = video_features.data_mesh()
+  budgets, settings = _check(config, tok.tokens_per_frame, mesh.size)
+  data, n, batches = eval_batches(config, tok.config)
+  codec = codecs.load_codec(data)
+  denormalize = pipeline.make_denormalizer(data)
+  os.makedirs(workdir, exist_ok=True)
+  writer = writer or metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+
+  model = ShardedTokenizer(tok, mesh, config.batch_size, config.seed,
+                           config.guidance, config.apg.to_dict())
+  features = video_features.I3DFeatures(
+      config.fvd.layer, config.fvd.resolution, config.fvd.num_frames,
+      config.batch_size, mesh)
+  classifier = None
+  if config.classifier.path:
+    classifier = class_score.make_classifier(config.classifier.factory,
+                                             config.classifier.path)
+  bs = sharding.batch_sharding(mesh)
+  metrics_fn = jax.jit(pixels.all_metrics, out_shardings=bs)
+
+  # Per entry ('original' | 'codec' | (g, s, k)): lists over batches.
+  acc: Dict = {}
+  grid: Dict = {}
+  codec_seconds = 0.0
+
+  def add(key, name, value):
+    acc.setdefault(key, {}).setdefault(name, []).append(np.asarray(value))
+
+  def score(key, px, frames, labels):
+    m = metrics_fn(video_features.put_global(
+        video_features.pad_rows(px, config.batch_size), bs),
+        video_features.put_global(
+            video_features.pad_rows(frames, config.batch_size), bs))
+    for name in ('psnr', 'ssim'):
+      add(key, name, video_features.fetch(m[name])[:len(px)])
+    add(key, 'feats', features(px))
+    if classifier is not None:
+      add(key, 'class', class_score.true_class_probs(classifier(px), labels))
+
+  start = 0
+  for b, batch in enumerate(batches):
+    frames, labels = batch['frames'], batch['label']
+    nb = frames.shape[0]
+    ids = np.arange(start, start + config.batch_size)
+    start += nb
+    if classifier is not None:
+      class_score.check_labels(labels, len(classifier.class_names))
+    tokens = model.tokenize(video_features.pad_rows(batch['latents'],
+                                                    config.batch_size))
+    add('original', 'feats', features(frames))
+    if classifier is not None:
+      add('original', 'class',
+          class_score.true_class_probs(classifier(frames), labels))
+    t0 = time.perf_counter()
+    codec_px = to_uint8(codec.decode(denormalize(batch['latents'])))
+    codec_seconds += time.perf_counter() - t0
+    score('codec', codec_px, frames, labels)
+    if b == 0:
+      grid['rows'] = [frames, codec_px]
+    for g, s in settings:
+      for k in budgets:
+        lat = model.detokenize(tokens, k, ids, s, g)[:nb]
+        t0 = time.perf_counter()
+        px = to_uint8(codec.decode(denormalize(lat)))
+        codec_seconds += time.perf_counter() - t0
+        score((g, s, k), px, frames, labels)
+        if b == 0:
+          grid.setdefault((g, s), []).append(px)
+      logging.info('eval batch %d, guidance %g, %d steps: done (%.0f s)', b,
+                   g, s, time.perf_counter() - t_start)
+    logging.info('eval batch %d: %d / %d clips', b, start, n)
+
+  real = np.concatenate(acc['original']['feats'])
+  mu, sigma = frechet.gaussian_stats(real)
+
+  def summarize(key):
+    a = acc[key]
+    out = {'rfvd': frechet.frechet_distance(
+        mu, sigma, *frechet.gaussian_stats(np.concatenate(a['feats']))),
+           'psnr': float(np.mean(np.concatenate(a['psnr']))),
+           'ssim': float(np.mean(np.concatenate(a['ssim'])))}
+    out['class_score'] = (float(np.mean(np.concatenate(a['class'])))
+                          if 'class' in a else float('nan'))
+    return out
+
+  rows = []
+  for g, s in settings:
+    for k in budgets:
+      row = dict(budget=k, guidance=g, steps=s, **summarize((g, s, k)))
+      row['sec_per_clip_detokenize'] = model.seconds[
+          f'detokenize/g{g}_s{s}/k{k}'] / n
+      rows.append(row)
+  ceiling = summarize('codec')
+  if classifier is not None:
+    ceiling['class_score_original'] = float(
+        np.mean(np.concatenate(acc['original']['class'])))
+  timing = {
+      'tokenize': model.seconds['tokenize'] / n,
+      **{f'detokenize_g{g}_s{s}': sum(
+          model.seconds[f'detokenize/g{g}_s{s}/k{k}'] for k in budgets)
+         / (n * len(budgets)) for g, s in settings},
+      'i3d_features': features.seconds_per_clip,
+      'codec_decode': codec_seconds / (n * (len(settings) * len(budgets) + 1)),
+      'compile_seconds': model.compile_seconds + features.compile_seconds,
+      'wall_seconds': time.perf_counter() - t_start,
+  }
+  guidance = config.guidance
+  if guidance == 'apg':
+    guidance += ' ' + ', '.join(f'{k}={v:g}' for k, v in config.apg.items())
+  info = dict(checkpoint=os.path.abspath(config.checkpoint), step=step,
+              num_clips=n, seed=config.seed, devices=mesh.size,
+              guidance=guidance,
+              platform=jax.devices()[0].platform,
+              clip_shape=list(grid['rows'][0].shape[1:]),
+              features=features.description,
+              classifier=(config.classifier.path if classifier else ''))
+  result = dict(info=info, rows=rows, codec=ceiling, timing=timing)
+  if jax.process_index() == 0:
+    _write(workdir, result, settings, budgets, grid, config.grid_clips,
+           writer)
+  writer.flush()
+  return result
+
+
+# ----------------------------------------------------------------- output ---
+
+def _fmt(x, digits):
+  return 'n/a' if x is None or not np.isfinite(x) else f'{x:.{digits}f}'
+
+
+def markdown(result) -> str:
+  info, rows, ceil, t = (result['info'], result['rows'], result['codec'],
+                         result['timing'])
+  has_class = np.isfinite(ceil['class_score'])
+  head = ['budget', 'guidance', 'steps', 'rFVD', 'PSNR (dB)', 'SSIM']
+  head += ['class score'] if has_class else []
+  head += ['s/clip detokenize']
+  lines = [
+      f"# Tokenizer sweep: {info['checkpoint']} (step {info['step']})", '',
+      f"{info['num_clips']} evaluation clips of {info['clip_shape']} pixels, "
+      f"seed {info['seed']}, {info['devices']} {info['platform']} device(s), "
+      f"guidance (scale != 1): {info['guidance']}. "
+      f"rFVD: {info['features']}, reconstructions vs originals (FVD from few "
+      'clips is biased upward: compare numbers at equal clip counts).', '',
+      '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    cells = [str(r['budget']), f"{r['guidance']:g}", str(r['steps']),
+             _fmt(r['rfvd'], 2), _fmt(r['psnr'], 2), _fmt(r['ssim'], 4)]
+    cells += [_fmt(r['class_score'], 3)] if has_class else []
+    cells += [_fmt(r['sec_per_clip_detokenize'], 4)]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  cells = ['codec only (ceiling)', '', '', _fmt(ceil['rfvd'], 2),
+           _fmt(ceil['psnr'], 2), _fmt(ceil['ssim'], 4)]
+  cells += [_fmt(ceil['class_score'], 3)] if has_class else []
+  lines.append('| ' + ' | '.join(cells + ['']) + ' |')
+  if has_class:
+    lines += ['', f"Class score of the original clips: "
+              f"{ceil['class_score_original']:.3f} ({info['classifier']})."]
+  lines += ['', 'Throughput, seconds per clip (steady state, compile '
+            'excluded, batch sharded over all devices):', '',
+            f"- tokenize: {t['tokenize']:.4f}"]
+  for name, v in t.items():
+    if name.startswith('detokenize_'):
+      g, s = name[len('detokenize_g'):].split('_s')
+      kind = info['guidance'].split()[0].upper()
+      cfg = (f' ({kind}: 2 decoder passes per step)' if float(g) != 1.0
+             else '')
+      lines.append(f'- detokenize, {s} Euler steps, guidance {g}{cfg}: '
+                   f'{v:.4f}')
+  lines += [f"- I3D features ({info['features']}): {t['i3d_features']:.4f}",
+            f"- codec latents -> pixels (host): {t['codec_decode']:.4f}",
+            '', f"Compilation {t['compile_seconds']:.1f} s; wall time "
+            f"{t['wall_seconds']:.1f} s."]
+  return '\n'.join(lines) + '\n'
+
+
+def plot(path: str, result, settings):
+  """rFVD, PSNR and SSIM vs budget (log2 axis), one line per setting."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  # pylint: enable=g-import-not-at-top
+  # Figure + Agg canvas, not pyplot: no global backend state to change.
+  fig = Figure(figsize=(13, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 3)
+  for ax, (key, title) in zip(axes, (('rfvd', 'rFVD (lower is better)'),
+                                     ('psnr', 'PSNR dB (higher is better)'),
+                                     ('ssim', 'SSIM (higher is better)'))):
+    for g, s in settings:
+      rows = [r for r in result['rows']
+              if (r['guidance'], r['steps']) == (g, s)]
+      ax.plot([r['budget'] for r in rows], [r[key] for r in rows], marker='o',
+              label=f'guidance {g:g}, {s} steps')
+    ax.axhline(result['codec'][key], color='gray', linestyle='--',
+               label='codec only (ceiling)')
+    ax.set_xscale('log', base=2)
+    budgets = sorted({r['budget'] for r in result['rows']})
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([str(k) for k in budgets])
+    ax.set_xlabel('tokens per latent frame')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"{os.path.basename(result['info']['checkpoint'])} step "
+               f"{result['info']['step']}: {result['info']['num_clips']} clips")
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
+  with open(os.path.join(workdir, 'sweep.csv'), 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in result['rows']:
+      w.writerow({c: r[c] for c in COLUMNS})
+  text = markdown(result)
+  with open(os.path.join(workdir, 'sweep.md'), 'w') as f:
+    f.write(text)
+  with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
+    json.dump(records.jsonable(result), f, indent=2)
+  plot(os.path.join(workdir, 'sweep.png'), result, settings)
+  labels = ['original', 'codec'] + [f'{k} tok' for k in budgets]
+  images = {}
+  for g, s in settings:
+    img = reconstruction.make_grid(grid['rows'] + grid[(g, s)], labels,
+                                   clips=grid_clips)
+    Image.fromarray(img).save(os.path.join(workdir, f'recon_g{g:g}_s{s}.png'))
+    images[f'recon/guidance{g:g}_steps{s}'] = img[None]
+  print('\n' + text, flush=True)
+
+  for r in result['rows']:
+    tag = f"guidance{r['guidance']:g}_steps{r['steps']}"
+    scalars = {f'{m}/{tag}': r[m] for m in ('rfvd', 'psnr', 'ssim')}
+    if np.isfinite(r['class_score']):
+      scalars[f'class_score/{tag}'] = r['class_score']
+    scalars[f'sec_per_clip_detokenize/{tag}'] = r['sec_per_clip_detokenize']
+    writer.write_scalars(r['budget'], scalars)
+  for k in budgets:  # the ceiling as a flat line next to the curves
+    writer.write_scalars(k, {f'{m}/codec_only': result['codec'][m]
+                             for m in ('rfvd', 'psnr', 'ssim')})
+  writer.write_scalars(0, {f'sec_per_clip/{k}': v
+                           for k, v in result['timing'].items()
+                           if k not in ('compile_seconds', 'wall_seconds')})
+  writer.write_images(0, images)
+  writer.write_texts(0, {'sweep': text})

@@ -1,0 +1,145 @@
+"""Class -> video and text -> video from a trained AR workdir, end to end.
+
+    python -m vftok.main --config=configs/sample_ar.py --workdir=OUT \
+      --config.ar_workdir=/tmp/ar_demo --config.classes='(0, 1, 2, 3)' \
+      --config.budgets='(1, 4, 16)' --config.cfg_scale=2.0 --config.benchmark
+
+    # text-conditioned workdirs take captions instead:
+    #   --config.captions="('a man talking in a moving car',)"
+
+Conditions -> AR tokens (KV cache, CFG, temperature / top-k / top-p, n
+tokens per latent frame) -> the tokenizer's flow decoder (latents) -> the
+codec (pixels) -> OUT/<prefix>.png (one row per condition x budget),
+OUT/<prefix>_n<n>.mp4 / .gif (per budget: conditions x samples, animated),
+OUT/<prefix>.npz (tokens) and OUT/<prefix>.json (settings, tokens/s, paths).
+With benchmark=True the sampling speed is measured with and without the KV
+cache, each after a compiling warm-up call.
+"""
+import json
+import os
+from typing import Dict
+
+from absl import logging
+import jax
+import numpy as np
+
+from vftok import api
+from vftok import ar_render
+from vftok import ar_train_state
+from vftok import train_state
+from vftok.data import records
+from vftok.models import ar
+
+
+def _step(value):
+  return None if value is None or int(value) < 0 else int(value)
+
+
+def conditions_of(config, ar_config, mc: ar.ARConfig):
+  """Captions / classes from the config, else the AR run's eval prompts."""
+  captions, classes = tuple(config.captions), tuple(config.classes)
+  if captions and not mc.text_dim:
+    raise ValueError('captions given but the AR model is not text-'
+                     'conditioned (model.text_dim = 0)')
+  if classes and not mc.num_classes:
+    raise ValueError('classes given but the AR model is not class-'
+                     'conditioned (model.num_classes = 0)')
+  bad = [c for c in classes if not 0 <= int(c) < mc.num_classes]
+  if bad:
+    raise ValueError(f'classes {bad} are outside [0, {mc.num_classes})')
+  e = ar_config.eval
+  if mc.text_dim:
+    captions = captions or tuple(e.captions)
+    if not captions:
+      raise ValueError('a text-conditioned model needs config.captions')
+    return ar_render.caption_conditions(captions)
+  if mc.num_classes:
+    classes = classes or tuple(e.classes) or tuple(
+        range(min(mc.num_classes, e.max_classes)))
+    return ar_render.class_conditions(classes, tuple(e.get('class_names',
+                                                           ())))
+  return [ar_render.Condition('uncond')]
+
+
+def run(config, workdir: str, writer=None) -> Dict:
+  """-> the report written to <workdir>/<prefix>.json."""
+  del writer  # results go to files
+  os.makedirs(workdir, exist_ok=True)
+  ar_config = train_state.load_workdir_config(config.ar_workdir)
+  mc = ar_train_state.model_config(ar_config)
+  params, step = ar_train_state.restore_params(ar_config, config.ar_workdir,
+                                               _step(config.ar_step))
+  params = ar_render.single_device(params)
+  model = ar.ARTransformer(mc)
+  conditions = conditions_of(config, ar_config, mc)
+  encoder = ar_train_state.load_text_encoder(ar_config)
+  embed = (ar_train_state.CaptionEmbedder(encoder, ar_config.text.max_length)
+           if encoder is not None else None)
+
+  tok_dir = config.tokenizer_workdir or ar_config.tokenizer.checkpoint
+  if not tok_dir:
+    raise ValueError('set config.tokenizer_workdir (the AR run names none)')
+  tok = api.Tokenizer.from_checkpoint(tok_dir, _step(config.tokenizer_step))
+  m = tok.config.model
+  num_frames = int(m.latent_frames) // int(m.patch_size[0])
+  budgets = sorted({int(n) for n in config.budgets})
+  if budgets[0] < 1 or budgets[-1] > min(tok.tokens_per_frame,
+                                         mc.tokens_per_frame):
+    raise ValueError(f'budgets {budgets} must be in [1, '
+                     f'{min(tok.tokens_per_frame, mc.tokens_per_frame)}]')
+  if int(np.prod(tok.levels)) > mc.vocab_size:
+    raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
+                     f'the AR vocabulary only {mc.vocab_size}')
+
+  sample = lambda use_kv_cache: ar_render.sample_tokens(
+      model, params['params'], conditions, budgets, config.samples,
+      seed=config.seed, num_frames=num_frames, order=ar_config.order,
+      embed_captions=embed, cfg_scale=config.cfg_scale,
+      temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+      use_kv_cache=use_kv_cache)
+  tokens, seconds = sample(True)
+  rows = len(conditions) * config.samples
+  count = {n: rows * num_frames * n for n in budgets}
+  speed = {'kv_cache_first_call': {n: count[n] / seconds[n]
+                                   for n in budgets}}
+  if config.benchmark:
+    # Warm: the first calls compiled; the KV-cache path is timed again.
+    for use_cache, name in ((True, 'kv_cache'), (False, 'no_kv_cache')):
+      if not use_cache:
+        sample(False)  # compile
+      again, secs = sample(use_cache)
+      speed[name] = {n: count[n] / secs[n] for n in budgets}
+      for n in budgets:
+        if not np.array_equal(again[n], tokens[n]) and use_cache:
+          raise AssertionError('sampling is not deterministic given the seed')
+
+  decoder = ar_render.Decoder(tok, ar_render.latent_data(ar_config, tok),
+                              config.decode_steps, config.decode_guidance,
+                              config.seed)
+  pixels = ar_render.decode_all(decoder, tokens)
+  prefix = config.prefix
+  paths = ar_render.write_outputs(workdir, prefix, conditions, pixels,
+                                  fps=config.fps,
+                                  formats=tuple(config.formats))
+  np.savez(os.path.join(workdir, f'{prefix}.npz'),
+           **{f'n{n}': t for n, t in tokens.items()})
+  report = dict(
+      ar_workdir=config.ar_workdir, ar_step=step, tokenizer_workdir=tok_dir,
+      conditions=[c.__dict__ for c in conditions], budgets=budgets,
+      samples_per_condition=config.samples, num_frames=num_frames,
+      cfg_scale=config.cfg_scale, temperature=config.temperature,
+      top_k=config.top_k, top_p=config.top_p, seed=config.seed,
+      tokens_per_sec=speed, device=str(jax.devices()[0].platform),
+      paths=paths)
+  with records.atomic_path(os.path.join(workdir, f'{prefix}.json')) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(records.jsonable(report), f, indent=2)
+  lines = [f'AR step {step}: {len(conditions)} conditions x {config.samples} '
+           f'samples, {num_frames} latent frames']
+  for name, per in speed.items():
+    lines.append(f'  tokens/s {name:20s} ' + '  '.join(
+        f'n={n}: {v:8.1f}' for n, v in per.items()))
+  lines += [f'  wrote {p}' for p in paths]
+  print('\n'.join(lines), flush=True)
+  logging.info('\n'.join(lines))
+  return report
