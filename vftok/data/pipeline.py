@@ -75,7 +75,8 @@ def resolve_patterns(data_config) -> Data:
   if kind == 'demo':
     p = demo.ensure_demo_dataset(
         data_config.root, data_config.num_frames, data_config.resolution,
-        repa_teacher=data_config.get('demo_repa_teacher', ''))
+        # Workdirs older than the field: the current demo set.
+        repa_teacher=data_config.get('demo_repa_teacher', 'i3d:Mixed_3c'))
     return Data(p.train_pattern, p.eval_pattern, p.manifest,
                 p.manifest['codec'], p.codec_path, data_config.normalize)
   if kind != 'records':
