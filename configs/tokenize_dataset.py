@@ -29,4 +29,9 @@ def get_config(arg=None):
   c.worker_count = -1           # -1: one worker per JAX process
   c.finalize = False
   c.log_every_s = 30.0
+  # Optional: also store each caption's text-encoder outputs (text_emb [L, D]
+  # float16, text_mask [L]) for AR training with config.text.source='records'.
+  c.text_encoder = ''           # '' | 't5' | 'minilm' | a registered name
+  c.text_path = ''              # local HF checkpoint dir ('' : bundled)
+  c.text_max_length = 64
   return c

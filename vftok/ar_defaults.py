@@ -62,6 +62,11 @@ def ar_config(depth: int = 16) -> ml_collections.ConfigDict:
   x.path = ''                     # local HF checkpoint dir ('' : bundled)
   x.max_length = 64               # caption tokens (padded / truncated)
   x.cache_size = 4096             # captions whose embeddings stay cached
+  x.source = 'encoder'            # 'encoder': captions encoded on the host per
+                                  # batch; 'records': text_emb / text_mask
+                                  # precomputed by tokenize_dataset
+                                  # (config.text_encoder); the encoder is then
+                                  # used only for eval prompts
 
   # ---- optimiser (vftok/optim.py); lr = 1.024 / width, no muP --------------
   o = c.optim = ml_collections.ConfigDict()

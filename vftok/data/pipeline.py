@@ -128,6 +128,10 @@ class Prepare(grain.transforms.Map):
         v = v.astype(np.float32)
       elif k == 'tokens':
         v = v.astype(np.int32)
+      elif k == 'text_emb':
+        v = v.astype(np.float32)
+      elif k == 'text_mask':
+        v = v.astype(bool)
       out[k] = v
     if 'repa_frames' in self.fields:
       if 'frames' not in ex:

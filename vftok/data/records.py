@@ -16,6 +16,9 @@ A token record (written by jobs/tokenize_dataset.py, read by the AR trainer)
 holds the same scalars and, instead of latents, the tokenizer's ids:
 
   tokens         uint16 [T, K]                    FSQ ids, K tokens per frame
+  text_emb       float16 | float32 [L, D] (optional)  the caption's text-encoder
+                                                  outputs (precomputed T5 etc.)
+  text_mask      uint8 [L] (optional, with text_emb)  1 = a real caption token
 
 Byte layout (no pickle, readable without this code):
 
@@ -42,12 +45,15 @@ import numpy as np
 MAGIC = b'VFTK1'
 MANIFEST = 'manifest.json'
 SCALARS = {'label': int, 'caption': str, 'source': str}
-ARRAYS = ('latents', 'frames', 'repa_features', 'tokens')
+ARRAYS = ('latents', 'frames', 'repa_features', 'tokens', 'text_emb',
+          'text_mask')
+TOKEN_ARRAYS = ('tokens', 'text_emb', 'text_mask')
 REQUIRED = ('latents', 'label', 'caption', 'source')
 TOKEN_REQUIRED = ('tokens', 'label', 'caption', 'source')
 # Only plain numeric dtypes: a record can never smuggle in an object array.
 _DTYPES = {'latents': ('float16', 'float32'), 'frames': ('uint8',),
-           'repa_features': ('float16', 'float32'), 'tokens': ('uint16',)}
+           'repa_features': ('float16', 'float32'), 'tokens': ('uint16',),
+           'text_emb': ('float16', 'float32'), 'text_mask': ('uint8',)}
 # group_size:1 makes every record its own chunk: O(1) random access (Grain).
 WRITER_OPTIONS = 'group_size:1'
 
@@ -151,13 +157,22 @@ def validate_token_example(ex: Dict[str, Any], channels=None):
   missing = [k for k in TOKEN_REQUIRED if k not in ex]
   if missing:
     raise ValueError(f'token record is missing fields {missing}')
-  extra = [k for k in ARRAYS if k != 'tokens' and ex.get(k) is not None]
+  extra = [k for k in ARRAYS if k not in TOKEN_ARRAYS and ex.get(k) is not None]
   if extra:
-    raise ValueError(f'token records hold no {extra} (only tokens)')
+    raise ValueError(f'token records hold no {extra} (only {TOKEN_ARRAYS})')
   tok = np.asarray(ex['tokens'])
   if tok.ndim != 2 or tok.dtype != np.uint16:
     raise ValueError(f'tokens must be uint16 [T, K], got {tok.dtype} '
                      f'{tok.shape}')
+  if (ex.get('text_emb') is None) != (ex.get('text_mask') is None):
+    raise ValueError('text_emb and text_mask come together')
+  if ex.get('text_emb') is not None:
+    emb, mask = np.asarray(ex['text_emb']), np.asarray(ex['text_mask'])
+    if emb.ndim != 2 or mask.shape != emb.shape[:1]:
+      raise ValueError(f'text_emb must be [L, D] and text_mask [L], got '
+                       f'{emb.shape} and {mask.shape}')
+    if not np.all(np.isfinite(emb)):
+      raise ValueError('text_emb contains NaN or Inf values')
   _validate_scalars(ex)
 
 

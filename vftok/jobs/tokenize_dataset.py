@@ -89,7 +89,10 @@ def run(config, workdir: str, tokenizer=None):
                      tokens_per_frame=tokenizer.tokens_per_frame,
                      time_patch=tokenizer.config.model.patch_size[0]),
       normalize=normalize, latent_mean=mean, latent_std=std,
-      stats_from=stats_dir, vocab_size=vocab),
+      stats_from=stats_dir, vocab_size=vocab,
+      text_encoder=config.get('text_encoder', ''),
+      text_path=config.get('text_path', ''),
+      text_max_length=config.get('text_max_length', 64)),
       ignore=('input', 'stats_from'))
   todo = [s for s in shards.assigned(n, worker, workers)
           if not shards.is_done(workdir, shards.shard_name(config.split, s, n))]
@@ -99,9 +102,17 @@ def run(config, workdir: str, tokenizer=None):
   # ---- tokenize --------------------------------------------------------------
   progress = shards.Progress(f'worker {worker}/{workers}', 'clips',
                              config.log_every_s)
+  text_encoder = None
+  if config.get('text_encoder'):
+    # Captions -> text-encoder outputs stored beside the tokens, so the AR
+    # trainer (config.text.source='records') needs no text model per step.
+    from vftok.models import text_encoders  # pylint: disable=g-import-not-at-top
+    text_encoder = text_encoders.get(config.text_encoder,
+                                     config.text_path or None,
+                                     max_length=config.text_max_length)
   for s in todo:
     _tokenize_shard(config, workdir, paths[s], tokenizer, mean, std, s, n,
-                    progress)
+                    progress, text_encoder)
   if todo:
     progress.log(f'{len(todo)} shards done')
 
@@ -125,7 +136,7 @@ def _read_chunks(path: str, size: int):
 
 
 def _tokenize_shard(config, workdir, path, tokenizer, mean, std, s, n,
-                    progress):
+                    progress, text_encoder=None):
   name = shards.shard_name(config.split, s, n)
   shards.remove_stale(workdir, name)
   t0 = time.time()
@@ -140,10 +151,19 @@ def _tokenize_shard(config, workdir, path, tokenizer, mean, std, s, n,
       pad = np.zeros((b - len(lat),) + lat.shape[1:], np.float32)
       ids = np.asarray(tokenizer.tokenize(np.concatenate([lat, pad])))
       ids = ids[:len(chunk)].astype(np.uint16)
-      for ex, tok in zip(chunk, ids):
+      text = [None] * len(chunk)
+      if text_encoder is not None:
+        emb, mask = text_encoder.encode([ex['caption'] for ex in chunk],
+                                        config.text_max_length)
+        text = list(zip(np.asarray(emb).astype(np.float16),
+                        np.asarray(mask).astype(np.uint8)))
+      for ex, tok, tx in zip(chunk, ids, text):
         shapes.add(tok.shape)
-        yield dict(tokens=tok, label=int(ex['label']),
+        out = dict(tokens=tok, label=int(ex['label']),
                    caption=ex['caption'], source=ex['source'])
+        if tx is not None:
+          out['text_emb'], out['text_mask'] = tx
+        yield out
       progress.add(len(chunk), name)
 
   count = records.write_token_records(os.path.join(workdir, name), examples())
@@ -166,7 +186,9 @@ def finalize(workdir: str, plan=None):
       tokens_shape=list(shapes[0]) if len(shapes) == 1 else
       [list(x) for x in shapes],
       tokens_dtype='uint16', vocab_size=plan['vocab_size'],
-      fields={split: ['tokens', 'label', 'caption', 'source']},
+      fields={split: ['tokens', 'label', 'caption', 'source'] + (
+          ['text_emb', 'text_mask'] if plan.get('text_encoder') else [])},
+      text_encoder=plan.get('text_encoder', ''),
       tokenizer=plan['tokenizer'], normalize=plan['normalize'],
       latent_mean=plan['latent_mean'], latent_std=plan['latent_std'],
       inputs=plan['inputs'])

@@ -67,7 +67,10 @@ def run(config, workdir: str, writer=None):
   # ---- data ------------------------------------------------------------------
   pattern = token_records(config, workdir)
   num_frames, budget = _check_records(config, mc, pattern)
-  fields = ('tokens', 'label') + (('caption',) if mc.text_dim else ())
+  from_records = mc.text_dim and config.text.get('source', 'encoder') == 'records'
+  fields = ('tokens', 'label') + (
+      (('caption', 'text_emb', 'text_mask') if from_records else ('caption',))
+      if mc.text_dim else ())
   train_iter = pipeline.make_token_iterator(
       config.data, pattern, fields=fields, process_index=jax.process_index(),
       process_count=jax.process_count())
@@ -226,6 +229,13 @@ def _check_records(config, mc: ar.ARConfig, pattern: str):
   if mc.text_dim and 'caption' not in first:
     problems.append('the model is text-conditioned but records have no '
                     'caption')
+  if mc.text_dim and config.text.get('source', 'encoder') == 'records':
+    if 'text_emb' not in first:
+      problems.append("config.text.source='records' but the records hold no "
+                      'text_emb (tokenize_dataset with config.text_encoder)')
+    elif first['text_emb'].shape[-1] != mc.text_dim:
+      problems.append(f'records hold {first["text_emb"].shape[-1]}-d text '
+                      f'embeddings, model.text_dim={mc.text_dim}')
   if problems:
     raise ValueError(f'token records {pattern!r} do not fit the model: ' +
                      '; '.join(problems))
@@ -244,7 +254,11 @@ def host_batch(batch, mc: ar.ARConfig, budget: int, embed=None):
   if mc.num_classes and out['label'].max() >= mc.num_classes:
     raise ValueError(f'class label {out["label"].max()} >= '
                      f'model.num_classes={mc.num_classes}')
-  if mc.text_dim:
+  if mc.text_dim and 'text_emb' in batch:
+    # Precomputed in the records (config.text.source='records').
+    out['text_emb'] = np.asarray(batch['text_emb'], np.float32)
+    out['text_mask'] = np.asarray(batch['text_mask'], bool)
+  elif mc.text_dim:
     out['text_emb'], out['text_mask'] = embed(batch['caption'])
   return out
 
