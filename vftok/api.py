@@ -27,6 +27,16 @@ from vftok.models import tokenizer as tokenizer_lib
 CONFIG_FILE = 'config.json'
 
 
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a training run (tokenizer or AR) wrote into its
+  workdir."""
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise ValueError(f'{workdir} is not a vftok workdir: no {CONFIG_FILE}')
+  with open(config_path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
 class Tokenizer:
   """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K]."""
 
@@ -51,11 +61,7 @@ class Tokenizer:
   def from_checkpoint(cls, path: str, step: Optional[int] = None) -> 'Tokenizer':
     """path: a training workdir (holds config.json and checkpoints/)."""
     from vftok import train_state  # the trainer's state layout
-    config_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.exists(config_path):
-      raise ValueError(f'{path} is not a vftok workdir: no {CONFIG_FILE}')
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = load_workdir_config(path)
     params = train_state.restore_params(config, path, step)
     return cls(config, params)
 
@@ -99,15 +105,21 @@ class Tokenizer:
     """float latents [B, T, H, W, C] -> int32 tokens [B, T, K]."""
     return self._encode(self.params, self._check_latents(latents))
 
-  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-  def _decode(self, params, codes, keep, steps, guidance, time_shift, rng,
-              first_frame):
-    b, t = codes.shape[:2]
-    pt = self.config.model.patch_size[0]
-    shape = (b, t * pt, *self.latent_shape[1:])
+  def decode_latents(self, params, codes, keep, noise, steps: int, guidance,
+                     time_shift: float, first_frame=None):
+    """The traceable core of `detokenize` (jit it; the evaluation sweep
+    shards it): Euler integration from the given noise [B, T, H, W, C].
+
+    codes [B, T, K, D]; keep bool [B, K] or [B, T, K] (False: mask token);
+    guidance: a CFG scale or a flow.Guidance; first_frame [B, 1, H, W, C]
+    or None (see detokenize).
+    """
     null_keep = jnp.zeros_like(keep)
     if first_frame is not None:
       # The given frame carries no tokens: its registers are masked.
+      if keep.ndim == 2:
+        keep = jnp.broadcast_to(keep[:, None], codes.shape[:3])
+        null_keep = jnp.zeros_like(keep)
       keep = keep.at[:, 0].set(False)
 
     def velocity(x, tt, cond):
@@ -115,9 +127,17 @@ class Tokenizer:
                               method=tokenizer_lib.VideoFlexTok.decode)
       return v
 
-    noise = jax.random.normal(rng, shape)
     return flow.euler_sample(velocity, noise, steps, guidance, time_shift,
                              clean_first_frame=first_frame)
+
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+  def _decode(self, params, codes, keep, steps, guidance, time_shift, rng,
+              first_frame):
+    b, t = codes.shape[:2]
+    pt = self.config.model.patch_size[0]
+    noise = jax.random.normal(rng, (b, t * pt, *self.latent_shape[1:]))
+    return self.decode_latents(params, codes, keep, noise, steps, guidance,
+                               time_shift, first_frame)
 
   # Defaults: the best PSNR measured on the demo's held-out clips (README,
   # "Guided sampling"): APG at scale 3 beat no guidance by 0.25-0.3 dB and

@@ -132,20 +132,8 @@ def restore_params(config, workdir: str, step: Optional[int] = None):
   model, tx, _ = build(config)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)),
                             devices=jax.devices()[:1])
-  abstract = jax.eval_shape(make_init_fn(model, tx), jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      sharding.unbox(abstract), shardings)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                 async_save=False)
-  try:
-    state, got = ckpt.restore(abstract, step=step)
-  finally:
-    ckpt.close()
-  if state is None:
-    raise ValueError(f'no AR checkpoint found in {workdir}')
-  return state.params, got
+  return checkpoint.restore_params(os.path.join(workdir, CHECKPOINT_DIR),
+                                   make_init_fn(model, tx), mesh, step)
 
 
 # ---- text conditioning ---------------------------------------------------

@@ -117,6 +117,31 @@ class Checkpointer:
     self._mgr.close()
 
 
+def restore_params(directory: str, init_fn, mesh, step: Optional[int] = None
+                   ) -> Tuple[Any, int]:
+  """-> (params, step) of the train state saved in `directory`, read straight
+  into the shardings of `mesh` (by the params' logical axes).
+
+  init_fn: rng -> the (boxed) train state, as the trainer builds it; only its
+  shapes are used (jax.eval_shape). The optimizer state is read too, as
+  Orbax restores whole items, then dropped.
+  """
+  from vftok import sharding  # pylint: disable=g-import-not-at-top
+  abstract = jax.eval_shape(init_fn, jax.random.key(0))
+  shardings = sharding.state_shardings(abstract, mesh)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      sharding.unbox(abstract), shardings)
+  ckpt = Checkpointer(directory, async_save=False)
+  try:
+    state, got = ckpt.restore(abstract, step=step)
+  finally:
+    ckpt.close()
+  if state is None:
+    raise ValueError(f'no checkpoint found in {directory}')
+  return state.params, got
+
+
 # Guards that are installed; `Checkpointer.maybe_save` saves when any of them
 # has seen a signal.
 _ACTIVE_GUARDS = []

@@ -91,36 +91,17 @@ def restore_params(config, workdir: str, step=None, mesh=None):
   model, tx, _ = build(config)
   if mesh is None:
     mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-  init = make_init_fn(model, tx, config.model)
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      sharding.unbox(abstract), shardings)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                 async_save=False)
-  state, _ = ckpt.restore(abstract, step=step)
-  ckpt.close()
-  if state is None:
-    raise ValueError(f'no checkpoint found in {workdir}')
-  return state.params
-
-
-def load_workdir_config(workdir: str):
-  """The resolved config a training run wrote into its workdir."""
-  import json
-  import ml_collections
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ValueError(f'{workdir!r} is not a vftok workdir: no config.json')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  params, _ = checkpoint.restore_params(
+      os.path.join(workdir, CHECKPOINT_DIR),
+      make_init_fn(model, tx, config.model), mesh, step)
+  return params
 
 
 def init_params_from(workdir: str, params, mesh):
   """Params of the run in `workdir`, checked against and laid out like
   `params` (the new run's; same architecture, e.g. stage 1 -> stage 2)."""
-  src_config = load_workdir_config(workdir)
+  from vftok import api  # pylint: disable=g-import-not-at-top
+  src_config = api.load_workdir_config(workdir)
   src = restore_params(src_config, workdir, mesh=mesh)
   want = jax.tree_util.tree_structure(params)
   if jax.tree_util.tree_structure(src) != want:

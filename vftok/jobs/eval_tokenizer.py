@@ -134,15 +134,8 @@ def decode_latents(tok: api.Tokenizer, params, tokens, k, noise, steps: int,
   b, _, kmax = tokens.shape
   keep = jnp.broadcast_to(jnp.arange(kmax) < k, (b, kmax))
   codes = jnp.where(keep[:, None, :, None], codes, 0.0)
-  null_keep = jnp.zeros_like(keep)
-
-  def velocity(x, t, cond):
-    v, _ = tok.model.apply(params, codes, keep if cond else null_keep, x, t,
-                           method=tokenizer_lib.VideoFlexTok.decode)
-    return v
-
-  return flow.euler_sample(velocity, noise, steps, guidance,
-                           tok.config.model.time_shift)
+  return tok.decode_latents(params, codes, keep, noise, steps, guidance,
+                            tok.config.model.time_shift)
 
 
 class ShardedTokenizer:

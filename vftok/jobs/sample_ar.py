@@ -26,7 +26,6 @@ import numpy as np
 from vftok import api
 from vftok import ar_render
 from vftok import ar_train_state
-from vftok import train_state
 from vftok.data import records
 from vftok.models import ar
 
@@ -65,7 +64,7 @@ def run(config, workdir: str, writer=None) -> Dict:
   """-> the report written to <workdir>/<prefix>.json."""
   del writer  # results go to files
   os.makedirs(workdir, exist_ok=True)
-  ar_config = train_state.load_workdir_config(config.ar_workdir)
+  ar_config = api.load_workdir_config(config.ar_workdir)
   mc = ar_train_state.model_config(ar_config)
   params, step = ar_train_state.restore_params(ar_config, config.ar_workdir,
                                                _step(config.ar_step))
