@@ -67,6 +67,11 @@ def test_detokenize_rejects_bad_tokens(tok, bad, match):
     tok.detokenize(bad, steps=1)
 
 
+def test_a_directory_without_config_is_not_a_workdir(tmp_path):
+  with pytest.raises(ValueError, match='not a vftok workdir: no config.json'):
+    vftok.Tokenizer.from_checkpoint(str(tmp_path))
+
+
 def test_unknown_config_key_is_rejected(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'vftok.main', '--config=configs/demo.py',
