@@ -1,11 +1,12 @@
-"""The AR jobs end to end at tiny sizes (train_ar, sample_ar).
+"""The AR jobs end to end at tiny sizes (train_ar, sample_ar, eval_ar).
 
 Covers: training on token records lowers the loss, and a run preempted at
 step 4 and resumed reproduces the uninterrupted loss curve exactly; the
 demo_tokens path tokenizes a (tiny) demo set with a tokenizer checkpoint,
 trains, samples every class at two budgets with the KV cache and writes the
 grid PNG + GIF / MP4; sample_ar does class -> video with the KV-cache
-benchmark; text conditioning (captions encoded on the fly by a pluggable
+benchmark; eval_ar scores samples per budget and CFG scale (gFVD, class
+score with the conditioning labels, deterministic given the seed); text conditioning (captions encoded on the fly by a pluggable
 encoder) trains and samples caption -> video.
 """
 import importlib.util
@@ -27,6 +28,7 @@ from vftok import defaults
 from vftok import sharding
 from vftok import train_state
 from vftok.data import records
+from vftok.jobs import eval_ar
 from vftok.jobs import sample_ar
 from vftok.jobs import train_ar
 from vftok.models import text_encoders
@@ -182,14 +184,22 @@ def test_train_lowers_loss_and_resume_reproduces_it(tmp_path, monkeypatch):
   np.testing.assert_allclose(losses(first) + losses(second), curve, rtol=1e-6)
 
 
-def test_demo_tokens_train_samples_and_sample_job(demo_root, tokenizer_dir,
-                                                  tmp_path):
+@pytest.fixture(scope='module')
+def demo_ar(demo_root, tokenizer_dir, tmp_path_factory):
+  """A class-conditioned AR workdir trained 2 steps on the tiny demo's tokens
+  (tokenized by the train job itself) -> (workdir, its Recorder)."""
+  del demo_root  # the tokenizer's data
   c = tiny_ar(load_config('ar_demo'))
   c.tokenizer.checkpoint = tokenizer_dir
   c.train.total_steps = c.train.eval_every = 2
-  work = tmp_path / 'ar'
+  work = tmp_path_factory.mktemp('demo_ar') / 'ar'
   rec = Recorder()
   train_ar.run(c, str(work), writer=rec)
+  return work, rec
+
+
+def test_demo_tokens_train_samples_and_sample_job(demo_ar, tmp_path):
+  work, rec = demo_ar
   manifest = records.read_manifest(str(work / 'demo_tokens'))
   assert manifest['counts']['train'] == 64 and manifest['tokens_shape'] == [T, K]
   for name in ('samples_2.png', 'samples_2_n1.gif', 'samples_2_n4.mp4',
@@ -288,3 +298,77 @@ def test_text_conditioning_trains_and_samples(tokenizer_dir, tmp_path):
   with pytest.raises(ValueError, match='not class-'):
     s.classes = (0,)
     sample_ar.run(s, str(tmp_path / 'bad'))
+
+
+CONSTANT_CLASSIFIER = """
+import numpy as np
+
+class Constant:
+  class_names = ('a', 'b', 'c', 'd')
+
+  def __call__(self, clips):
+    assert clips.dtype == np.uint8 and clips.ndim == 5
+    return np.tile(np.float32([[0.1, 0.2, 0.3, 0.4]]), (len(clips), 1))
+
+def make(path):
+  return Constant()
+"""
+
+
+def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
+                                                   monkeypatch):
+  work, _ = demo_ar
+  (tmp_path / 'plugin').mkdir()
+  (tmp_path / 'plugin' / 'constant_classifier.py').write_text(
+      CONSTANT_CLASSIFIER)
+  monkeypatch.syspath_prepend(str(tmp_path / 'plugin'))
+  e = load_config('eval_ar')
+  e.ar_workdir = str(work)
+  e.classes, e.samples_per_condition = (1, 3), 3   # 6 samples: 1 padded batch
+  e.budgets, e.cfg_scales = (1, K), (1.0, 2.0)
+  e.decode.steps = 1
+  e.fvd.layer, e.fvd.resolution = 'pool', 32      # I3D small enough for CI
+  e.classifier.factory = 'constant_classifier:make'
+  e.classifier.path = 'unused'
+  out = tmp_path / 'eval'
+  result = eval_ar.run(e, str(out))
+  for name in ('eval_ar.csv', 'eval_ar.md', 'eval_ar.json', 'eval_ar.png',
+               'samples_cfg1.png'):
+    assert (out / name).exists(), name
+  rows = result['rows']
+  assert [(r['cfg_scale'], r['budget']) for r in rows] == [
+      (1.0, 1), (1.0, K), (2.0, 1), (2.0, K)]
+  assert [r['tokens_per_video'] for r in rows] == [T, T * K] * 2
+  for r in rows:
+    assert np.isfinite(r['gfvd']) and r['gfvd'] >= 0
+    # p(conditioning class): samples of classes 1 and 3 -> (0.2 + 0.4) / 2.
+    assert r['class_score'] == pytest.approx(0.3)
+    assert r['sec_per_video_ar'] > 0 and r['sec_per_video_decode'] > 0
+  # Different samples at different budgets (the tokens are decoded).
+  assert len({r['gfvd'] for r in rows}) > 1
+  # Real clips: 4 held-out clips, one per class 0..3 -> mean p = 0.25.
+  assert result['real']['class_score'] == pytest.approx(0.25)
+  assert result['info']['num_real_clips'] == 4
+  with open(out / 'eval_ar.csv') as f:
+    assert len(f.read().strip().splitlines()) == 1 + len(rows)
+
+  # One setting of the sweep on its own: identical numbers (paired keys).
+  e.budgets, e.cfg_scales = (K,), (2.0,)
+  again = eval_ar.run(e, str(tmp_path / 'again'))['rows'][0]
+  assert again['gfvd'] == rows[3]['gfvd']
+
+  bad = [(dict(budgets=(K + 1,)), 'must be in'),
+         (dict(cfg_scales=()), 'cfg_scales'),
+         (dict(classes=(4,)), 'outside'),
+         (dict(captions=('a cat',)), 'not text-'),
+         (dict(batch_size=3), 'multiple of the 8 devices')]
+  for fields, match in bad:
+    c = e.copy_and_resolve_references()
+    c.update(fields)
+    with pytest.raises(ValueError, match=match):
+      eval_ar.run(c, str(tmp_path / 'bad'))
+  c = e.copy_and_resolve_references()
+  c.ar_workdir = str(demo_ar[0].parent.parent)
+  with pytest.raises(ValueError, match='not a vftok workdir'):
+    eval_ar.run(c, str(tmp_path / 'bad'))
+  assert not (tmp_path / 'bad').exists()   # nothing half-written

@@ -25,6 +25,7 @@ from vftok import train_state
 from vftok.data import codecs
 from vftok.data import records
 from vftok.evals import class_score
+from vftok.evals import sharded_tokenizer
 from vftok.jobs import eval_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,7 +186,7 @@ def test_sweep_command_writes_table_plot_grid(cli_sweep):
   result = json.loads((out / 'sweep.json').read_text())
   assert result['info']['devices'] == jax.device_count()
   plot = Image.open(out / 'sweep.png')
-  assert plot.size == (1300, 400)
+  assert plot.size == (1290, 400)  # 3 panels (rFVD, PSNR, SSIM) x 4.3 in
   for g in ('1', '2'):
     grid = np.asarray(Image.open(out / f'recon_g{g}_s2.png'))
     # original, codec, 3 budgets; 2 clips x 5 frames of 32 px (+2 px pad).
@@ -207,35 +208,35 @@ def test_sweep_same_seed_same_numbers(ckpt, cli_sweep, tmp_path):
 
 
 def test_sharded_model_matches_public_api_and_noise_is_per_clip(ckpt):
-  tok, step = eval_tokenizer.restore_tokenizer(ckpt)
+  tok, step = sharded_tokenizer.restore_tokenizer(ckpt)
   assert step == 1
   lat = np.random.default_rng(0).normal(size=(8,) + tok.latent_shape)
   mesh = sharding.make_mesh(tok.config.mesh)
-  model = eval_tokenizer.ShardedTokenizer(tok, mesh, batch_size=8, seed=0)
+  model = sharded_tokenizer.ShardedTokenizer(tok, mesh, batch_size=8, seed=0)
   tokens = model.tokenize(lat)
   assert tokens.sharding == model.bs  # split over the 8 devices
   np.testing.assert_array_equal(np.asarray(tokens), tok.tokenize(lat))
   # Our traceable decode == Tokenizer.detokenize given the API's noise, with
   # CFG and with APG (the eval config's APG parameters).
   apg = _load_config('eval_tokenizer').apg.to_dict()
-  decode = jax.jit(eval_tokenizer.decode_latents, static_argnums=(0, 5, 6))
+  decode = jax.jit(sharded_tokenizer.decode_latents, static_argnums=(0, 5, 6))
   for k, kind in ((2, 'cfg'), (4, 'apg')):
     want = tok.detokenize(
         np.asarray(tokens)[:, :, :k], steps=2, guidance_scale=2.0, seed=3,
         guidance=kind, apg_momentum=apg['momentum'], apg_eta=apg['eta'],
         apg_norm_threshold=apg['norm_threshold'])
     noise = jax.random.normal(jax.random.key(3), want.shape)
-    g = eval_tokenizer.ShardedTokenizer(tok, mesh, 8, 0, kind, apg).guidance(
+    g = sharded_tokenizer.ShardedTokenizer(tok, mesh, 8, 0, kind, apg).guidance(
         2.0)
     got = decode(tok, tok.params, np.asarray(tokens), k, noise, 2, g)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=kind)
   # Clip i's noise depends on (seed, i) only, not on the batch it is in
   # (clips decode independently, so neither do their reconstructions).
   shape = tok.latent_shape
-  same = eval_tokenizer.clip_noise(0, np.array([5]), shape)
+  same = sharded_tokenizer.clip_noise(0, np.array([5]), shape)
   np.testing.assert_array_equal(
-      same[0], eval_tokenizer.clip_noise(0, np.array([3, 4, 5]), shape)[2])
-  assert not np.allclose(same, eval_tokenizer.clip_noise(1, np.array([5]),
+      same[0], sharded_tokenizer.clip_noise(0, np.array([3, 4, 5]), shape)[2])
+  assert not np.allclose(same, sharded_tokenizer.clip_noise(1, np.array([5]),
                                                          shape))
 
 
@@ -258,7 +259,7 @@ def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
       eval_tokenizer.run(eval_config(path), str(tmp_path / 'out'))
   assert not (empty / 'checkpoints').exists()  # nothing created there
   with pytest.raises(ValueError, match=r'available steps: \[1\]'):
-    eval_tokenizer.restore_tokenizer(ckpt, step=7)
+    sharded_tokenizer.restore_tokenizer(ckpt, step=7)
   with pytest.raises(ValueError, match='multiple of the 8 devices'):
     eval_tokenizer.run(eval_config(ckpt, batch_size=6), str(tmp_path / 'o'))
   with pytest.raises(ValueError, match=r'budgets must be in \[1, 4\]'):

@@ -180,3 +180,24 @@ def test_encoder_lr_scale_slows_only_the_encoder():
   np.testing.assert_allclose(enc, 0.1 * dec, rtol=1e-6)
   with pytest.raises(ValueError, match='encoder'):
     optim.make_optimizer(cfg, 10, {'params': {'dec': {'k': w}}})
+
+
+def test_lr_scales_longest_prefix_wins_and_unknown_paths_fail():
+  # Adam's first update is lr * sign(g): the ratios are the scales exactly.
+  w = jnp.full((3, 4), 0.5)
+  params = {'params': {'encoder': {'body': {'k': w}, 'to_codes': {'k': w}},
+                       'decoder': {'k': w}}}
+  grads = jax.tree.map(lambda x: 2.0 * x, params)
+  cfg = optim_config(mup_base_width=0, weight_decay=0.0, warmup_steps=0,
+                     encoder_lr_scale=1.0,
+                     lr_scales=(('encoder', 0.5), ('encoder/to_codes', 0.1)))
+  tx, _ = optim.make_optimizer(cfg, 10, params)
+  u, _ = tx.update(grads, tx.init(params), params)
+  dec = np.asarray(u['params']['decoder']['k'])
+  np.testing.assert_allclose(u['params']['encoder']['body']['k'], 0.5 * dec,
+                             rtol=1e-6)
+  np.testing.assert_allclose(u['params']['encoder']['to_codes']['k'],
+                             0.1 * dec, rtol=1e-6)
+  cfg.lr_scales = (('encoder/to_code', 0.1),)
+  with pytest.raises(ValueError, match=r"\['encoder/to_code'\] match no"):
+    optim.make_optimizer(cfg, 10, params)

@@ -21,7 +21,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
-        'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar')
+        'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar',
+        'eval_ar')
 
 
 def main(argv):

@@ -152,9 +152,9 @@ def make_optimizer(optim_config, total_steps: int, params,
       raise ValueError('muP is on (mup_base_width > 0): pass base_params, the '
                        'abstract params of the model at the base width')
     chain.append(scale_by_tree(mup_lr_multipliers(params, base_params)))
-  enc_scale = float(getattr(optim_config, 'encoder_lr_scale', 1.0))
-  if enc_scale != 1.0:
-    chain.append(scale_by_tree(encoder_multipliers(params, enc_scale)))
+  pairs = lr_scale_pairs(optim_config)
+  if pairs:
+    chain.append(scale_by_tree(path_multipliers(params, pairs)))
   chain.append(optax.scale_by_learning_rate(schedule))
   tx = optax.chain(*chain)
   frozen = tuple(getattr(optim_config, 'freeze', ()) or ())
@@ -188,16 +188,50 @@ def freeze_modules(tx, params, frozen: Sequence[str]
                                labels)
 
 
-def encoder_multipliers(params, scale: float):
-  """A prefix tree: `scale` for params['params']['encoder'], 1 elsewhere.
+def lr_scale_pairs(optim_config) -> Tuple[Tuple[str, float], ...]:
+  """optim.lr_scales plus the older optim.encoder_lr_scale, as (prefix, x)."""
+  pairs = [(str(p), float(x)) for p, x in (getattr(optim_config, 'lr_scales',
+                                                    ()) or ())]
+  enc = float(getattr(optim_config, 'encoder_lr_scale', 1.0))
+  if enc != 1.0 and 'encoder' not in dict(pairs):
+    pairs.insert(0, ('encoder', enc))
+  return tuple(pairs)
 
-  A slower encoder keeps its (informative, random) initial codes while the
-  decoder learns to read registers; at full lr, Adam's unit-size steps on the
-  encoder's near-zero, noisy early gradients erase that information first.
+
+def path_multipliers(params, pairs: Sequence[Tuple[str, float]]):
+  """Tree of per-parameter lr multipliers from (path prefix, scale) pairs.
+
+  A prefix names modules under the 'params' collection, '/'-separated
+  ('encoder', 'encoder/to_codes'); a parameter takes the scale of the longest
+  prefix that matches it, 1 if none does. Uses: a slower encoder while the
+  decoder learns to read the registers, a slower FSQ readout (whose few
+  outputs Adam's sign-like steps otherwise saturate).
   """
-  if 'params' not in params or 'encoder' not in params['params']:
-    raise ValueError('encoder_lr_scale needs params with a params/encoder '
-                     f'subtree; got top-level keys {sorted(params)}')
-  return {k: ({m: (scale if m == 'encoder' else 1.0) for m in v}
-              if k == 'params' else 1.0)
-          for k, v in params.items()}
+  prefixes = {}
+  for prefix, scale in pairs:
+    parts = tuple(q for q in str(prefix).split('/') if q)
+    if not parts:
+      raise ValueError(f'optim.lr_scales: empty path prefix {prefix!r}')
+    prefixes[parts] = float(scale)
+  used = set()
+
+  def mult(path, _):
+    keys = tuple(str(k.key) for k in path
+                 if isinstance(k, jax.tree_util.DictKey))
+    if not keys or keys[0] != 'params':
+      return 1.0
+    best = max((p for p in prefixes if keys[1:1 + len(p)] == p), key=len,
+               default=None)
+    if best is None:
+      return 1.0
+    used.add(best)
+    return prefixes[best]
+
+  tree = jax.tree_util.tree_map_with_path(mult, params, is_leaf=_is_box)
+  unused = sorted('/'.join(p) for p in set(prefixes) - used)
+  if unused:
+    raise ValueError(f'optim.lr_scales / encoder_lr_scale: {unused} match no '
+                     'parameter (paths under params, e.g. '
+                     f"'encoder/to_codes'; top-level modules: "
+                     f"{sorted(params.get('params', {}))})")
+  return tree

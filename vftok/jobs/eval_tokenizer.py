@@ -31,235 +31,34 @@ Throughput is steady state: functions are compiled ahead of time and the
 compile time is reported separately.
 """
 import csv
-import dataclasses
 import json
 import os
 import time
-from typing import Dict, Tuple
+from typing import Dict
 
 from absl import logging
 from clu import metric_writers
-import grain
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from vftok import api
-from vftok import defaults
-from vftok import flow
+from vftok import media
 from vftok import sharding
 from vftok.data import codecs
 from vftok.data import pipeline
 from vftok.data import records
+from vftok.evals import budget_plot
 from vftok.evals import class_score
+from vftok.evals import eval_data
 from vftok.evals import frechet
 from vftok.evals import pixels
 from vftok.evals import reconstruction
+from vftok.evals import sharded_tokenizer
 from vftok.evals import video_features
-from vftok.models import fsq
 from vftok.models import tokenizer as tokenizer_lib
 
 COLUMNS = ('budget', 'guidance', 'steps', 'rfvd', 'psnr', 'ssim',
            'class_score', 'sec_per_clip_detokenize')
-
-
-# ------------------------------------------------------------- checkpoint ---
-
-def restore_tokenizer(path: str, step: int = -1) -> Tuple[api.Tokenizer, int]:
-  """A train_tokenizer workdir -> (Tokenizer, step); one ValueError that says
-  what is wrong with the path otherwise."""
-  if not path:
-    raise ValueError('config.checkpoint is not set: pass --config.checkpoint='
-                     'DIR, the --workdir of a train_tokenizer run (it holds '
-                     'config.json and checkpoints/)')
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
-    raise ValueError(f'config.checkpoint={path!r} does not exist or is not a '
-                     'directory')
-  config_file = os.path.join(path, api.CONFIG_FILE)
-  if not os.path.exists(config_file):
-    hint = ''
-    for up in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-      if os.path.exists(os.path.join(up, api.CONFIG_FILE)):
-        hint = f'; did you mean the workdir {up!r}?'
-        break
-    raise ValueError(f'config.checkpoint={path!r} is not a tokenizer workdir: '
-                     f'it has no {api.CONFIG_FILE}{hint}')
-  try:
-    with open(config_file) as f:
-      job = json.load(f).get('job')
-  except (ValueError, OSError) as e:
-    raise ValueError(f'{config_file} is not a readable JSON config: {e}'
-                     ) from None
-  if job != 'train_tokenizer':
-    raise ValueError(f'config.checkpoint={path!r} holds a {job!r} run, not a '
-                     'train_tokenizer run')
-  ckpt_dir = os.path.join(path, 'checkpoints')
-  steps = sorted(int(d) for d in (os.listdir(ckpt_dir)
-                                  if os.path.isdir(ckpt_dir) else [])
-                 if d.isdigit())
-  if not steps:
-    raise ValueError(f'config.checkpoint={path!r} has no finished checkpoint '
-                     f'in {ckpt_dir} (training not started or no save yet?)')
-  if step >= 0 and step not in steps:
-    raise ValueError(f'config.checkpoint={path!r} has no checkpoint at step '
-                     f'{step}; available steps: {steps}')
-  step = steps[-1] if step < 0 else step
-  try:
-    tok = api.Tokenizer.from_checkpoint(path, step)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'could not restore the tokenizer of {path!r} at step '
-                     f'{step}: {type(e).__name__}: {e}') from e
-  return tok, step
-
-
-# --------------------------------------------------------- sharded model ---
-
-def clip_noise(seed: int, ids, shape):
-  """Initial noise per clip: clip i gets normal(fold_in(key(seed), i))."""
-  key = jax.random.key(seed)
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
-                                              shape))(ids)
-
-
-def decode_latents(tok: api.Tokenizer, params, tokens, k, noise, steps: int,
-                   guidance):
-  """Tokenizer.detokenize(tokens[:, :, :k]) with given noise, traceable: the
-  budget k is an array (every budget shares one compilation), masked codes
-  are zeroed as the API's padding does. guidance: a CFG scale (float) or a
-  flow.Guidance."""
-  codes = fsq.indices_to_codes(tokens, tok.levels)
-  b, _, kmax = tokens.shape
-  keep = jnp.broadcast_to(jnp.arange(kmax) < k, (b, kmax))
-  codes = jnp.where(keep[:, None, :, None], codes, 0.0)
-  return tok.decode_latents(params, codes, keep, noise, steps, guidance,
-                            tok.config.model.time_shift)
-
-
-class ShardedTokenizer:
-  """tokenize / detokenize with the batch split over `mesh`, AOT-compiled,
-  with steady-state seconds accumulated per function."""
-
-  def __init__(self, tok: api.Tokenizer, mesh, batch_size: int, seed: int,
-               guidance_kind: str = 'cfg', apg=None):
-    self.tok, self.batch_size, self.seed = tok, batch_size, seed
-    if guidance_kind not in ('cfg', 'apg'):
-      raise ValueError(f"guidance must be 'cfg' or 'apg', got "
-                       f'{guidance_kind!r}')
-    self.guidance_kind, self.apg = guidance_kind, dict(apg or {})
-    self.rep = sharding.replicated(mesh)
-    self.bs = sharding.batch_sharding(mesh)
-    self.params = jax.device_put(tok.params, self.rep)
-    self.seconds: Dict[str, float] = {}
-    self.compile_seconds = 0.0
-    t, h, w, c = tok.latent_shape
-    self.noise_shape = (t, h, w, c)
-    self._lat = jax.ShapeDtypeStruct((batch_size, t, h, w, c), jnp.float32,
-                                     sharding=self.bs)
-    self._tokens_shape = (batch_size, t // tok.config.model.patch_size[0],
-                          tok.tokens_per_frame)
-    self._encode = None  # compiled on first use
-    self._decoders = {}
-
-  def _compile(self, fn, *abstract, in_shardings=None):
-    t0 = time.perf_counter()
-    in_shardings = in_shardings or (self.rep,) + (self.bs,) * len(abstract)
-    out = jax.jit(fn, in_shardings=in_shardings, out_shardings=self.bs).lower(
-        self.params, *abstract).compile()
-    self.compile_seconds += time.perf_counter() - t0
-    return out
-
-  def _encode_fn(self, params, latents):
-    codes, _ = self.tok.model.apply(params, latents,
-                                    method=tokenizer_lib.VideoFlexTok.encode)
-    return fsq.codes_to_indices(codes, self.tok.levels)
-
-  def guidance(self, scale: float):
-    """A CFG scale stays a float (the sampler's plain form); APG needs
-    flow.Guidance with its momentum / eta / norm threshold."""
-    if self.guidance_kind == 'cfg':
-      return float(scale)
-    return flow.Guidance(float(scale), 'apg', **self.apg)
-
-  def _time(self, name, fn, *args):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-    return out
-
-  def tokenize(self, latents) -> jax.Array:
-    """float latents [B, T, h, w, C] (normalised) -> sharded int32 tokens."""
-    if self._encode is None:
-      self._encode = self._compile(self._encode_fn, self._lat)
-    lat = video_features.put_global(np.asarray(latents, np.float32), self.bs)
-    return self._time('tokenize', self._encode, self.params, lat)
-
-  def detokenize(self, tokens, k: int, ids, steps: int, guidance: float
-                 ) -> np.ndarray:
-    key = (steps, guidance)
-    if key not in self._decoders:
-      g = self.guidance(guidance)
-
-      def fn(params, tokens, k, ids):
-        noise = clip_noise(self.seed, ids, self.noise_shape)
-        return decode_latents(self.tok, params, tokens, k, noise, steps, g)
-
-      abstract = (
-          jax.ShapeDtypeStruct(self._tokens_shape, jnp.int32,
-                               sharding=self.bs),
-          jax.ShapeDtypeStruct((), jnp.int32, sharding=self.rep),
-          jax.ShapeDtypeStruct((self.batch_size,), jnp.int32,
-                               sharding=self.bs))
-      self._decoders[key] = self._compile(
-          fn, *abstract, in_shardings=(self.rep, self.bs, self.rep, self.bs))
-    name = f'detokenize/g{guidance}_s{steps}/k{k}'
-    ids = video_features.put_global(np.asarray(ids, np.int32), self.bs)
-    k = jax.device_put(jnp.int32(k), self.rep)
-    out = self._time(name, self._decoders[key], self.params, tokens, k, ids)
-    return video_features.fetch(out)
-
-
-# ------------------------------------------------------------------ data ---
-
-def eval_batches(config, tok_config):
-  """-> (data, clip count, lazily read batches of config.batch_size)."""
-  # Data fields added to the code after the checkpoint was written keep their
-  # current defaults, so older workdirs still resolve their data.
-  fields = defaults.tokenizer_config().data.to_dict()
-  fields.update(tok_config.data.to_dict())
-  data_config = ml_collections.ConfigDict(fields)
-  if config.data_root:
-    data_config.root = config.data_root
-  data = pipeline.resolve(data_config)
-  if config.eval_pattern:
-    data = dataclasses.replace(data, eval_pattern=config.eval_pattern)
-  paths = records.expand(data.eval_pattern) if data.eval_pattern else []
-  if not paths:
-    raise ValueError(f'no evaluation records match {data.eval_pattern!r} '
-                     '(config.eval_pattern)')
-  source = grain.sources.ArrayRecordDataSource(paths)
-  n = len(source) if config.num_clips < 0 else min(config.num_clips,
-                                                   len(source))
-  if 0 <= len(source) < config.num_clips:
-    logging.warning('only %d evaluation clips (asked for %d)', len(source),
-                    config.num_clips)
-  if n < 2:
-    raise ValueError(f'need at least 2 evaluation clips for FVD, got {n}')
-  prepare = pipeline.Prepare(pipeline.EVAL_FIELDS, data.latent_mean,
-                             data.latent_std)
-  ds = grain.MapDataset.source(source)[:n].map(prepare).batch(
-      config.batch_size)
-  first = ds[0]
-  if 'frames' not in first:
-    raise ValueError(f'evaluation records {data.eval_pattern!r} have no RGB '
-                     '`frames`: pixel metrics need them')
-  return data, n, (ds[i] for i in range(len(ds)))
-
-
-def to_uint8(x) -> np.ndarray:
-  return np.clip(np.round(np.asarray(x, np.float32)), 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------- run ---
@@ -285,17 +84,17 @@ def _check(config, registers: int, devices: int):
 def run(config, workdir: str, writer=None) -> Dict:
   """Runs the sweep; -> {'info', 'rows', 'codec', 'timing'} (sweep.json)."""
   t_start = time.perf_counter()
-  tok, step = restore_tokenizer(config.checkpoint, config.step)
+  tok, step = sharded_tokenizer.restore_tokenizer(config.checkpoint, config.step)
   mesh = video_features.data_mesh()
   budgets, settings = _check(config, tok.tokens_per_frame, mesh.size)
-  data, n, batches = eval_batches(config, tok.config)
+  data, n, batches = eval_data.eval_batches(config, tok.config)
   codec = codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
   os.makedirs(workdir, exist_ok=True)
   writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
-  model = ShardedTokenizer(tok, mesh, config.batch_size, config.seed,
+  model = sharded_tokenizer.ShardedTokenizer(tok, mesh, config.batch_size, config.seed,
                            config.guidance, config.apg.to_dict())
   features = video_features.I3DFeatures(
       config.fvd.layer, config.fvd.resolution, config.fvd.num_frames,
@@ -341,7 +140,7 @@ def run(config, workdir: str, writer=None) -> Dict:
       add('original', 'class',
           class_score.true_class_probs(classifier(frames), labels))
     t0 = time.perf_counter()
-    codec_px = to_uint8(codec.decode(denormalize(batch['latents'])))
+    codec_px = media.to_uint8(codec.decode(denormalize(batch['latents'])))
     codec_seconds += time.perf_counter() - t0
     score('codec', codec_px, frames, labels)
     if b == 0:
@@ -350,7 +149,7 @@ def run(config, workdir: str, writer=None) -> Dict:
       for k in budgets:
         lat = model.detokenize(tokens, k, ids, s, g)[:nb]
         t0 = time.perf_counter()
-        px = to_uint8(codec.decode(denormalize(lat)))
+        px = media.to_uint8(codec.decode(denormalize(lat)))
         codec_seconds += time.perf_counter() - t0
         score((g, s, k), px, frames, labels)
         if b == 0:
@@ -463,38 +262,18 @@ def markdown(result) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(path: str, result, settings):
+def plot(path: str, result):
   """rFVD, PSNR and SSIM vs budget (log2 axis), one line per setting."""
-  # pylint: disable=g-import-not-at-top
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  # pylint: enable=g-import-not-at-top
-  # Figure + Agg canvas, not pyplot: no global backend state to change.
-  fig = Figure(figsize=(13, 4), dpi=100)
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(1, 3)
-  for ax, (key, title) in zip(axes, (('rfvd', 'rFVD (lower is better)'),
-                                     ('psnr', 'PSNR dB (higher is better)'),
-                                     ('ssim', 'SSIM (higher is better)'))):
-    for g, s in settings:
-      rows = [r for r in result['rows']
-              if (r['guidance'], r['steps']) == (g, s)]
-      ax.plot([r['budget'] for r in rows], [r[key] for r in rows], marker='o',
-              label=f'guidance {g:g}, {s} steps')
-    ax.axhline(result['codec'][key], color='gray', linestyle='--',
-               label='codec only (ceiling)')
-    ax.set_xscale('log', base=2)
-    budgets = sorted({r['budget'] for r in result['rows']})
-    ax.set_xticks(budgets)
-    ax.set_xticklabels([str(k) for k in budgets])
-    ax.set_xlabel('tokens per latent frame')
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
-  fig.suptitle(f"{os.path.basename(result['info']['checkpoint'])} step "
-               f"{result['info']['step']}: {result['info']['num_clips']} clips")
-  fig.tight_layout()
-  fig.savefig(path)
+  info = result['info']
+  budget_plot.plot_budget_curves(
+      path, result['rows'],
+      lambda r: f"guidance {r['guidance']:g}, {r['steps']} steps",
+      (('rfvd', 'rFVD (lower is better)'),
+       ('psnr', 'PSNR dB (higher is better)'),
+       ('ssim', 'SSIM (higher is better)')),
+      reference=result['codec'], reference_label='codec only (ceiling)',
+      title=(f"{os.path.basename(info['checkpoint'])} step {info['step']}: "
+             f"{info['num_clips']} clips"))
 
 
 def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
@@ -508,7 +287,7 @@ def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
     f.write(text)
   with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
     json.dump(records.jsonable(result), f, indent=2)
-  plot(os.path.join(workdir, 'sweep.png'), result, settings)
+  plot(os.path.join(workdir, 'sweep.png'), result)
   labels = ['original', 'codec'] + [f'{k} tok' for k in budgets]
   images = {}
   for g, s in settings:

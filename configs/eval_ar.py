@@ -1,0 +1,69 @@
+"""Evaluates an AR model's samples over token budgets (vftok/jobs/eval_ar.py).
+
+    python -m vftok.main --config=configs/eval_ar.py --workdir=/tmp/vftok_eval_ar \
+        --config.ar_workdir=/tmp/vftok_ar_demo \
+        --config.classifier.path=/tmp/vftok_classifier/classifier.npz
+
+gFVD (samples vs the real held-out clips of the tokenizer's data) and the
+class score (mean p(conditioning class | sample)) per budget and AR CFG
+scale, as in the paper's Fig. 7. Writes eval_ar.csv / .md / .json / .png,
+samples_cfg<s>.png and TensorBoard scalars.
+
+Tuples are overridden as strings: --config.budgets='(1,4,16)'
+--config.cfg_scales='(1.0,2.0)'. The paper's Kinetics-600 protocol: UMT-L as
+the classifier (--config.classifier.factory=my_pkg.umt:make_umt_classifier
+--config.classifier.path=...; see vftok/evals/class_score.py), many more
+samples (--config.samples_per_condition) and real clips.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.job = 'eval_ar'
+  c.ar_workdir = ''          # a train_ar workdir
+  c.ar_step = -1             # -1: its latest checkpoint
+  c.tokenizer_workdir = ''   # '': the AR run's tokenizer.checkpoint
+  c.tokenizer_step = -1
+  c.seed = 0
+
+  # ---- what is generated ---------------------------------------------------
+  c.classes = ()             # class models; (): every class
+  c.captions = ()            # text models; (): the real clips' captions
+  c.samples_per_condition = 4
+  c.budgets = ()             # tokens per latent frame; (): 1, 2, 4, ..., K
+  c.cfg_scales = (1.5,)      # AR classifier-free guidance; 1: none
+  c.temperature = 1.0
+  c.top_k = 0
+  c.top_p = 1.0
+  c.batch_size = 8           # global; a multiple of the device count
+
+  # ---- tokens -> latents (the tokenizer's flow decoder) ---------------------
+  c.decode = ml_collections.ConfigDict()
+  c.decode.steps = 25
+  c.decode.guidance = 'apg'  # as Tokenizer.detokenize's default
+  c.decode.guidance_scale = 3.0
+  c.decode.apg = ml_collections.ConfigDict()
+  c.decode.apg.momentum = -0.5
+  c.decode.apg.eta = 0.0
+  c.decode.apg.norm_threshold = 2.5
+
+  # ---- reference set: real held-out clips of the tokenizer's data ----------
+  c.eval_pattern = ''        # another glob of latent records with `frames`
+  c.data_root = ''           # demo data: where it is built, if not the default
+  c.num_real_clips = -1      # -1: every held-out clip
+
+  # ---- FVD features (the standard protocol; see vftok/evals/i3d.py) --------
+  c.fvd = ml_collections.ConfigDict()
+  c.fvd.layer = 'logits'
+  c.fvd.resolution = 224
+  c.fvd.num_frames = 16
+
+  # ---- class score (class models; off unless a path is given) --------------
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.factory = 'vftok.evals.class_score:load_classifier'
+  c.classifier.path = ''     # e.g. the classifier.npz of train_classifier
+
+  c.grid_samples = 2         # samples per condition in samples_cfg<s>.png
+  return c

@@ -1,0 +1,55 @@
+"""Metric-vs-token-budget curves (the paper's Fig. 6-7 layout) as a PNG.
+
+One panel per metric, the budget (tokens per latent frame) on a log2 x axis,
+one line per setting (guidance, Euler steps, AR CFG scale, ...), and an
+optional dashed reference line per metric (the codec's ceiling, the real
+clips' class score).
+"""
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def plot_budget_curves(path: str, rows: Sequence[Dict],
+                       series: Callable[[Dict], str],
+                       metrics: Sequence[Tuple[str, str]], *,
+                       reference: Optional[Dict[str, float]] = None,
+                       reference_label: str = 'reference',
+                       title: str = '', panel_width: float = 4.3):
+  """rows: dicts with 'budget' and each metric key; series(row) -> the label
+  of the line the row belongs to; metrics: (key, panel title) pairs.
+  Metrics that are NaN in every row (e.g. no classifier) are left out."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  # pylint: enable=g-import-not-at-top
+  metrics = [(k, t) for k, t in metrics
+             if any(np.isfinite(r[k]) for r in rows)]
+  if not metrics:
+    raise ValueError('no metric has a finite value to plot')
+  # Figure + Agg canvas, not pyplot: no global backend state to change.
+  fig = Figure(figsize=(panel_width * len(metrics), 4), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+  labels = list(dict.fromkeys(series(r) for r in rows))  # first-seen order
+  budgets = sorted({r['budget'] for r in rows})
+  for ax, (key, name) in zip(axes, metrics):
+    for label in labels:
+      line = sorted((r for r in rows if series(r) == label),
+                    key=lambda r: r['budget'])
+      ax.plot([r['budget'] for r in line], [r[key] for r in line],
+              marker='o', label=label)
+    ref = (reference or {}).get(key)
+    if ref is not None and np.isfinite(ref):
+      ax.axhline(ref, color='gray', linestyle='--', label=reference_label)
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([str(k) for k in budgets])
+    ax.set_xlabel('tokens per latent frame')
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, format='png')

@@ -1,0 +1,391 @@
+"""Evaluates AR generation over token budgets: gFVD and class score (Fig. 7).
+
+    python -m vftok.main --config=configs/eval_ar.py --workdir=OUT \
+        --config.ar_workdir=/tmp/ar_demo \
+        --config.classifier.path=/tmp/vftok_classifier/classifier.npz
+
+For every AR CFG scale and every budget n (tokens per latent frame; in the
+time-first order a budget-n sequence is a prefix of the full one, so one
+model serves all budgets):
+
+  1. sample `samples_per_condition` token sequences per condition (every
+     class of a class-conditioned model, or the captions of a text model)
+     with the KV cache, the batch sharded over all devices;
+  2. decode them with the tokenizer's flow decoder (sharded, noise per sample
+     from (seed, sample index)) and the data's codec to uint8 pixels;
+  3. gFVD: Fréchet distance of I3D features of the samples vs the real
+     held-out clips of the tokenizer's data (config.fvd: the standard 400-d
+     logits of 16 frames at 224 x 224);
+  4. class score: mean p(conditioning class | sample) under a pluggable video
+     classifier (config.classifier; the paper uses UMT-L on Kinetics-600, the
+     demo the I3D softmax regression of configs/train_classifier.py).
+
+Writes eval_ar.csv / .md / .json, eval_ar.png (gFVD and class score vs
+budget, one line per CFG scale; dashed: the real clips' class score),
+samples_cfg<s>.png (one row per condition x budget) and TensorBoard scalars
+(step = budget). Throughput (seconds per video for AR sampling at each
+budget, decoding, I3D and the classifier; steady state, compile excluded)
+is printed with the table.
+
+Determinism: the same config and seed give identical numbers. Sample i of a
+budget draws its tokens from fold_in(fold_in(key(seed), n), batch) and its
+decoder noise from (seed, i); every CFG scale sees the same keys (paired).
+"""
+import csv
+import json
+import os
+import time
+from typing import Dict, List, Sequence
+
+from absl import logging
+from clu import metric_writers
+import jax
+import ml_collections
+import numpy as np
+
+from vftok import api
+from vftok import ar_render
+from vftok import ar_sampling
+from vftok import ar_train_state
+from vftok import media
+from vftok import sharding
+from vftok.data import codecs
+from vftok.data import pipeline
+from vftok.data import records
+from vftok.evals import budget_plot
+from vftok.evals import class_score
+from vftok.evals import eval_data
+from vftok.evals import frechet
+from vftok.evals import sharded_tokenizer
+from vftok.evals import video_features
+from vftok.models import ar
+
+COLUMNS = ('budget', 'cfg_scale', 'tokens_per_video', 'gfvd', 'class_score',
+           'sec_per_video_ar', 'sec_per_video_decode')
+
+
+# ------------------------------------------------------------ conditions ---
+
+def eval_conditions(config, ar_config, mc: ar.ARConfig, captions_of_data
+                    ) -> List[ar_render.Condition]:
+  """Class models: config.classes or every class; text models: config.captions
+  or the captions of the real evaluation clips; else one unconditional row."""
+  classes, captions = tuple(config.classes), tuple(config.captions)
+  if classes and not mc.num_classes:
+    raise ValueError('config.classes given but the AR model is not class-'
+                     'conditioned (model.num_classes = 0)')
+  if captions and not mc.text_dim:
+    raise ValueError('config.captions given but the AR model is not text-'
+                     'conditioned (model.text_dim = 0)')
+  if mc.num_classes:
+    classes = classes or tuple(range(mc.num_classes))
+    bad = [c for c in classes if not 0 <= int(c) < mc.num_classes]
+    if bad:
+      raise ValueError(f'config.classes {bad} are outside [0, '
+                       f'{mc.num_classes})')
+    return ar_render.class_conditions(
+        classes, tuple(ar_config.eval.get('class_names', ())))
+  if mc.text_dim:
+    captions = captions or tuple(dict.fromkeys(captions_of_data()))
+    if not captions:
+      raise ValueError('a text-conditioned model needs config.captions (the '
+                       'evaluation records carry none)')
+    return ar_render.caption_conditions(captions)
+  return [ar_render.Condition('uncond')]
+
+
+# ---------------------------------------------------------------- sampling ---
+
+class ShardedSampler:
+  """AR tokens for many conditions, in batches split over `mesh`."""
+
+  def __init__(self, model, params, mesh, batch_size: int, *, num_frames: int,
+               order: str, embed_captions=None, **sampling):
+    self.model, self.num_frames, self.order = model, num_frames, order
+    self.batch_size = -(-batch_size // mesh.size) * mesh.size
+    self.bs = sharding.batch_sharding(mesh)
+    self.params = jax.device_put(params, sharding.replicated(mesh))
+    self.embed_captions, self.sampling = embed_captions, sampling
+    self.seconds: Dict = {}
+
+  def _inputs(self, rows: Sequence[ar_render.Condition]) -> Dict:
+    rows = list(rows) + [rows[-1]] * (self.batch_size - len(rows))
+    put = lambda x: video_features.put_global(np.asarray(x), self.bs)
+    if rows[0].class_label is not None:
+      return {'class_labels': put(np.asarray([c.class_label for c in rows],
+                                             np.int32))}
+    if rows[0].caption is not None:
+      emb, mask = self.embed_captions([c.caption for c in rows])
+      return {'text_emb': put(emb), 'text_mask': put(mask)}
+    return {'batch_size': self.batch_size}
+
+  def __call__(self, rows: Sequence[ar_render.Condition], n: int, seed: int,
+               cfg_scale: float) -> np.ndarray:
+    """-> int32 [len(rows), T, n]; the first call per n compiles (untimed)."""
+    out = []
+    for b, start in enumerate(range(0, len(rows), self.batch_size)):
+      chunk = rows[start:start + self.batch_size]
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), n), b)
+      call = lambda: jax.block_until_ready(ar_sampling.sample(
+          self.model, self.params, key, num_frames=self.num_frames,
+          tokens_per_frame_budget=n, order=self.order, cfg_scale=cfg_scale,
+          **self.sampling, **self._inputs(chunk)))
+      if (n, cfg_scale != 1.0) not in self.seconds:  # compile
+        call()
+        self.seconds[(n, cfg_scale != 1.0)] = 0.0
+      t0 = time.perf_counter()
+      tokens = call()
+      self.seconds[(n, cfg_scale)] = (self.seconds.get((n, cfg_scale), 0.0)
+                                      + time.perf_counter() - t0)
+      out.append(video_features.fetch(tokens)[:len(chunk)])
+    return np.concatenate(out)
+
+
+# --------------------------------------------------------------------- run ---
+
+def _step(value):
+  return None if value is None or int(value) < 0 else int(value)
+
+
+def _check(config, tok, mc, devices: int):
+  if config.batch_size < 1 or config.batch_size % devices:
+    raise ValueError(f'config.batch_size={config.batch_size} must be a '
+                     f'positive multiple of the {devices} devices')
+  if config.samples_per_condition < 1:
+    raise ValueError('config.samples_per_condition must be >= 1')
+  limit = min(tok.tokens_per_frame, mc.tokens_per_frame)
+  budgets = sorted({int(n) for n in config.budgets}) or [
+      2 ** i for i in range(limit.bit_length()) if 2 ** i <= limit]
+  if budgets[0] < 1 or budgets[-1] > limit:
+    raise ValueError(f'config.budgets={tuple(config.budgets)} must be in [1, '
+                     f'{limit}] (tokens per latent frame of the tokenizer and '
+                     'the AR model)')
+  if int(np.prod(tok.levels)) > mc.vocab_size:
+    raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
+                     f'the AR vocabulary only {mc.vocab_size}')
+  scales = [float(s) for s in config.cfg_scales]
+  if not scales:
+    raise ValueError('config.cfg_scales must not be empty')
+  return budgets, scales
+
+
+def real_clips(config, tok_config):
+  """The reference set: real held-out clips (uint8 frames, labels, captions)."""
+  ref = ml_collections.ConfigDict(dict(
+      data_root=config.data_root, eval_pattern=config.eval_pattern,
+      num_clips=config.num_real_clips, batch_size=config.batch_size))
+  data, n, batches = eval_data.eval_batches(
+      ref, tok_config, pipeline.EVAL_FIELDS + ('caption',))
+  frames, labels, captions = [], [], []
+  for batch in batches:
+    frames.append(media.to_uint8(batch['frames']))
+    labels.append(np.asarray(batch['label']))
+    if 'caption' in batch:
+      captions += [str(c) for c in batch['caption']]
+  return data, np.concatenate(frames)[:n], np.concatenate(labels)[:n], captions
+
+
+def run(config, workdir: str, writer=None) -> Dict:
+  """Runs the evaluation; -> {'info', 'rows', 'real', 'timing'}."""
+  t_start = time.perf_counter()
+  if not config.ar_workdir:
+    raise ValueError('config.ar_workdir is not set: pass the --workdir of a '
+                     'train_ar run')
+  ar_config = api.load_workdir_config(config.ar_workdir)
+  if ar_config.get('job') != 'train_ar':
+    raise ValueError(f'config.ar_workdir={config.ar_workdir!r} holds a '
+                     f"{ar_config.get('job')!r} run, not a train_ar run")
+  mc = ar_train_state.model_config(ar_config)
+  params, ar_step = ar_train_state.restore_params(
+      ar_config, config.ar_workdir, _step(config.ar_step))
+  tok_dir = config.tokenizer_workdir or ar_config.tokenizer.checkpoint
+  tok, tok_step = sharded_tokenizer.restore_tokenizer(
+      tok_dir, config.tokenizer_step)
+  mesh = video_features.data_mesh()
+  budgets, scales = _check(config, tok, mc, mesh.size)
+
+  data, real, labels, captions = real_clips(config, tok.config)
+  conditions = eval_conditions(config, ar_config, mc, lambda: captions)
+  rows = [c for c in conditions for _ in range(config.samples_per_condition)]
+  classifier = None
+  if config.classifier.path and mc.num_classes:
+    classifier = class_score.make_classifier(config.classifier.factory,
+                                             config.classifier.path)
+    if len(classifier.class_names) != mc.num_classes:
+      raise ValueError(f'the classifier knows {len(classifier.class_names)} '
+                       f'classes, the AR model {mc.num_classes}')
+  os.makedirs(workdir, exist_ok=True)
+  writer = writer or metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+
+  encoder = ar_train_state.load_text_encoder(ar_config)
+  sampler = ShardedSampler(
+      ar.ARTransformer(mc), params['params'], mesh, config.batch_size,
+      num_frames=int(tok.latent_shape[0]) // int(tok.config.model.patch_size[0]),
+      order=ar_config.order,
+      embed_captions=(ar_train_state.CaptionEmbedder(
+          encoder, ar_config.text.max_length) if encoder else None),
+      temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+  decoder = sharded_tokenizer.ShardedTokenizer(
+      tok, mesh, config.batch_size, config.seed, config.decode.guidance,
+      config.decode.apg.to_dict())
+  codec = codecs.load_codec(data)
+  denormalize = pipeline.make_denormalizer(data)
+  features = video_features.I3DFeatures(
+      config.fvd.layer, config.fvd.resolution, config.fvd.num_frames,
+      config.batch_size, mesh)
+
+  mu, sigma = frechet.gaussian_stats(features(real))
+  real_score = float('nan')
+  if classifier is not None:
+    real_score = float(np.mean(class_score.true_class_probs(
+        classifier(real), labels))) if labels.min() >= 0 else float('nan')
+  want = np.asarray([c.class_label if c.class_label is not None else -1
+                     for c in rows])
+  ids = np.arange(len(rows))
+  results, grids, classifier_seconds = [], {}, 0.0
+  for s in scales:
+    for n in budgets:
+      tokens = sampler(rows, n, config.seed, s)
+      padded = np.zeros(tokens.shape[:2] + (tok.tokens_per_frame,), np.int32)
+      padded[:, :, :n] = tokens
+      pixels, decoded = [], sum(decoder.seconds.values())
+      for start in range(0, len(rows), config.batch_size):
+        chunk = video_features.pad_rows(padded[start:start + config.batch_size],
+                                        config.batch_size)
+        lat = decoder.detokenize(
+            video_features.put_global(chunk, decoder.bs), n,
+            video_features.pad_rows(ids[start:start + config.batch_size],
+                                    config.batch_size),
+            config.decode.steps, config.decode.guidance_scale)
+        m = min(config.batch_size, len(rows) - start)
+        pixels.append(media.to_uint8(codec.decode(denormalize(lat[:m]))))
+      pixels = np.concatenate(pixels)
+      gfvd = frechet.frechet_distance(
+          mu, sigma, *frechet.gaussian_stats(features(pixels)))
+      score = float('nan')
+      if classifier is not None:
+        t0 = time.perf_counter()
+        score = float(np.mean(class_score.true_class_probs(classifier(pixels),
+                                                           want)))
+        classifier_seconds += time.perf_counter() - t0
+      decoded = sum(decoder.seconds.values()) - decoded
+      results.append(dict(
+          budget=n, cfg_scale=s, tokens_per_video=int(tokens[0].size),
+          gfvd=gfvd, class_score=score,
+          sec_per_video_ar=sampler.seconds[(n, s)] / len(rows),
+          sec_per_video_decode=decoded / len(rows)))
+      if s == scales[0]:
+        per = config.grid_samples
+        grids[n] = np.stack([pixels[i * config.samples_per_condition:
+                                    i * config.samples_per_condition + per]
+                             for i in range(len(conditions))])
+      logging.info('cfg %g, %d tokens/frame: gFVD %.2f, class score %.3f '
+                   '(%.0f s)', s, n, gfvd, score, time.perf_counter() - t_start)
+
+  timing = dict(
+      i3d_features=features.seconds_per_clip,
+      classifier=(classifier_seconds / (len(rows) * len(results))
+                  if classifier is not None else float('nan')),
+      compile_seconds=decoder.compile_seconds + features.compile_seconds,
+      wall_seconds=time.perf_counter() - t_start)
+  info = dict(
+      ar_workdir=os.path.abspath(config.ar_workdir), ar_step=ar_step,
+      tokenizer_workdir=os.path.abspath(tok_dir), tokenizer_step=tok_step,
+      conditions=[c.name for c in conditions],
+      samples_per_condition=config.samples_per_condition,
+      num_real_clips=int(real.shape[0]), seed=config.seed,
+      temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+      decode=config.decode.to_dict(), devices=mesh.size,
+      platform=jax.devices()[0].platform, features=features.description,
+      classifier=config.classifier.path if classifier is not None else '')
+  result = dict(info=info, rows=results,
+                real=dict(class_score=real_score), timing=timing)
+  if jax.process_index() == 0:
+    _write(workdir, result, conditions, grids, writer)
+  writer.flush()
+  return result
+
+
+# ------------------------------------------------------------------ output ---
+
+def _fmt(x, digits):
+  return 'n/a' if x is None or not np.isfinite(x) else f'{x:.{digits}f}'
+
+
+def markdown(result) -> str:
+  info, rows, t = result['info'], result['rows'], result['timing']
+  has_class = any(np.isfinite(r['class_score']) for r in rows)
+  head = ['tokens/frame', 'AR CFG', 'tokens/video', 'gFVD']
+  head += ['class score'] if has_class else []
+  head += ['s/video AR', 's/video decode']
+  d = info['decode']
+  lines = [
+      f"# AR evaluation: {info['ar_workdir']} (step {info['ar_step']})", '',
+      f"{len(info['conditions'])} conditions x {info['samples_per_condition']}"
+      f" samples per budget vs {info['num_real_clips']} real held-out clips; "
+      f"tokenizer {info['tokenizer_workdir']} (step {info['tokenizer_step']}),"
+      f" decoded with {d['steps']} Euler steps, {d['guidance']} "
+      f"{d['guidance_scale']:g}; sampling temperature {info['temperature']:g}, "
+      f"top-k {info['top_k']}, top-p {info['top_p']:g}; seed {info['seed']}; "
+      f"{info['devices']} {info['platform']} device(s). gFVD: "
+      f"{info['features']} (FVD from few clips is biased upward: compare "
+      'numbers at equal clip counts).', '',
+      '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    cells = [str(r['budget']), f"{r['cfg_scale']:g}",
+             str(r['tokens_per_video']), _fmt(r['gfvd'], 2)]
+    cells += [_fmt(r['class_score'], 3)] if has_class else []
+    cells += [_fmt(r['sec_per_video_ar'], 4),
+              _fmt(r['sec_per_video_decode'], 4)]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  if has_class:
+    lines += ['', f"Class score of the real clips: "
+              f"{_fmt(result['real']['class_score'], 3)} "
+              f"(classifier {info['classifier']})."]
+  lines += ['', 'Throughput, seconds per video (steady state, compile '
+            'excluded, batch sharded over all devices): AR sampling and '
+            'decoding per row above;',
+            f"I3D features {t['i3d_features']:.4f}; classifier "
+            f"{_fmt(t['classifier'], 4)}.", '',
+            f"Compilation {t['compile_seconds']:.1f} s; wall time "
+            f"{t['wall_seconds']:.1f} s."]
+  return '\n'.join(lines) + '\n'
+
+
+def _write(workdir, result, conditions, grids, writer):
+  with records.atomic_path(os.path.join(workdir, 'eval_ar.csv')) as tmp:
+    with open(tmp, 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=COLUMNS)
+      w.writeheader()
+      for r in result['rows']:
+        w.writerow({c: r[c] for c in COLUMNS})
+  text = markdown(result)
+  with records.atomic_path(os.path.join(workdir, 'eval_ar.md')) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
+  with records.atomic_path(os.path.join(workdir, 'eval_ar.json')) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(records.jsonable(result), f, indent=2)
+  info = result['info']
+  with records.atomic_path(os.path.join(workdir, 'eval_ar.png')) as tmp:
+    budget_plot.plot_budget_curves(
+        tmp, result['rows'], lambda r: f"AR CFG {r['cfg_scale']:g}",
+        (('gfvd', 'gFVD (lower is better)'),
+         ('class_score', 'class score (higher is better)')),
+        reference=result['real'], reference_label='real clips',
+        title=(f"{os.path.basename(info['ar_workdir'])} step "
+               f"{info['ar_step']}: {len(info['conditions'])} conditions x "
+               f"{info['samples_per_condition']} samples"))
+  scale = result['rows'][0]['cfg_scale']
+  ar_render.write_outputs(workdir, f'samples_cfg{scale:g}', conditions,
+                          grids, formats=())
+  print('\n' + text, flush=True)
+  for r in result['rows']:
+    tag = f"cfg{r['cfg_scale']:g}"
+    scalars = {f'gfvd/{tag}': r['gfvd'],
+               f'sec_per_video_ar/{tag}': r['sec_per_video_ar']}
+    if np.isfinite(r['class_score']):
+      scalars[f'class_score/{tag}'] = r['class_score']
+    writer.write_scalars(r['budget'], scalars)
+  writer.write_texts(0, {'eval_ar': text})
