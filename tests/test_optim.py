@@ -201,3 +201,21 @@ def test_lr_scales_longest_prefix_wins_and_unknown_paths_fail():
   cfg.lr_scales = (('encoder/to_code', 0.1),)
   with pytest.raises(ValueError, match=r"\['encoder/to_code'\] match no"):
     optim.make_optimizer(cfg, 10, params)
+
+
+def test_encoder_delay_freezes_then_ramps_in_the_encoder():
+  w = jnp.full((3, 4), 0.5)
+  params = {'params': {'encoder': {'k': w}, 'decoder': {'k': w}}}
+  grads = jax.tree.map(lambda x: 2.0 * x, params)
+  cfg = optim_config(mup_base_width=0, weight_decay=0.0, warmup_steps=0,
+                     final_lr_ratio=1.0, encoder_delay_steps=2,
+                     encoder_ramp_steps=2)
+  tx, _ = optim.make_optimizer(cfg, 10, params)
+  state, ratios = tx.init(params), []
+  for _ in range(5):
+    u, state = tx.update(grads, state, params)
+    dec = np.asarray(u['params']['decoder']['k'])
+    assert np.all(dec < 0)  # the decoder trains from the first step
+    ratios.append(float(np.mean(np.asarray(u['params']['encoder']['k'])
+                                / dec)))
+  np.testing.assert_allclose(ratios, [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)

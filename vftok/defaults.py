@@ -73,6 +73,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   o.grad_clip = 1.0
   o.mup_base_width = 256             # 0 disables muP
   o.encoder_lr_scale = 1.0           # encoder updates x this (see optim.py)
+  o.encoder_delay_steps = 0          # encoder frozen this long, then
+  o.encoder_ramp_steps = 0           # ramped in linearly (see optim.py)
   o.lr_scales = ()                   # (('encoder/to_codes', 0.1), ...): updates
                                      # of params under a path prefix x scale
   o.freeze = ()                      # top-level modules not trained, e.g.

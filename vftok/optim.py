@@ -155,6 +155,11 @@ def make_optimizer(optim_config, total_steps: int, params,
   pairs = lr_scale_pairs(optim_config)
   if pairs:
     chain.append(scale_by_tree(path_multipliers(params, pairs)))
+  delay = int(getattr(optim_config, 'encoder_delay_steps', 0) or 0)
+  if delay:
+    chain.append(delay_modules(
+        params, ('encoder',), delay,
+        int(getattr(optim_config, 'encoder_ramp_steps', 0) or 0)))
   chain.append(optax.scale_by_learning_rate(schedule))
   tx = optax.chain(*chain)
   frozen = tuple(getattr(optim_config, 'freeze', ()) or ())
@@ -186,6 +191,34 @@ def freeze_modules(tx, params, frozen: Sequence[str]
 
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
                                labels)
+
+
+def delay_modules(params, modules: Sequence[str], delay: int, ramp: int = 0
+                  ) -> optax.GradientTransformation:
+  """Zero updates for params under `modules` for the first `delay` steps, then
+  a linear ramp to full over `ramp` steps (the rest of the model unchanged).
+
+  The decoder first learns to read the encoder's random (informative) codes;
+  only then does the encoder get gradients that improve the codes rather than
+  the early pressure to make them constant (posterior collapse).
+  """
+  mask = path_multipliers(params, [(m, 0.0) for m in modules])
+
+  def init_fn(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    on = jnp.clip((state.count - delay + 1) / max(ramp, 1), 0.0, 1.0)
+    updates = jax.tree.map(
+        lambda m, u: jax.tree.map(
+            lambda x: x * jnp.where(m == 0.0, on, 1.0).astype(x.dtype), u),
+        mask, updates)
+    return updates, optax.ScaleByScheduleState(
+        count=optax.safe_int32_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def lr_scale_pairs(optim_config) -> Tuple[Tuple[str, float], ...]:

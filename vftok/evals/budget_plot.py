@@ -48,7 +48,8 @@ def plot_budget_curves(path: str, rows: Sequence[Dict],
     ax.set_xlabel('tokens per latent frame')
     ax.set_title(name)
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+  for ax in axes:
+    ax.legend(fontsize=8)
   if title:
     fig.suptitle(title)
   fig.tight_layout()

@@ -31,6 +31,7 @@ class Encoder(nn.Module):
   # a high lr z runs into tanh saturation and every clip gets one token
   # within tens of steps; a scale < 1 keeps z in FSQ's working range.
   readout_scale: float = 1.0
+  register_init_std: float = 0.02
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
 
@@ -61,7 +62,7 @@ class Encoder(nn.Module):
     frame_index = frame_offset + jnp.arange(t)
     x = x + layers.sincos(frame_index, self.width)[None, :, None].astype(self.dtype)
     regs = layers.learned('registers', (k, self.width), ('registers', 'embed'),
-                          self).astype(self.dtype)
+                          self, self.register_init_std).astype(self.dtype)
     x = jnp.concatenate([x, jnp.broadcast_to(regs, (b, t, k, self.width))], axis=2)
     x = x.reshape(b, t * (n + k), self.width)
 

@@ -175,9 +175,9 @@ class TimeEmbedding(nn.Module):
                  use_bias=True)(nn.silu(h))
 
 
-def learned(name, shape, axes, module: nn.Module):
+def learned(name, shape, axes, module: nn.Module, std: float = 0.02):
   return module.param(name, nn.with_logical_partitioning(
-      nn.initializers.normal(0.02), axes), shape)
+      nn.initializers.normal(std), axes), shape)
 
 
 def patchify(latents, patch_size):

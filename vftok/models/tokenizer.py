@@ -67,7 +67,10 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
   return VideoFlexTok(
       encoder=encoder_lib.Encoder(width=enc_w, depth=m.enc_depth,
                                   fsq_levels=tuple(m.fsq_levels),
-                                  readout_scale=m.fsq_readout_scale, **common),
+                                  readout_scale=m.fsq_readout_scale,
+                                  register_init_std=m.get(
+                                      'register_init_std', 0.02),
+                                  **common),
       decoder=decoder_lib.Decoder(width=dec_w, depth=m.dec_depth,
                                   latent_channels=m.latent_channels,
                                   attention=m.decoder_attention,
