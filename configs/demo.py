@@ -45,6 +45,15 @@ def get_config(arg=None):
   # t = 0.88), where the decoder can only succeed by reading the registers.
   m.fsq_readout_scale = 0.3
   m.time_mean = 2.0
+  # Position embeddings at unit scale (not 0.02): near t = 1 a decoder patch
+  # token is pure noise plus its position, so a 2% position signal leaves the
+  # decoder unable to tell where to put what the registers say; in the
+  # encoder it lets registers read different places. Measured (400 steps):
+  # flow loss 0.63 vs 0.72, and the one-step clean-latent MSE from noise
+  # falls with every token budget (0.88 / 0.76 / 0.74 / 0.72 / 0.71 at
+  # 1 / 2 / 4 / 8 / 16) instead of stopping after the first (0.84 / 0.82).
+  m.enc_pos_init_std = 1.0
+  m.dec_pos_init_std = 1.0
 
   o = config.optim
   o.lr = 2e-3
@@ -63,7 +72,7 @@ def get_config(arg=None):
   t.compute_dtype = 'float32'
 
   e = config.eval
-  e.num_clips = 8
+  e.num_clips = 16  # sampling noise of the PSNR table: ~0.1 dB at 8 clips
   e.sample_steps = 25
   e.guidance_scale = 3.0  # APG: best measured PSNR (README, Guided sampling)
   return config

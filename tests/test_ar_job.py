@@ -9,12 +9,10 @@ benchmark; eval_ar scores samples per budget and CFG scale (gFVD, class
 score with the conditioning labels, deterministic given the seed); text conditioning (captions encoded on the fly by a pluggable
 encoder) trains and samples caption -> video.
 """
-import importlib.util
 import json
 import os
 import zlib
 
-from clu import metric_writers
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,32 +31,17 @@ from vftok.jobs import sample_ar
 from vftok.jobs import train_ar
 from vftok.models import text_encoders
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testing_utils import Recorder
+from testing_utils import load_config
+
 T, K, LEVELS = 5, 4, (4, 4, 4)   # the tiny tokenizer: 64 codes
 VOCAB = int(np.prod(LEVELS))
 CAPTIONS = ('red ball', 'blue sky', 'green tree', 'a cat')
 
 
-class Recorder(metric_writers.LoggingWriter):
-  def __init__(self):
-    super().__init__()
-    self.scalars = {}
-
-  def write_scalars(self, step, scalars):
-    self.scalars.setdefault(step, {}).update(scalars)
-
-
 def losses(rec):
   return [rec.scalars[s]['loss'] for s in sorted(rec.scalars)
           if 'loss' in rec.scalars[s]]
-
-
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def tiny_ar(config, text_dim=0):

@@ -10,7 +10,6 @@ token records equal Tokenizer.tokenize on the same latents and read back
 through Grain; the command line entry point.
 """
 import filecmp
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,6 +29,8 @@ from vftok.data import shards
 from vftok.data import video_io
 from vftok.jobs import encode_videos
 from vftok.jobs import tokenize_dataset
+
+from testing_utils import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (relative path, frames, fps, width, height); 'short' has too few frames.
@@ -77,16 +78,6 @@ def video_dir(tmp_path_factory):
   (d / 'junk.avi').write_bytes(np.random.default_rng(0).bytes(3000))
   (d / 'notes.txt').write_text('not a video')
   return d
-
-
-def load_config(name, **overrides):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  c.update(overrides)
-  return c
 
 
 def enc_config(video_dir, **overrides):

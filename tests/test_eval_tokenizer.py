@@ -6,7 +6,6 @@ init; numbers are meaningless but every code path runs) over a synthetic
 runs in seconds (the default stays the standard 224 px logits).
 """
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,17 +27,11 @@ from vftok.evals import class_score
 from vftok.evals import sharded_tokenizer
 from vftok.jobs import eval_tokenizer
 
+from testing_utils import load_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLIPS = 4
 GUIDANCE = (1.0, 2.0)
-
-
-def _load_config(name):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def _clips(rng, n, f=17, size=32):
@@ -114,7 +107,7 @@ def ckpt(tmp_path_factory):
 
 
 def eval_config(ckpt_dir, **overrides):
-  c = _load_config('eval_tokenizer')
+  c = load_config('eval_tokenizer')
   c.checkpoint = ckpt_dir
   c.num_clips = NUM_CLIPS
   c.guidance_scales = GUIDANCE
@@ -218,7 +211,7 @@ def test_sharded_model_matches_public_api_and_noise_is_per_clip(ckpt):
   np.testing.assert_array_equal(np.asarray(tokens), tok.tokenize(lat))
   # Our traceable decode == Tokenizer.detokenize given the API's noise, with
   # CFG and with APG (the eval config's APG parameters).
-  apg = _load_config('eval_tokenizer').apg.to_dict()
+  apg = load_config('eval_tokenizer').apg.to_dict()
   decode = jax.jit(sharded_tokenizer.decode_latents, static_argnums=(0, 5, 6))
   for k, kind in ((2, 'cfg'), (4, 'apg')):
     want = tok.detokenize(
@@ -335,7 +328,7 @@ def test_class_score_is_mean_probability_of_given_class():
 
 def test_train_classifier_job_on_records(ckpt, tmp_path):
   from vftok.jobs import train_classifier  # pylint: disable=g-import-not-at-top
-  c = _load_config('train_classifier')
+  c = load_config('train_classifier')
   with open(os.path.join(ckpt, api.CONFIG_FILE)) as f:
     data = json.load(f)['data']
   c.data.kind = 'records'

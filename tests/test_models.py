@@ -1,7 +1,5 @@
 """Model behaviour: FSQ codes, mask causality, nested dropout, paper sizes."""
-import importlib.util
 import itertools
-import os
 
 import flax.linen as nn
 import jax
@@ -16,7 +14,7 @@ from vftok.models import layers
 from vftok.models import masks
 from vftok.models import tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testing_utils import load_config
 
 
 def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
@@ -189,21 +187,13 @@ def test_loss_is_finite_and_trains():
 
 
 # ---- paper sizes --------------------------------------------------------------
-def _load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
-
-
 @pytest.mark.parametrize('name,enc,dec', [
     ('tokenizer_d12', 84.9e6, 84.9e6),
     ('tokenizer_k600', 286.7e6, 286.7e6),
     ('tokenizer_panda', 286.7e6, 1.1e9),
 ])
 def test_paper_config_parameter_counts(name, enc, dec):
-  c = _load_config(name)
+  c = load_config(name)
   model = tokenizer.build(c.model)
   shapes = nn.meta.unbox(jax.eval_shape(
       model.init, jax.random.key(0), *tokenizer.dummy_inputs(c.model)))['params']
@@ -216,11 +206,11 @@ def test_paper_config_parameter_counts(name, enc, dec):
 
 def test_stage2_configs():
   for name in ('decoder_finetune_k600', 'demo_stage2'):
-    c = _load_config(name)
+    c = load_config(name)
     assert c.model.decoder_attention == 'full'
     assert c.model.first_frame_prob == 0.5 and tuple(c.optim.freeze) == ('encoder',)
-  assert _load_config('decoder_finetune_k600').model.repa_source == 'dinov2'
-  assert _load_config('decoder_finetune_k600', 'runlocal').data.kind == 'demo'
+  assert load_config('decoder_finetune_k600').model.repa_source == 'dinov2'
+  assert load_config('decoder_finetune_k600', 'runlocal').data.kind == 'demo'
 
 
 def test_fsq_skip_rounding_passes_bounded_values_per_sample():

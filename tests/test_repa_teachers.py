@@ -1,7 +1,6 @@
 """REPA teachers: precomputed record features, I3D key frames, DINOv2, and
 the train step with a teacher whose weights are passed as an argument."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

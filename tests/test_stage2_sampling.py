@@ -2,7 +2,6 @@
 sampling, streaming tokenization and long videos."""
 import jax
 import numpy as np
-import optax
 import pytest
 
 import vftok

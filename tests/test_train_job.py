@@ -4,10 +4,7 @@ Covers: the job writes checkpoints, metrics, the reconstruction picture and
 the PSNR table; a run preempted at step 3 and resumed reproduces the loss
 curve of an uninterrupted run exactly; Tokenizer.from_checkpoint loads it.
 """
-import importlib.util
-import os
 
-from clu import metric_writers
 import jax
 import numpy as np
 import pytest
@@ -17,24 +14,12 @@ from vftok import checkpoint
 from vftok import defaults
 from vftok.jobs import train_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Recorder(metric_writers.LoggingWriter):
-  def __init__(self):
-    super().__init__()
-    self.scalars = {}
-
-  def write_scalars(self, step, scalars):
-    self.scalars.setdefault(step, {}).update(scalars)
+from testing_utils import Recorder
+from testing_utils import load_config
 
 
 def e2e_config(data_root):
-  spec = importlib.util.spec_from_file_location(
-      'demo_cfg', os.path.join(ROOT, 'configs', 'demo.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = load_config('demo')
   c.data.root = str(data_root)
   c.data.resolution = 32
   c.data.global_batch_size = 8  # divisible by the 8 simulated devices

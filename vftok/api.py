@@ -37,6 +37,23 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def start_workdir(config, workdir: str, writer=None):
+  """A training job's first step: the workdir with the resolved config in it
+  (written once, by process 0, atomically) -> the metric writer (CLU:
+  TensorBoard + logs on process 0, logs only elsewhere) unless one is given."""
+  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers  # imports TensorFlow: only for jobs
+  from vftok.data import records
+  # pylint: enable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with records.atomic_path(os.path.join(workdir, CONFIG_FILE)) as tmp:
+      with open(tmp, 'w') as f:
+        f.write(config.to_json(indent=2))
+  return writer or metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+
+
 class Tokenizer:
   """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K]."""
 

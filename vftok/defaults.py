@@ -43,6 +43,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.fsq_levels = (8, 8, 8, 5, 5, 5)  # 64000 codes
   m.fsq_drop_quant_p = 0.0           # per sample: pass FSQ input unrounded
   m.fsq_readout_scale = 1.0          # z = scale * Linear(h); see encoder.py
+  m.register_init_std = 0.02         # std of the encoder register embeddings
+  m.enc_pos_init_std = 0.02          # encoder patch position embeddings
+  m.dec_pos_init_std = 0.02          # decoder position embeddings (decoder.py)
   m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
   m.uncond_prob = 0.1                # all registers masked (for CFG)
   m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'

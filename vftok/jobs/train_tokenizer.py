@@ -14,7 +14,6 @@ import os
 import time
 
 from absl import logging
-from clu import metric_writers
 from clu import periodic_actions
 import jax
 import numpy as np
@@ -32,12 +31,7 @@ from vftok.models import layers
 def run(config, workdir: str, writer=None):
   """Trains until config.train.total_steps (resuming if the workdir has a
   checkpoint); returns the final train state."""
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, api.CONFIG_FILE), 'w') as f:
-      f.write(config.to_json(indent=2))
-  writer = writer or metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writer = api.start_workdir(config, workdir, writer)
 
   # ---- mesh ------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)

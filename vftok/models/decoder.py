@@ -27,6 +27,11 @@ class Decoder(nn.Module):
   latent_channels: int
   attention: str = 'time_causal'
   repa_layer: int = 1               # hidden states after this many blocks
+  # Std of the learned register / patch position embeddings. Near t = 1 the
+  # noisy patches carry no content, so position is all a patch token knows
+  # of where it is; at 0.02 it is ~2% of the token after LayerNorm and the
+  # decoder learns slowly where to put what the registers say.
+  pos_init_std: float = 0.02
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
 
@@ -53,11 +58,12 @@ class Decoder(nn.Module):
     keep = keep if keep.ndim == 3 else keep[:, None, :]
     regs = jnp.where(keep[..., None], regs, mask_token.astype(self.dtype))
     regs = regs + layers.learned('pos_register', (k, self.width),
-                                 ('registers', 'embed'), self).astype(self.dtype)
+                                 ('registers', 'embed'), self,
+                                 self.pos_init_std).astype(self.dtype)
     x = layers.dense(self.width, ('patch', 'embed'), 'patch_embed', self.dtype,
                      use_bias=True)(patches)
     x = x + layers.learned('pos_patch', (n, self.width), ('length', 'embed'),
-                           self).astype(self.dtype)
+                           self, self.pos_init_std).astype(self.dtype)
     # As in the encoder, frame position goes on the patches only.
     x = x + layers.sincos(jnp.arange(t_frames), self.width)[None, :, None].astype(self.dtype)
     x = jnp.concatenate([regs, x], axis=2)

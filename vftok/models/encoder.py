@@ -32,6 +32,7 @@ class Encoder(nn.Module):
   # within tens of steps; a scale < 1 keeps z in FSQ's working range.
   readout_scale: float = 1.0
   register_init_std: float = 0.02
+  pos_init_std: float = 0.02        # learned patch position embedding
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
 
@@ -54,7 +55,7 @@ class Encoder(nn.Module):
     x = layers.dense(self.width, ('patch', 'embed'), 'patch_embed', self.dtype,
                      use_bias=True)(patches)
     x = x + layers.learned('pos_patch', (n, self.width), ('length', 'embed'),
-                           self).astype(self.dtype)
+                           self, self.pos_init_std).astype(self.dtype)
     # Frame position on the patches only: a register's content should be what
     # it reads from its frame (the mask already ties it to that frame); a
     # large constant added to every register drowns that signal at init and

@@ -70,11 +70,14 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
                                   readout_scale=m.fsq_readout_scale,
                                   register_init_std=m.get(
                                       'register_init_std', 0.02),
+                                  pos_init_std=m.get('enc_pos_init_std', 0.02),
                                   **common),
       decoder=decoder_lib.Decoder(width=dec_w, depth=m.dec_depth,
                                   latent_channels=m.latent_channels,
                                   attention=m.decoder_attention,
-                                  repa_layer=m.repa_layer, **common),
+                                  repa_layer=m.repa_layer,
+                                  pos_init_std=m.get('dec_pos_init_std', 0.02),
+                                  **common),
       repa_head=repa_lib.RepaHead(width=dec_w, depth=m.repa_depth,
                                   head_dim=m.head_dim, feature_dim=m.repa_dim,
                                   mlp_ratio=m.mlp_ratio, dtype=dtype))
