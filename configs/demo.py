@@ -39,7 +39,7 @@ def get_config(arg=None):
   m.repa_dim = defaults.DEMO_REPA_DIM
   m.repa_weight = 1.0
   # Two changes that make the tiny model use its tokens at all within 400 steps
-  # (measured; see README "Known issue"): a scaled-down FSQ readout, without
+  # (measured; see README "Demo quality"): a scaled-down FSQ readout, without
   # which the 6-wide readout's Adam updates saturate z and all clips share one
   # token within ~30 steps; and flow times biased towards noise (median
   # t = 0.88), where the decoder can only succeed by reading the registers.

@@ -15,6 +15,7 @@ import pytest
 
 from vftok.models import dinov2
 from vftok.models import hf_checkpoint
+from vftok.models import resample
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -102,15 +103,15 @@ def test_errors(checkpoints, tmp_path):
 
 def test_resample_matrices():
   # Area rows average whole covered patches; every row is a partition of 1.
-  np.testing.assert_allclose(dinov2.area_or_linear_matrix(4, 2),
+  np.testing.assert_allclose(resample.area_or_linear_matrix(4, 2),
                              [[.5, .5, 0, 0], [0, 0, .5, .5]])
   for n_in, n_out in ((16, 5), (3, 7), (1, 4)):
     np.testing.assert_allclose(
-        dinov2.area_or_linear_matrix(n_in, n_out).sum(1), 1, rtol=1e-6)
+        resample.area_or_linear_matrix(n_in, n_out).sum(1), 1, rtol=1e-6)
   # At the checkpoint's own grid HF skips interpolation; both kernels are
   # then the identity, so no special case is needed.
   for aa in (False, True):
-    np.testing.assert_allclose(dinov2.bicubic_matrix(5, 5, aa), np.eye(5),
+    np.testing.assert_allclose(resample.bicubic_matrix(5, 5, aa), np.eye(5),
                                atol=1e-7)
 
 

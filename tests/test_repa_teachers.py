@@ -21,6 +21,11 @@ def test_records_source_resizes_to_the_decoder_grid():
   out = np.asarray(teacher({'repa_features': const}))
   assert out.shape == (2, 3, 16, 5)
   np.testing.assert_allclose(out, 0.7, rtol=1e-5)
+  # Shrinking by whole factors: each decoder patch gets its block's mean.
+  fine = np.random.default_rng(0).normal(size=(2, 3, 8, 8, 5)).astype(np.float32)
+  block = fine.reshape(2, 3, 4, 2, 4, 2, 5).mean(axis=(3, 5)).reshape(2, 3, 16, 5)
+  np.testing.assert_allclose(np.asarray(teacher({'repa_features': fine})),
+                             block, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='repa_dim'):
     teacher({'repa_features': const[..., :4]})
   with pytest.raises(ValueError, match='no repa_features'):

@@ -17,12 +17,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
 from vftok import ar_sampling
-from vftok import defaults
 from vftok import media
 from vftok.data import codecs
 from vftok.data import pipeline
@@ -116,14 +114,10 @@ def latent_data(ar_config, tokenizer) -> pipeline.Data:
                          os.path.join(latent_dir, codec_path)
                          if codec_path else '',
                          tok_data.get('normalize', 'global'))
-  fields = defaults.tokenizer_config().data.to_dict()
-  fields.update(tok_data.to_dict())
   d = ar_config.data
-  if d.get('root'):
-    fields['root'] = d.root
-  if d.get('demo_repa_teacher'):
-    fields['demo_repa_teacher'] = d.demo_repa_teacher
-  return pipeline.resolve(ml_collections.ConfigDict(fields))
+  return pipeline.resolve_saved(
+      tok_data, root=d.get('root'),
+      demo_repa_teacher=d.get('demo_repa_teacher'))
 
 
 class Decoder:

@@ -26,8 +26,10 @@ from absl import flags
 from absl import logging
 import grain
 import jax
+import ml_collections
 import numpy as np
 
+from vftok import defaults
 from vftok.data import demo
 from vftok.data import records
 
@@ -101,6 +103,17 @@ def resolve_patterns(data_config) -> Data:
 
 
 resolve = resolve_patterns
+
+
+def resolve_saved(data_config, **overrides) -> Data:
+  """Resolves a data config saved by an earlier run (a workdir's config.json)
+  or given in part by a job's config: fields it lacks take the current
+  tokenizer defaults, so older workdirs still find their data and a job finds
+  the demo set that training builds; non-empty `overrides` replace fields."""
+  fields = defaults.tokenizer_config().data.to_dict()
+  fields.update(data_config.to_dict())
+  fields.update({k: v for k, v in overrides.items() if v})
+  return resolve(ml_collections.ConfigDict(fields))
 
 
 class Prepare(grain.transforms.Map):
@@ -214,30 +227,39 @@ def _shuffled_batches(paths, data_config, prepare, process_index,
   return iter(ds)
 
 
+def eval_dataset(data: Data, *, num_clips: int, batch_size: int,
+                 fields: Sequence[str] = EVAL_FIELDS, min_clips: int = 1):
+  """-> (clip count, grain.MapDataset of batches): the first `num_clips` (-1:
+  all) eval records in file order.
+
+  Each batch: `latents` (normalised like training), `label`, `frames` uint8
+  [b, F, H, W, 3] (the reference of every pixel metric), as `fields` asks.
+  The last batch may be smaller."""
+  paths = records.expand(data.eval_pattern) if data.eval_pattern else []
+  if not paths:
+    raise ValueError(f'no evaluation records match {data.eval_pattern!r} '
+                     '(eval_pattern)')
+  source = grain.sources.ArrayRecordDataSource(paths)
+  n = len(source) if num_clips < 0 else min(num_clips, len(source))
+  if n < num_clips:
+    logging.warning('only %d evaluation clips (asked for %d)', n, num_clips)
+  if n < min_clips:
+    raise ValueError(f'need at least {min_clips} evaluation clips, got {n}')
+  ds = grain.MapDataset.source(source)[:n].map(
+      Prepare(fields, data.latent_mean, data.latent_std)).batch(batch_size)
+  if 'frames' not in ds[0]:
+    raise ValueError(f'evaluation records {data.eval_pattern!r} have no RGB '
+                     '`frames`: pixel metrics need them')
+  return n, ds
+
+
 def make_eval_batches(data_config, data: Optional[Data] = None, *,
                       num_clips: int, batch_size: int
                       ) -> List[Dict[str, np.ndarray]]:
-  """The first `num_clips` eval records, in file order, as batches.
-
-  Each batch: `latents` (normalised like training), `label`, `frames` uint8
-  [b, F, H, W, 3]. The last batch may be smaller.
-  """
+  """The first `num_clips` eval records as a list of batches (eval_dataset)."""
   data = data or resolve_patterns(data_config)
-  paths = records.expand(data.eval_pattern) if data.eval_pattern else []
-  if not paths:
-    raise ValueError(f'no eval records (eval_pattern={data.eval_pattern!r})')
-  source = grain.sources.ArrayRecordDataSource(paths)
-  n = min(num_clips, len(source))
-  if n < num_clips:
-    logging.warning('only %d eval clips available (asked for %d)', n,
-                    num_clips)
-  mean, std = _stats(data, None, None)
-  ds = grain.MapDataset.source(source)[:n].map(Prepare(EVAL_FIELDS, mean, std))
-  batches = list(ds.batch(batch_size))
-  if 'frames' not in batches[0]:
-    raise ValueError(f'eval records {data.eval_pattern!r} have no RGB '
-                     '`frames`: pixel metrics need them')
-  return batches
+  _, ds = eval_dataset(data, num_clips=num_clips, batch_size=batch_size)
+  return list(ds)
 
 
 def make_normalizer(data: Data):

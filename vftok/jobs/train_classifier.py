@@ -16,10 +16,8 @@ score per split), and prints the table.
 import os
 from typing import Dict, List
 
-import ml_collections
 import numpy as np
 
-from vftok import defaults
 from vftok.data import codecs
 from vftok.data import pipeline
 from vftok.data import records
@@ -61,9 +59,7 @@ def run(config, workdir: str) -> Dict[str, float]:
   # Data fields the config leaves out (e.g. the demo build's REPA teacher)
   # take the tokenizer defaults, so the demo set found is the one training
   # builds and uses.
-  fields = defaults.tokenizer_config().data.to_dict()
-  fields.update(config.data.to_dict())
-  data = pipeline.resolve(ml_collections.ConfigDict(fields))
+  data = pipeline.resolve_saved(config.data)
   codec = codecs.load_codec(data)
   train = balanced(records.read_records(data.train_pattern),
                    config.max_clips_per_class)

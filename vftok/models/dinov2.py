@@ -25,6 +25,7 @@ import numpy as np
 
 from vftok.models import hf_checkpoint
 from vftok.models import layers
+from vftok.models import resample
 
 Dtype = Any
 CheckpointError = hf_checkpoint.CheckpointError
@@ -40,72 +41,6 @@ _ACTS = {
     'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
     'silu': nn.silu, 'swish': nn.silu, 'relu': nn.relu,
 }
-
-
-def _cubic(x, a):
-  x = np.abs(x)
-  return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                  np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0))
-
-
-def bicubic_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
-  """[n_out, n_in] weights of torch's 1-D bicubic resize, align_corners=False."""
-  f32 = np.float32
-  scale = f32(n_in) / f32(n_out)
-  m = np.zeros((n_out, n_in), np.float32)
-  for i in range(n_out):
-    if antialias:  # torch _upsample_bicubic2d_aa (PIL's ImagingResample)
-      support = f32(2.0) * scale if scale >= 1 else f32(2.0)
-      invscale = f32(1.0) / scale if scale >= 1 else f32(1.0)
-      center = scale * f32(i + 0.5)
-      lo = max(int(center - support + f32(0.5)), 0)
-      hi = min(int(center + support + f32(0.5)), n_in)
-      j = np.arange(lo, hi)
-      w = _cubic((j - center + f32(0.5)) * invscale, f32(-0.5)).astype(f32)
-      m[i, lo:hi] = w / w.sum() if w.sum() != 0 else w
-    else:  # torch upsample_bicubic2d: taps floor(src)-1..+2, clamped indices
-      src = scale * f32(i + 0.5) - f32(0.5)
-      base = min(int(np.floor(src)), n_in - 1)
-      t = min(max(src - f32(base), f32(0)), f32(1))
-      ws = _cubic(np.array([t + 1, t, 1 - t, 2 - t], f32), f32(-0.75))
-      for k, w in enumerate(ws):
-        m[i, min(max(base - 1 + k, 0), n_in - 1)] += w
-  return m
-
-
-def area_or_linear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out, n_in]: box (area) average when shrinking, bilinear when growing.
-
-  Area keeps every DINOv2 patch that falls in a latent cell with its covered
-  fraction, so a target is the mean feature of the pixels the latent patch
-  sees; growing uses half-pixel bilinear (area would give blocky copies).
-  """
-  m = np.zeros((n_out, n_in), np.float64)
-  if n_out <= n_in:
-    step = n_in / n_out
-    for i in range(n_out):
-      lo, hi = i * step, (i + 1) * step
-      for j in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
-        m[i, j] = (min(hi, j + 1) - max(lo, j)) / step
-  else:
-    for i in range(n_out):
-      src = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
-      j, t = min(int(src), n_in - 2), src - min(int(src), n_in - 2)
-      if n_in == 1:
-        m[i, 0] = 1.0
-      else:
-        m[i, j], m[i, j + 1] = 1 - t, t
-  return m.astype(np.float32)
-
-
-def _resize_grid(x, out_hw, matrix_fn):
-  """x [..., h, w, D] -> [..., out_h, out_w, D] with separable matrices."""
-  h, w = x.shape[-3], x.shape[-2]
-  if (h, w) == tuple(out_hw):
-    return x
-  hi = jax.lax.Precision.HIGHEST  # tiny matmuls; keep f32 exact on TPU/GPU
-  x = jnp.einsum('ih,...hwd->...iwd', matrix_fn(h, out_hw[0]), x, precision=hi)
-  return jnp.einsum('jw,...iwd->...ijd', matrix_fn(w, out_hw[1]), x, precision=hi)
 
 
 def _layer_norm(name, eps, dtype):
@@ -178,8 +113,9 @@ class Dinov2(nn.Module):
     """[1 + P, D] checkpoint table -> [1 + gh * gw, D], interpolated in f32."""
     side = int(round(self.num_positions ** 0.5))
     patch = pos[1:].astype(jnp.float32).reshape(side, side, -1)
-    patch = _resize_grid(
-        patch, grid_hw, lambda i, o: bicubic_matrix(i, o, self.antialias_pos))
+    patch = resample.resize_grid(
+        patch, grid_hw,
+        lambda i, o: resample.bicubic_matrix(i, o, self.antialias_pos))
     return jnp.concatenate([pos[:1], patch.reshape(-1, pos.shape[-1]).astype(pos.dtype)])
 
   @nn.compact
@@ -358,7 +294,7 @@ def make_patch_feature_fn(path: str, layer: Optional[int] = None,
   Features are the patch tokens (CLS and registers dropped) of the final
   normalised output (`layer=None`) or of `hidden_states[layer]` (0 is the
   embeddings, k the k-th block's raw output), resampled from the ViT patch
-  grid to `grid_hw` with `area_or_linear_matrix` (area average when shrinking,
+  grid to `grid_hw` with `resample.area_or_linear_matrix` (area average when shrinking,
   bilinear when growing); `grid_hw=None` keeps the ViT grid.
 
   The returned `features(frames, params=None)` is jit-able. Pass `params`
@@ -393,7 +329,7 @@ def make_patch_feature_fn(path: str, layer: Optional[int] = None,
     out = run.apply({'params': params}, x, output_hidden_states=layer is not None)
     tokens = out.last_hidden_state if layer is None else out.hidden_states[-1]
     grid = tokens[:, skip:].astype(jnp.float32).reshape(b * t, *vit_grid, -1)
-    grid = _resize_grid(grid, out_grid, area_or_linear_matrix)
+    grid = resample.resize_grid(grid, out_grid)
     return jax.lax.stop_gradient(grid.reshape(b, t, out_grid[0] * out_grid[1], -1))
 
   features.params, features.module = params, module

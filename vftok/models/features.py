@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vftok.models import layers
+from vftok.models import resample
 
 _STAND_IN_SEED = 20260412
 KEY_FRAME_STRIDE = 4  # causal VAE: latent frame t <-> pixel frame 4 t
@@ -62,18 +63,12 @@ def key_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def to_grid(feats, grid_hw):
-  """[B, T, h, w, D] -> [B, T, gh * gw, D] on the decoder grid: an exact
-  block average when the grid shrinks by whole factors (each decoder patch
-  gets the mean feature of its area), bilinear otherwise."""
-  b, t, h, w, d = feats.shape
-  gh, gw = grid_hw
-  if (h, w) != (gh, gw) and h % gh == 0 and w % gw == 0:
-    feats = feats.astype(jnp.float32).reshape(b, t, gh, h // gh, gw, w // gw, d)
-    feats = feats.mean(axis=(3, 5))
-  elif (h, w) != (gh, gw):
-    feats = jax.image.resize(feats.astype(jnp.float32), (b, t, gh, gw, d),
-                             method='bilinear', antialias=True)
-  return feats.reshape(b, t, gh * gw, d)
+  """[B, T, h, w, D] -> [B, T, gh * gw, D] on the decoder grid: each decoder
+  patch gets the area-weighted mean feature of what it covers (an exact
+  block average for whole factors), bilinear where the grid grows."""
+  b, t, _, _, d = feats.shape
+  feats = resample.resize_grid(feats.astype(jnp.float32), grid_hw)
+  return feats.reshape(b, t, grid_hw[0] * grid_hw[1], d)
 
 
 def _grid(model_config):
