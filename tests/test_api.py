@@ -78,5 +78,6 @@ def test_unknown_config_key_is_rejected(tmp_path):
        f'--workdir={tmp_path}', '--config.model.no_such_key=1'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
-  assert 'no_such_key' in proc.stderr
+  assert "unknown config key 'model.no_such_key'" in proc.stderr
+  assert 'Traceback' not in proc.stderr  # one line, not a stack
   assert not os.listdir(tmp_path)  # nothing written

@@ -4,6 +4,8 @@ Config fields can be overridden on the command line (`--config.train.total_steps
 unknown keys are rejected. The job is picked by `config.job`.
 """
 import importlib
+import re
+import sys
 
 from absl import app
 from absl import flags
@@ -39,5 +41,25 @@ def main(argv):
   job.run(config, _WORKDIR.value)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a mistyped `--config.a.b=...` reported as one
+  line naming the key (ml_collections raises a bare AttributeError that
+  absl would print as a three-exception traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}\n'
+             'Pass --helpshort or --helpfull to see help on flags.')
+  except (AttributeError, KeyError) as e:
+    missing = re.search(r"'(\w+)", str(e))
+    missing = missing.group(1) if missing else str(e)
+    hint = re.search(r'Did you mean "(\w+)"', str(e))
+    keys = [a[len('--config.'):].split('=')[0] for a in argv[1:]
+            if a.startswith('--config.')]
+    bad = [k for k in keys if missing in k.split('.')] or [missing]
+    sys.exit(f'FATAL unknown config key {bad[0]!r}: not a field of the config '
+             'file (overrides can only change existing fields)'
+             + (f'; did you mean {hint.group(1)!r}?' if hint else ''))
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
