@@ -220,3 +220,34 @@ def test_fsq_skip_rounding_passes_bounded_values_per_sample():
   np.testing.assert_allclose(q[0], fsq.bound(z[0]) / (lv // 2), rtol=1e-6)
   np.testing.assert_allclose(q[1], fsq.quantize(z[1]))
   assert not np.allclose(q[0], q[1])
+
+
+def test_remat_and_attention_kernel_leave_params_loss_and_grads_unchanged():
+  base = tiny_config()
+  model, params = init(base)
+  params = randomize(params)
+  lat = jax.random.normal(jax.random.key(2), tokenizer.dummy_inputs(base.model, 2)[0].shape)
+  keep = jnp.ones((2, base.model.registers), bool)
+
+  def loss_and_grads(config):
+    m = tokenizer.build(config.model)
+    def loss(p):
+      v, f = m.apply(p, lat, keep, 0.5 * lat, jnp.full((2,), 0.3))
+      return jnp.mean(v ** 2) + jnp.mean(f ** 2)
+    return jax.value_and_grad(loss)(params)
+
+  ref_loss, ref_grads = loss_and_grads(base)
+  for overrides in (dict(remat='dots'), dict(remat='full'),
+                    dict(attention_impl='xla')):
+    config = tiny_config(**overrides)
+    # Same parameter tree: checkpoints load whatever the policy.
+    _, p = init(config)
+    assert jax.tree.structure(p) == jax.tree.structure(params)
+    loss, grads = loss_and_grads(config)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='config.model.remat'):
+    init(tiny_config(remat='everything'))
+  with pytest.raises(ValueError, match='config.model.attention_impl'):
+    init(tiny_config(attention_impl='flash'))

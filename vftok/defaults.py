@@ -58,6 +58,11 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.repa_layer = 1
   m.repa_depth = 2
   m.repa_dim = 1024                  # DINOv2-L feature width
+  # Speed / memory (results unchanged; benchmarks/bench_train_step.py):
+  # rematerialise blocks in the backward pass ('none' | 'dots' | 'full'),
+  # and the attention kernel ('' = XLA's choice, 'xla', 'cudnn' on NVIDIA).
+  m.remat = 'none'
+  m.attention_impl = ''
   m.repa_weight = 1.0
   m.repa_source = 'random_stand_in'  # see vftok/models/features.py
   m.repa_teacher_path = ''           # 'dinov2': local HF checkpoint dir

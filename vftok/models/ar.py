@@ -67,6 +67,7 @@ class ARConfig:
   dropout: float = 0.0        # FFN, attention-probability and projection
   dtype: str = 'float32'      # compute dtype; params stay float32
   mlp_multiple_of: int = 64   # SwiGLU hidden width rounding (see mlp_hidden)
+  remat: str = 'none'         # training only: layers.REMAT_POLICIES
 
   def __post_init__(self):
     if not self.width:
@@ -317,8 +318,12 @@ class ARTransformer(nn.Module):
       if not primed:  # decode steps after the first use the cached K/V
         ctx, ctx_mask = self._text_context(b, text_emb, text_mask)
 
+    # Rematerialise blocks when training (decode steps keep nothing for a
+    # backward pass); decode, cache_len, deterministic are Python values.
+    block_cls = Block if decode else layers.remat_block(
+        Block, c.remat, static_argnums=(5, 6, 7))
     for i in range(c.depth):
-      x = Block(c, cross=c.has_cross_attn(i), name=f'blocks_{i}')(
+      x = block_cls(c, cross=c.has_cross_attn(i), name=f'blocks_{i}')(
           x, ctx, ctx_mask, start, decode, cache_len, deterministic)
     x = _rms_norm('final_norm', dt)(x)
     logits = dense(c.vocab_size, ('embed', 'vocab'), 'head', dt)(x)

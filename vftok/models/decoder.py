@@ -8,7 +8,7 @@ mask token. The output is the flow velocity on the latent patches.
 
 Stage 1 uses a time-causal mask; stage 2 (decoder fine-tuning) full attention.
 """
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,6 +33,8 @@ class Decoder(nn.Module):
   # decoder learns slowly where to put what the registers say.
   pos_init_std: float = 0.02
   mlp_ratio: float = 4.0
+  remat: str = 'none'               # layers.REMAT_POLICIES
+  attention_impl: Optional[str] = None  # None: XLA's choice; 'xla' | 'cudnn'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -75,10 +77,11 @@ class Decoder(nn.Module):
     layout = masks.interleaved(t_frames, n, k, registers_first=True)
     mask = masks.decoder_mask(self.attention)(layout, layout)
     repa_hidden = None
+    block_cls = layers.remat_block(layers.AdaLNBlock, self.remat)
     for i in range(self.depth):
-      x = layers.AdaLNBlock(self.width, self.head_dim, self.mlp_ratio,
-                            self.dtype, name=f'blocks_{i}')(
-                                x, cond, layout.is_register, mask)
+      x = block_cls(self.width, self.head_dim, self.mlp_ratio, self.dtype,
+                    self.attention_impl, name=f'blocks_{i}')(
+                        x, cond, layout.is_register, mask)
       if i + 1 == self.repa_layer:
         repa_hidden = x.reshape(b, t_frames, k + n, self.width)[:, :, k:]
 

@@ -7,7 +7,7 @@ see patches and register i sees the frame's patches and registers <= i
 Because frame t never sees frames > t, tokens of a prefix of frames do not
 depend on later frames: tokenization can stream (see `tests/test_models.py`).
 """
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,8 @@ class Encoder(nn.Module):
   register_init_std: float = 0.02
   pos_init_std: float = 0.02        # learned patch position embedding
   mlp_ratio: float = 4.0
+  remat: str = 'none'               # layers.REMAT_POLICIES
+  attention_impl: Optional[str] = None  # None: XLA's choice; 'xla' | 'cudnn'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -77,9 +79,10 @@ class Encoder(nn.Module):
       mask = jnp.concatenate(
           [jnp.broadcast_to(visible, (len(layout), cached)), mask], axis=1)
       new_k, new_v = [], []
+    block_cls = layers.remat_block(layers.Block, self.remat)
     for i in range(self.depth):
-      block = layers.Block(self.width, self.head_dim, self.mlp_ratio,
-                           self.dtype, name=f'blocks_{i}')
+      block = block_cls(self.width, self.head_dim, self.mlp_ratio, self.dtype,
+                        self.attention_impl, name=f'blocks_{i}')
       if cache is None:
         x = block(x, mask)
       else:

@@ -43,6 +43,7 @@ class Attention(nn.Module):
   width: int
   head_dim: int
   dtype: Dtype = jnp.float32
+  implementation: Optional[str] = None   # jax.nn.dot_product_attention's
 
   @nn.compact
   def __call__(self, x, mask, kv_prefix=None):
@@ -62,7 +63,8 @@ class Attention(nn.Module):
       v_all = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
     # Mask broadcast over batch and heads.
     out = jax.nn.dot_product_attention(q, k_all, v_all,
-                                       mask=jnp.asarray(mask)[None, None])
+                                       mask=jnp.asarray(mask)[None, None],
+                                       implementation=self.implementation)
     out = dense(self.width, ('heads', 'head_dim', 'embed'), 'out', self.dtype,
                 in_axis=(-2, -1))(out)
     return out if kv_prefix is None else (out, (k, v))
@@ -87,12 +89,14 @@ class Block(nn.Module):
   head_dim: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  attention_impl: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, mask, kv_prefix=None):
     """kv_prefix: see Attention; then also returns this block's (keys, values)."""
-    h = Attention(self.width, self.head_dim, self.dtype, name='attn')(
-        layer_norm('norm1', self.dtype)(x), mask, kv_prefix)
+    h = Attention(self.width, self.head_dim, self.dtype, self.attention_impl,
+                  name='attn')(layer_norm('norm1', self.dtype)(x), mask,
+                               kv_prefix)
     h, kv = h if kv_prefix is not None else (h, None)
     x = x + h
     x = x + Mlp(self.width, self.mlp_ratio, self.dtype, name='mlp')(
@@ -115,19 +119,20 @@ class AdaLNBlock(nn.Module):
   head_dim: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  attention_impl: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, cond, is_register: np.ndarray, mask):
+  def __call__(self, x, cond, is_register, mask):
     # cond: [B, width] or [B, T, width] (one time embedding per latent frame,
-    # the sequence being T equal-length frame groups); is_register: static
-    # bool [L].
+    # the sequence being T equal-length frame groups); is_register: bool [L]
+    # (a constant, traced under remat).
     c = nn.silu(cond)
     # No bias: the time embedding's last layer has one, and without it the
     # adaLN parameter count is exactly 12 * width^2 per block (Table 5).
     mods = [dense(6 * self.width, ('embed', 'cond'), f'adaln_{n}', self.dtype,
                   zero_init=True)(c)
             for n in ('patch', 'register')]
-    is_register = np.asarray(is_register)
+    is_register = jnp.asarray(is_register)
     b, length = x.shape[:2]
     if c.ndim == 2:
       mod = jnp.where(is_register[None, :, None], mods[1][:, None], mods[0][:, None])
@@ -140,11 +145,46 @@ class AdaLNBlock(nn.Module):
     h = _modulate(layer_norm('norm1', self.dtype, use_scale=False)(x),
                   shift1, scale1)
     x = x + gate1 * Attention(self.width, self.head_dim, self.dtype,
-                              name='attn')(h, mask)
+                              self.attention_impl, name='attn')(h, mask)
     h = _modulate(layer_norm('norm2', self.dtype, use_scale=False)(x),
                   shift2, scale2)
     return x + gate2 * Mlp(self.width, self.mlp_ratio, self.dtype,
                            name='mlp')(h)
+
+
+# Activation rematerialisation of whole blocks (config.model.remat): what the
+# backward pass may keep from the forward pass of a block.
+REMAT_POLICIES = {
+    'none': None,      # keep everything (fastest, most memory)
+    # keep the projections' outputs (matmuls without batch dims), recompute
+    # attention scores/probabilities [B, heads, L, L] and elementwise ops: the
+    # scores dominate activation memory at the paper's 2560-token sequences
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'full': jax.checkpoint_policies.nothing_saveable,  # keep block inputs only
+}
+
+
+def remat_block(block_cls, policy: str, static_argnums=()):
+  """block_cls, or a rematerialised version of it. Parameter names and values
+  are unchanged (blocks are named explicitly), so checkpoints load either way.
+  static_argnums: Python-valued __call__ arguments (self is argument 0)."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f'config.model.remat={policy!r}: must be one of '
+                     f'{sorted(REMAT_POLICIES)}')
+  if policy == 'none':
+    return block_cls
+  return nn.remat(block_cls, policy=REMAT_POLICIES[policy], prevent_cse=True,
+                  static_argnums=static_argnums)
+
+
+def attention_implementation(name: Optional[str]) -> Optional[str]:
+  """config.model.attention_impl -> jax.nn.dot_product_attention's
+  `implementation`: '' (XLA picks: the XLA path everywhere today), 'xla', or
+  'cudnn' (fused flash attention on NVIDIA GPUs; bf16/fp16 compute only)."""
+  if name not in ('', None, 'xla', 'cudnn'):
+    raise ValueError(f"config.model.attention_impl={name!r}: must be '', "
+                     "'xla' or 'cudnn'")
+  return name or None
 
 
 def sincos(positions: np.ndarray, dim: int, max_period: float = 10_000.):

@@ -5,7 +5,7 @@ the decoder, as in the paper's Table 5) reads the latent-patch hidden states
 after decoder block `repa_layer` and projects them to the teacher's feature
 width. The loss is the negative cosine similarity per patch, averaged.
 """
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -20,6 +20,8 @@ class RepaHead(nn.Module):
   head_dim: int
   feature_dim: int
   mlp_ratio: float = 4.0
+  remat: str = 'none'               # layers.REMAT_POLICIES
+  attention_impl: Optional[str] = None  # None: XLA's choice; 'xla' | 'cudnn'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -29,9 +31,10 @@ class RepaHead(nn.Module):
     layout = masks.patches_only(t, n)
     mask = masks.time_causal_mask(layout, layout)
     x = hidden.reshape(b, t * n, w)
+    block_cls = layers.remat_block(layers.Block, self.remat)
     for i in range(self.depth):
-      x = layers.Block(self.width, self.head_dim, self.mlp_ratio, self.dtype,
-                       name=f'repa_blocks_{i}')(x, mask)
+      x = block_cls(self.width, self.head_dim, self.mlp_ratio, self.dtype,
+                    self.attention_impl, name=f'repa_blocks_{i}')(x, mask)
     x = layers.layer_norm('norm_out', self.dtype)(x)
     x = layers.dense(self.feature_dim, ('embed', 'repa'), 'to_features',
                      jnp.float32, use_bias=True)(x)

@@ -20,6 +20,7 @@ import numpy as np
 from vftok import flow
 from vftok.models import decoder as decoder_lib
 from vftok.models import encoder as encoder_lib
+from vftok.models import layers
 from vftok.models import repa as repa_lib
 
 
@@ -61,9 +62,13 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
   enc_w = width_override or m.enc_width
   dec_w = width_override or m.dec_width
   grid = grid_hw(m)
+  # Fields newer than some saved workdirs' config.json: .get with defaults.
+  speed = dict(remat=m.get('remat', 'none'),
+               attention_impl=layers.attention_implementation(
+                   m.get('attention_impl', '')))
   common = dict(head_dim=m.head_dim, registers=m.registers,
                 patch_size=tuple(m.patch_size), grid_hw=grid,
-                mlp_ratio=m.mlp_ratio, dtype=dtype)
+                mlp_ratio=m.mlp_ratio, dtype=dtype, **speed)
   return VideoFlexTok(
       encoder=encoder_lib.Encoder(width=enc_w, depth=m.enc_depth,
                                   fsq_levels=tuple(m.fsq_levels),
@@ -80,7 +85,8 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
                                   **common),
       repa_head=repa_lib.RepaHead(width=dec_w, depth=m.repa_depth,
                                   head_dim=m.head_dim, feature_dim=m.repa_dim,
-                                  mlp_ratio=m.mlp_ratio, dtype=dtype))
+                                  mlp_ratio=m.mlp_ratio, dtype=dtype,
+                                  **speed))
 
 
 def dummy_inputs(model_config, batch=1):
