@@ -51,8 +51,12 @@ def ar_config(depth: int = 16) -> ml_collections.ConfigDict:
   t.latent_dir = ''
 
   # ---- model (vftok/models/ar.py) ------------------------------------------
+  # remat 'dots': the XLA attention keeps f32 scores [B, heads, L, L] for
+  # the backward pass, 236 MB per clip per layer at depth 36 and L = 1281
+  # (8.5 GB per clip over 36 layers); 'dots' recomputes them and keeps the
+  # projections.
   c.model = ar.config_dict(depth, num_classes=600, dropout=0.1,
-                           dtype='bfloat16')
+                           dtype='bfloat16', remat='dots')
 
   # ---- conditioning ---------------------------------------------------------
   c.cond_dropout = 0.1            # null condition w.p. this (CFG training)
@@ -159,6 +163,7 @@ def demo(config, text: bool = False):
   m = config.model
   m.num_frames, m.tokens_per_frame, m.seq_len = 5, 16, 80
   m.dtype = 'float32'  # bf16 matmuls are emulated (slow) on most CPUs
+  m.remat = 'none'     # tiny sequences: nothing to save
   names = tuple(v[0] for v in demo_data.VIDEOS)
   captions = tuple(v[2] for v in demo_data.VIDEOS)
   e = config.eval

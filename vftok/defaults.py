@@ -137,6 +137,11 @@ def paper_tokenizer(enc_depth: int, dec_depth: int, resolution: int,
   # DINOv2-L on the key frames, on the fly (see models/features.py); pass
   # --config.model.repa_teacher_path=/path/to/dinov2-large (no download here).
   config.model.repa_source = 'dinov2'
+  # At 5 x (256 patches + 256 registers) = 2560 tokens the XLA attention keeps
+  # f32 scores [B, heads, 2560, 2560] per layer for the backward pass: 472 MB
+  # per clip per d18 layer, 17 GB per clip over 36 layers. 'dots' recomputes
+  # them and keeps the projections (benchmarks/bench_train_step.py).
+  config.model.remat = 'dots'
   config.train.total_steps = steps_for_tokens(config, train_tokens)
   config.optim.warmup_steps = steps_for_tokens(config, 4e9)
   if arg == 'runlocal':
