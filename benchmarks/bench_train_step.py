@@ -1,17 +1,20 @@
-"""Tokenizer train step: memory, FLOPs and speed per device, per remat policy.
+"""Train step (tokenizer or AR): memory, FLOPs and speed per device, per remat
+policy.
 
   PYTHONPATH=. python benchmarks/bench_train_step.py \
       --config=configs/tokenizer_k600.py --per_device_batch=4 \
       --remat=none,dots,full [--compile_only] [--steps=10] \
       [--peak_tflops=989] [--config.model.attention_impl=cudnn]
 
-For each `model.remat` policy the jitted train step of `vftok.main` (state
-sharded over a mesh of all devices by the logical-axis rules, donated) is
-compiled for a global batch of per_device_batch x devices, and XLA's numbers
-for one device are printed: argument / output / temporary bytes (temporaries
-= activations kept for the backward pass + workspace) and FLOPs per step.
-Unless --compile_only, the state is then created and --steps steps on random
-batches are timed after a warm-up: s/step, latent frames/s, achieved TFLOP/s
+For each `model.remat` policy the jitted train step that `vftok.main` runs
+for the config's job (train_tokenizer, or train_ar for configs/ar_*.py;
+state sharded over a mesh of all devices by the logical-axis rules, donated)
+is compiled for a global batch of per_device_batch x devices, and XLA's
+numbers for one device are printed: argument / output / temporary bytes
+(temporaries = activations kept for the backward pass + workspace) and FLOPs
+per step. Unless --compile_only, the state is then created and --steps steps
+on random batches are timed after a warm-up: s/step, latent frames/s (AR:
+tokens/s), achieved TFLOP/s
 (XLA's count, recomputation included) and, with --peak_tflops, MFU against
 the FLOPs of the 'none' policy (the model's own FLOPs). On GPUs the device's
 peak memory in use is printed too.
@@ -41,13 +44,15 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from vftok import ar_train_state
 from vftok import sharding
 from vftok import train_state
 from vftok.models import features
 from vftok.models import tokenizer
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py',
-                                          'Tokenizer config.', lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/demo.py', 'A train_tokenizer or train_ar config.',
+    lock_config=False)
 _BATCH = flags.DEFINE_integer('per_device_batch', 2, 'Clips per device.')
 _REMAT = flags.DEFINE_list('remat', ['none', 'dots', 'full'],
                            'model.remat policies to compare.')
@@ -68,45 +73,84 @@ def _flops(compiled) -> float:
   return float((cost or {}).get('flops', float('nan')))
 
 
-def _batch(config, mesh, abstract: bool):
-  m, n = config.model, config.data.global_batch_size
-  shapes = {'latents': ((n, m.latent_frames, *m.latent_size, m.latent_channels),
-                        np.float32),
-            'label': ((n,), np.int32)}
-  if m.repa_weight > 0 and m.repa_source == 'records':
-    gh, gw = tokenizer.grid_hw(m)
-    shapes['repa_features'] = ((n, m.latent_frames // m.patch_size[0], gh, gw,
-                                m.repa_dim), np.float32)
-  sh = sharding.batch_sharding(mesh)
-  if abstract:
-    return {k: jax.ShapeDtypeStruct(s, d, sharding=sh)
-            for k, (s, d) in shapes.items()}
-  rng = np.random.default_rng(0)
-  return {k: jax.device_put(rng.normal(size=s).astype(d) if d == np.float32
-                            else np.zeros(s, d), sh)
-          for k, (s, d) in shapes.items()}
+class Workload:
+  """What a job's step needs: the model, its init and step functions, batch
+  shapes, extra step arguments and the unit of throughput."""
+
+  def __init__(self, config):
+    self.config = config
+    if config.job == 'train_ar':
+      self.model, self.tx, schedule = ar_train_state.build(config)
+      self.init_fn = ar_train_state.make_init_fn(self.model, self.tx)
+      self.step_fn = ar_train_state.make_train_step(
+          self.model, self.tx, schedule, order=config.order,
+          cond_dropout=config.cond_dropout)
+      self.extra = ()
+      mc = self.model.config
+      n = config.data.tokens_per_frame or mc.tokens_per_frame
+      b = config.data.global_batch_size
+      self.shapes = {'tokens': ((b, mc.num_frames, n), np.int32)}
+      if mc.num_classes:
+        self.shapes['label'] = ((b,), np.int32)
+      if mc.text_dim:
+        lt = config.text.max_length
+        self.shapes['text_emb'] = ((b, lt, mc.text_dim), np.float32)
+        self.shapes['text_mask'] = ((b, lt), np.bool_)
+      self.unit, self.per_step = 'tokens', b * mc.num_frames * n
+    else:
+      m = config.model
+      self.model, self.tx, schedule = train_state.build(config)
+      self.init_fn = train_state.make_init_fn(self.model, self.tx, m)
+      self.step_fn = train_state.make_train_step(self.model, self.tx,
+                                                 schedule, m)
+      self.extra = (self.step_fn.teacher.params,)
+      b = config.data.global_batch_size
+      self.shapes = {
+          'latents': ((b, m.latent_frames, *m.latent_size, m.latent_channels),
+                      np.float32),
+          'label': ((b,), np.int32)}
+      if m.repa_weight > 0 and m.repa_source == 'records':
+        gh, gw = tokenizer.grid_hw(m)
+        self.shapes['repa_features'] = (
+            (b, m.latent_frames // m.patch_size[0], gh, gw, m.repa_dim),
+            np.float32)
+      self.unit, self.per_step = 'latent frames', b * m.latent_frames
+
+  def batch(self, mesh, abstract: bool):
+    sh = sharding.batch_sharding(mesh)
+    if abstract:
+      return {k: jax.ShapeDtypeStruct(s, d, sharding=sh)
+              for k, (s, d) in self.shapes.items()}
+    rng = np.random.default_rng(0)
+    def value(shape, dtype):
+      if dtype == np.float32:
+        return rng.normal(size=shape).astype(dtype)
+      if dtype == np.bool_:
+        return np.ones(shape, dtype)
+      return rng.integers(0, 4, shape).astype(dtype)  # ids valid everywhere
+    return {k: jax.device_put(value(s, d), sh)
+            for k, (s, d) in self.shapes.items()}
 
 
 def bench(config, mesh, policy: str, model_flops):
   config.model.remat = policy
-  model, tx, schedule = train_state.build(config)
-  init_fn = train_state.make_init_fn(model, tx, config.model)
-  step_fn = train_state.make_train_step(model, tx, schedule, config.model)
+  w = Workload(config)
   rng = jax.random.key(0)
   with nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    boxed = jax.eval_shape(init_fn, rng)
+    boxed = jax.eval_shape(w.init_fn, rng)
     state_sh = sharding.state_shardings(boxed, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       sharding.unbox(boxed), state_sh)
   repl = sharding.replicated(mesh)
-  jitted = jax.jit(step_fn,
-                   in_shardings=(state_sh, sharding.batch_sharding(mesh), repl,
-                                 repl),
-                   out_shardings=(state_sh, repl), donate_argnums=0)
+  jitted = jax.jit(
+      w.step_fn,
+      in_shardings=(state_sh, sharding.batch_sharding(mesh), repl) +
+      (repl,) * len(w.extra),
+      out_shardings=(state_sh, repl), donate_argnums=0)
   t0 = time.perf_counter()
-  compiled = jitted.lower(abstract_state, _batch(config, mesh, True), rng,
-                          step_fn.teacher.params).compile()
+  compiled = jitted.lower(abstract_state, w.batch(mesh, True), rng,
+                          *w.extra).compile()
   compile_s = time.perf_counter() - t0
   flops = _flops(compiled)
   mem = compiled.memory_analysis()
@@ -120,19 +164,17 @@ def bench(config, mesh, policy: str, model_flops):
   if _COMPILE_ONLY.value:
     return flops
 
-  state, _ = sharding.create_sharded_state(init_fn, rng, mesh)
-  batch = _batch(config, mesh, False)
-  teacher = step_fn.teacher.params
-  state, metrics = compiled(state, batch, rng, teacher)  # warm-up
+  state, _ = sharding.create_sharded_state(w.init_fn, rng, mesh)
+  batch = w.batch(mesh, False)
+  state, metrics = compiled(state, batch, rng, *w.extra)  # warm-up
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
   for _ in range(_STEPS.value):
-    state, metrics = compiled(state, batch, rng, teacher)
+    state, metrics = compiled(state, batch, rng, *w.extra)
   jax.block_until_ready((state, metrics))
   dt = (time.perf_counter() - t0) / _STEPS.value
-  frames = config.data.global_batch_size * config.model.latent_frames
-  line = (f'remat={policy:5s} {dt * 1e3:9.1f} ms/step | {frames / dt:9.1f} '
-          f'latent frames/s | {flops / dt / 1e12:7.2f} TFLOP/s/device'
+  line = (f'remat={policy:5s} {dt * 1e3:9.1f} ms/step | {w.per_step / dt:9.1f} '
+          f'{w.unit}/s | {flops / dt / 1e12:7.2f} TFLOP/s/device'
           f' | loss {float(metrics["loss"]):.4f}')
   if _PEAK.value and model_flops:
     line += f' | MFU {model_flops / dt / 1e12 / _PEAK.value:.1%}'
@@ -148,17 +190,25 @@ def main(argv):
   config = _CONFIG.value
   n = jax.device_count()
   config.data.global_batch_size = _BATCH.value * n
-  if features.needs_frames(config.model):
+  ar_job = config.job == 'train_ar'
+  if not ar_job and features.needs_frames(config.model):
     config.model.repa_source = 'records'  # teacher weights are not needed here
   mesh = sharding.make_mesh(config.mesh)
   m = config.model
+  if ar_job:
+    mc = ar_train_state.model_config(config)
+    what = (f'AR d{mc.depth} w{mc.width}, {mc.num_frames} frames x '
+            f'{config.data.tokens_per_frame or mc.tokens_per_frame} tokens, '
+            f'{"text" if mc.text_dim else "class"}-conditioned, {mc.dtype}')
+  else:
+    what = (f'encoder d{m.enc_depth} w{m.enc_width}, decoder d{m.dec_depth} '
+            f'w{m.dec_width}, {m.latent_frames} x {tuple(m.latent_size)} '
+            f'latents, patch {tuple(m.patch_size)}, K={m.registers}, '
+            f'{config.train.compute_dtype}, attention '
+            f'{m.get("attention_impl") or "default"}')
   print(f'jax {jax.__version__}, {n} x {jax.devices()[0].device_kind}, mesh '
-        f'{dict(mesh.shape)}; encoder d{m.enc_depth} w{m.enc_width}, decoder '
-        f'd{m.dec_depth} w{m.dec_width}, {m.latent_frames} x '
-        f'{tuple(m.latent_size)} latents, patch {tuple(m.patch_size)}, '
-        f'K={m.registers}; global batch {config.data.global_batch_size}, '
-        f'{config.train.compute_dtype}, attention '
-        f'{m.get("attention_impl") or "default"}', flush=True)
+        f'{dict(mesh.shape)}; {what}; global batch '
+        f'{config.data.global_batch_size}', flush=True)
   model_flops = None
   for policy in _REMAT.value:
     flops = bench(config, mesh, policy, model_flops)
