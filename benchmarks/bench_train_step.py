@@ -39,7 +39,6 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' '
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import numpy as np
 from ml_collections import config_flags
@@ -136,12 +135,7 @@ def bench(config, mesh, policy: str, model_flops):
   config.model.remat = policy
   w = Workload(config)
   rng = jax.random.key(0)
-  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    boxed = jax.eval_shape(w.init_fn, rng)
-    state_sh = sharding.state_shardings(boxed, mesh)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      sharding.unbox(boxed), state_sh)
+  abstract_state, state_sh = sharding.abstract_state(w.init_fn, rng, mesh)
   repl = sharding.replicated(mesh)
   jitted = jax.jit(
       w.step_fn,

@@ -82,6 +82,14 @@ def test_create_sharded_state(shape):
   assert jax.tree.structure(shardings) == jax.tree.structure(state)
   for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
     assert x.sharding == s
+  # The abstract state (restore target, compile-only benchmarks) describes
+  # exactly the state that is created: shapes, dtypes, shardings.
+  abstract, abstract_sh = sharding.abstract_state(init_fn, jax.random.key(0),
+                                                  mesh)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state)
+  for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
+    assert (a.shape, a.dtype, a.sharding) == (x.shape, x.dtype, x.sharding)
+  assert jax.tree.leaves(abstract_sh) == jax.tree.leaves(shardings)
 
 
 def test_non_divisible_dim_is_replicated():

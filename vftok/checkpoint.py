@@ -127,11 +127,7 @@ def restore_params(directory: str, init_fn, mesh, step: Optional[int] = None
   Orbax restores whole items, then dropped.
   """
   from vftok import sharding  # pylint: disable=g-import-not-at-top
-  abstract = jax.eval_shape(init_fn, jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      sharding.unbox(abstract), shardings)
+  abstract, _ = sharding.abstract_state(init_fn, jax.random.key(0), mesh)
   ckpt = Checkpointer(directory, async_save=False)
   try:
     state, got = ckpt.restore(abstract, step=step)

@@ -61,5 +61,6 @@ def parse_flags(argv):
              'file (overrides can only change existing fields)'
              + (f'; did you mean {hint.group(1)!r}?' if hint else ''))
 
+
 if __name__ == '__main__':
   app.run(main, flags_parser=parse_flags)

@@ -174,17 +174,30 @@ def unbox(tree):
                       is_leaf=_is_box)
 
 
+def abstract_state(init_fn: Callable, rng, mesh: jax.sharding.Mesh,
+                   rules=LOGICAL_RULES):
+  """-> (unboxed ShapeDtypeStructs carrying their shardings, the shardings)
+  of the state `init_fn(rng)` would create: from `jax.eval_shape` (no FLOPs,
+  no memory). A restore target, or what a step is compiled against."""
+  with nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_fn, rng)
+    shardings = state_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      unbox(boxed), shardings)
+  return abstract, shardings
+
+
 def create_sharded_state(init_fn: Callable, rng, mesh: jax.sharding.Mesh,
                          rules=LOGICAL_RULES):
   """-> (unboxed state, its shardings); state is created already sharded.
 
-  The shardings come from `jax.eval_shape(init_fn, rng)` (no FLOPs, no
-  memory) and the jitted init writes every array straight into its shards,
-  so no device ever holds the full unsharded state (maxtext pattern).
+  The shardings come from `abstract_state` and the jitted init writes every
+  array straight into its shards, so no device ever holds the full unsharded
+  state (maxtext pattern).
   """
+  _, shardings = abstract_state(init_fn, rng, mesh, rules)
   with nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init_fn, rng)
-    shardings = state_shardings(abstract, mesh, rules)
     init = jax.jit(lambda r: unbox(init_fn(r)), out_shardings=shardings)
     state = init(rng)
   return state, shardings
