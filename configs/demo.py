@@ -15,6 +15,7 @@ def get_config(arg=None):
   config = defaults.tokenizer_config()
 
   config.data.kind = 'demo'
+  config.data.normalize = 'global'  # the PCA codec's latents -> unit scale
   config.data.root = ''  # '' -> $VFTOK_DATA or ~/.cache/vftok/demo-v<N>-17x64
   config.data.num_frames = 17
   config.data.resolution = 64

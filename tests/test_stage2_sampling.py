@@ -91,21 +91,29 @@ def test_first_frame_conditioning_reproduces_the_given_frame(tok):
     tok.detokenize(tokens, steps=2, first_frame=x[:1, 0])
 
 
-def test_apg_reduces_to_cfg_and_differs_with_projection():
+def test_apg_reduces_to_cfg_and_projects_per_channel():
   rng = np.random.default_rng(0)
-  x0_c, x0_u = rng.normal(size=(2, 2, 3, 3, 4, 4, 4))
-  g_cfg = flow.Guidance(3.0, 'apg', eta=1.0)   # no projection change, no momentum
-  out, _ = flow.apg_combine(x0_c, x0_u, np.zeros_like(x0_c), g_cfg)
-  np.testing.assert_allclose(out, x0_u + 3.0 * (x0_c - x0_u), rtol=1e-5, atol=1e-5)
-  out0, _ = flow.apg_combine(x0_c, x0_u, np.zeros_like(x0_c),
-                             flow.Guidance(3.0, 'apg', eta=0.0))
-  # eta = 0 removes the component of the update parallel to x0_c.
-  upd = (np.asarray(out0) - x0_c).reshape(2, -1)
-  np.testing.assert_allclose(np.sum(upd * x0_c.reshape(2, -1), -1), 0, atol=1e-3)
-  clipped, _ = flow.apg_combine(x0_c, x0_u, np.zeros_like(x0_c),
-                                flow.Guidance(3.0, 'apg', eta=1.0, norm_threshold=0.5))
-  assert np.all(np.linalg.norm((np.asarray(clipped) - x0_c).reshape(2, -1), axis=-1)
-                <= 2.0 * 0.5 + 1e-4)
+  v_c, v_u = rng.normal(size=(2, 2, 3, 4, 4, 5)).astype(np.float32)  # [B,T,H,W,C]
+  zeros = np.zeros_like(v_c)
+  out, _ = flow.apg_combine(v_c, v_u, zeros, flow.Guidance(3.0, 'apg', eta=1.0))
+  np.testing.assert_allclose(out, v_u + 3.0 * (v_c - v_u), rtol=1e-5, atol=1e-5)
+  out0, _ = flow.apg_combine(v_c, v_u, zeros, flow.Guidance(3.0, 'apg', eta=0.0))
+  # eta = 0 removes the update's part parallel to v_c, per clip and channel
+  # over (T, H, W) (the release's per-channel video norm).
+  upd = np.asarray(out0) - v_c
+  np.testing.assert_allclose(np.sum(upd * v_c, axis=(1, 2, 3)), 0, atol=1e-3)
+  assert np.abs(np.sum(upd * v_c, axis=(1, 2, 3, 4))).max() < 1e-2
+  clipped, _ = flow.apg_combine(v_c, v_u, zeros, flow.Guidance(
+      3.0, 'apg', eta=1.0, norm_threshold=0.5))
+  norms = np.sqrt(np.sum(np.square(np.asarray(clipped) - v_c), axis=(1, 2, 3)))
+  assert np.all(norms <= 2.0 * 0.5 + 1e-4)
+  # Momentum: running = d + momentum * running, one buffer per clip.
+  g = flow.Guidance(3.0, 'apg', eta=1.0, momentum=-0.5)
+  _, buf = flow.apg_combine(v_c, v_u, zeros, g)
+  out2, buf2 = flow.apg_combine(v_c, v_u, buf, g)
+  np.testing.assert_allclose(buf2, 0.5 * (v_c - v_u), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out2, v_c + 2.0 * 0.5 * (v_c - v_u), rtol=1e-5,
+                             atol=1e-5)
   with pytest.raises(ValueError, match='guidance kind'):
     flow.Guidance(2.0, 'pag')
 
@@ -125,7 +133,13 @@ def test_detokenize_guidance_options(tok):
   shifted = np.asarray(tok.detokenize(tokens, steps=3, time_shift=3.0))
   assert not np.allclose(shifted, np.asarray(tok.detokenize(tokens, steps=3)))
   plain = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=1.0))
-  assert not np.allclose(plain, np.asarray(tok.detokenize(tokens, steps=3)))  # APG 3 default
+  assert not np.allclose(plain, np.asarray(tok.detokenize(tokens, steps=3)))  # APG default
+  noise = np.random.default_rng(1).normal(size=plain.shape).astype(np.float32)
+  a = tok.detokenize(tokens, steps=3, noise=noise)
+  np.testing.assert_array_equal(a, tok.detokenize(tokens, steps=3, noise=noise,
+                                                  seed=7))  # noise wins
+  with pytest.raises(ValueError, match='noise must be'):
+    tok.detokenize(tokens, steps=3, noise=noise[:1])
 
 
 def test_streaming_tokens_equal_batch_tokens():
@@ -133,7 +147,9 @@ def test_streaming_tokens_equal_batch_tokens():
   t = vftok.Tokenizer.from_config(c, seed=3)
   x = latents(2, 5, seed=1)
   want = np.asarray(t.tokenize(x))
-  stream = t.stream(batch=2, max_frames=8)
+  with pytest.raises(ValueError, match='at most 5 latent frames'):
+    t.stream(batch=2, max_frames=8)
+  stream = t.stream(batch=2)
   got = np.stack([np.asarray(stream.push(x[:, i])) for i in range(5)], axis=1)
   np.testing.assert_array_equal(got, want)
   with pytest.raises(ValueError, match='push takes'):

@@ -20,9 +20,11 @@ import ml_collections
 import numpy as np
 
 from vftok import flow
+from vftok import sharding as sharding_lib
 from vftok.models import fsq
 from vftok.models import layers
 from vftok.models import tokenizer as tokenizer_lib
+from vftok.models.pretrained import official
 
 CONFIG_FILE = 'config.json'
 
@@ -54,6 +56,31 @@ def start_workdir(config, workdir: str, writer=None):
       workdir, just_logging=jax.process_index() > 0)
 
 
+def official_config(path: str, latent_shape=None) -> ml_collections.ConfigDict:
+  """The vftok tokenizer config of a released checkpoint (see
+  Tokenizer.from_official): the release's architecture, float32, and the
+  notebook's sampling defaults (config.sample)."""
+  from vftok import defaults  # pylint: disable=g-import-not-at-top
+  release = official.model_config(official.read_config(path))
+  config = defaults.tokenizer_config()
+  m = config.model
+  for key, value in release['model'].items():
+    m[key] = value
+  _, ph, pw = m.patch_size
+  if latent_shape is None:
+    side = min(16, m.pos_max_size)
+    latent_shape = (min(5, m.max_frames), side * ph, side * pw)
+  m.latent_frames, m.latent_size = int(latent_shape[0]), tuple(
+      int(v) for v in latent_shape[1:])
+  m.first_frame_prob = 0.0
+  m.repa_source = 'dinov2'          # the release carries no REPA head
+  config.train.compute_dtype = 'float32'
+  config.data.normalize = 'none'    # released models take raw VAE latents
+  config.official = ml_collections.ConfigDict(
+      {'source': os.path.abspath(path)})
+  return config
+
+
 class Tokenizer:
   """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K]."""
 
@@ -81,6 +108,37 @@ class Tokenizer:
     config = load_workdir_config(path)
     params = train_state.restore_params(config, path, step)
     return cls(config, params)
+
+  @classmethod
+  def from_official(cls, path: str, latent_shape=None, mesh=None
+                    ) -> 'Tokenizer':
+    """A released VideoFlexTok `model.safetensors` (apple/ml-videoflextok),
+    read offline from `path`: its config is parsed safely and mapped onto the
+    vftok model (vftok/models/pretrained/official.py), its tensors converted.
+
+    latent_shape: (T, h, w) of the latents this tokenizer takes (default:
+    5 latent frames of 16 x 16 patches, the K600 / Panda clips). mesh: put
+    each tensor straight into its shards (params sharded by their logical
+    axes) instead of on the default device.
+    """
+    config = official_config(path, latent_shape)
+    model = tokenizer_lib.build(config.model)
+    boxed = jax.eval_shape(model.init, jax.random.key(0),
+                           *tokenizer_lib.dummy_inputs(config.model))
+    abstract = sharding_lib.unbox(boxed)['params']
+    if mesh is None:
+      put = lambda value, want: jnp.asarray(value)
+    else:
+      with nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
+        shardings = sharding_lib.state_shardings(boxed, mesh)['params']
+      put = lambda value, want: jax.device_put(value, want.sharding)
+      abstract = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          abstract, shardings)
+    release = official.model_config(official.read_config(path))
+    params = official.convert_tensors(path, release, release['model'],
+                                      abstract, put)
+    return cls(config, {'params': params})
 
   # ---- shapes -------------------------------------------------------------
   @property
@@ -127,76 +185,101 @@ class Tokenizer:
     """The traceable core of `detokenize` (jit it; the evaluation sweep
     shards it): Euler integration from the given noise [B, T, H, W, C].
 
-    codes [B, T, K, D]; keep bool [B, K] or [B, T, K] (False: mask token);
-    guidance: a CFG scale or a flow.Guidance; first_frame [B, 1, H, W, C]
-    or None (see detokenize).
+    codes [B, T, k, D]; keep bool [B, K] or [B, T, K] (False: mask token) or
+    None (the truncated form: only the k given registers enter the decoder);
+    guidance: a CFG scale or a flow.Guidance; first_frame [B, 1, H, W, C] or
+    None (see detokenize).
     """
-    null_keep = jnp.zeros_like(keep)
-    if first_frame is not None:
-      # The given frame carries no tokens: its registers are masked.
-      if keep.ndim == 2:
-        keep = jnp.broadcast_to(keep[:, None], codes.shape[:3])
-        null_keep = jnp.zeros_like(keep)
-      keep = keep.at[:, 0].set(False)
+    b = codes.shape[0]
+    prefix = None if first_frame is None else jnp.ones((b,), jnp.int32)
+    null = jnp.ones((b,), bool)
 
-    def velocity(x, tt, cond):
-      v, _ = self.model.apply(params, codes, keep if cond else null_keep, x, tt,
+    def velocity(x, t, cond):
+      v, _ = self.model.apply(params, codes, x, t, keep,
+                              None if cond else null, prefix,
                               method=tokenizer_lib.VideoFlexTok.decode)
       return v
 
     return flow.euler_sample(velocity, noise, steps, guidance, time_shift,
-                             clean_first_frame=first_frame)
+                             first_frame=first_frame)
 
   @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-  def _decode(self, params, codes, keep, steps, guidance, time_shift, rng,
+  def _decode(self, params, codes, keep, steps, guidance, time_shift, noise,
               first_frame):
-    b, t = codes.shape[:2]
-    pt = self.config.model.patch_size[0]
-    noise = jax.random.normal(rng, (b, t * pt, *self.latent_shape[1:]))
     return self.decode_latents(params, codes, keep, noise, steps, guidance,
                                time_shift, first_frame)
 
-  # Defaults: the best PSNR measured on the demo's held-out clips (README,
-  # "Guided sampling"): APG at scale 3 beat no guidance by 0.25-0.3 dB and
-  # CFG at scale 3 (which lost ~1 dB), before and after stage 2.
-  def detokenize(self, tokens, steps: int = 25, guidance_scale: float = 3.0,
-                 seed: int = 0, *, guidance: str = 'apg',
-                 apg_momentum: float = -0.5, apg_eta: float = 0.0,
-                 apg_norm_threshold: float = 2.5,
+  def sample_defaults(self) -> dict:
+    """detokenize's defaults: the config's `sample` block (the release
+    notebook's settings unless the config says otherwise)."""
+    s = self.config.get('sample') or {}
+    defaults = dict(steps=40, guidance='apg', guidance_scale=25.0,
+                    apg_momentum=0.0, apg_eta=0.0, apg_norm_threshold=0.6)
+    return {k: s.get(k, v) for k, v in defaults.items()}
+
+  def detokenize(self, tokens, steps: Optional[int] = None,
+                 guidance_scale: Optional[float] = None, seed: int = 0, *,
+                 noise=None, guidance: Optional[str] = None,
+                 apg_momentum: Optional[float] = None,
+                 apg_eta: Optional[float] = None,
+                 apg_norm_threshold: Optional[float] = None,
                  time_shift: Optional[float] = None,
-                 first_frame=None) -> jax.Array:
+                 first_frame=None, pad_with_mask_token: bool = True
+                 ) -> jax.Array:
     """int tokens [B, T, k], 1 <= k <= K -> latents [B, T, H, W, C].
 
-    Missing registers (k < K) are the learned mask token: fewer tokens give a
-    coarser reconstruction. guidance_scale != 1 guides against all-masked
-    registers: guidance='cfg' (classifier-free) or 'apg' (adaptive projected
-    guidance with apg_momentum / apg_eta / apg_norm_threshold; see
-    flow.Guidance); guidance_scale=1 turns guidance off. time_shift: Euler time-grid shift (default: the model's
-    training shift). first_frame [B, H, W, C] or [B, 1, H, W, C]: decode
-    conditioned on this clean first latent frame (decoders fine-tuned with
-    frame conditioning, stage 2); the output's frame 0 is exactly it.
+    pad_with_mask_token (default, how the models are trained): registers
+    k..K-1 are the learned mask token, so fewer tokens give a coarser
+    reconstruction; False: only the k registers enter the decoder (a shorter
+    sequence; the release README's form). noise [B, T, H, W, C]: the initial
+    noise (default: drawn from `seed`), to reproduce a given sampling run.
+
+    Unset arguments come from `sample_defaults()`. guidance_scale != 1 guides
+    against the learned null condition: guidance='cfg' (classifier-free) or
+    'apg' (adaptive projected guidance with apg_momentum / apg_eta /
+    apg_norm_threshold; see flow.Guidance). time_shift: Euler time-grid shift
+    (default: the model's training shift). first_frame [B, H, W, C] or
+    [B, 1, H, W, C]: decode conditioned on this clean first latent frame
+    (decoders fine-tuned with frame conditioning, stage 2); the output's
+    frame 0 is exactly it.
     """
+    d = self.sample_defaults()
+    pick = lambda v, key: d[key] if v is None else v
+    steps = int(pick(steps, 'steps'))
     tokens = np.asarray(tokens)
     k_max = self.tokens_per_frame
     if tokens.ndim != 3:
       raise ValueError(f'tokens must be [B, T, k], got shape {tokens.shape}')
-    k = tokens.shape[-1]
+    b, t, k = tokens.shape
     if not 1 <= k <= k_max:
       raise ValueError(f'tokens per frame must be in [1, {k_max}], got {k}')
-    if int(steps) < 1:
+    if steps < 1:
       raise ValueError(f'steps must be >= 1, got {steps}')
     codes = fsq.indices_to_codes(tokens, self.levels)  # validates the id range
-    codes = jnp.pad(codes, ((0, 0), (0, 0), (0, k_max - k), (0, 0)))
-    keep = jnp.broadcast_to(tokenizer_lib.keep_first(k, tokens.shape[0], k_max)[:, None],
-                            (tokens.shape[0], tokens.shape[1], k_max))
+    keep = None
+    if pad_with_mask_token:
+      codes = jnp.pad(codes, ((0, 0), (0, 0), (0, k_max - k), (0, 0)))
+      keep = tokenizer_lib.keep_first(k, b, k_max)
     if first_frame is not None:
-      first_frame = self._check_first_frame(first_frame, tokens.shape[0])
-    g = flow.Guidance(float(guidance_scale), guidance, float(apg_momentum),
-                      float(apg_eta), float(apg_norm_threshold))
+      first_frame = self._check_first_frame(first_frame, b)
+    g = flow.Guidance(float(pick(guidance_scale, 'guidance_scale')),
+                      pick(guidance, 'guidance'),
+                      float(pick(apg_momentum, 'apg_momentum')),
+                      float(pick(apg_eta, 'apg_eta')),
+                      float(pick(apg_norm_threshold, 'apg_norm_threshold')))
     shift = float(self.config.model.time_shift if time_shift is None
                   else time_shift)
-    return self._decode(self.params, codes, keep, int(steps), g, shift,
-                        jax.random.key(seed), first_frame)
+    pt = self.config.model.patch_size[0]
+    shape = (b, t * pt, *self.latent_shape[1:])
+    if noise is None:
+      noise = jax.random.normal(jax.random.key(seed), shape)
+    else:
+      noise = np.asarray(noise, np.float32)
+      if noise.shape != shape:
+        raise ValueError(f'noise must be [B, T, H, W, C] = {shape}, got '
+                         f'{noise.shape}')
+    return self._decode(self.params, codes, keep, steps, g, shift, noise,
+                        first_frame)
 
   def _check_first_frame(self, frame, batch: int):
     frame = np.asarray(frame, np.float32)
@@ -208,15 +291,22 @@ class Tokenizer:
                        f'(one clean latent frame per clip), got {frame.shape}')
     if self.config.model.patch_size[0] != 1:
       raise ValueError('first-frame conditioning needs time patch size 1')
+    m = self.config.model
+    if not (m.first_frame_prob > 0 or m.get('frame_conditioning', False)):
+      raise ValueError('first_frame= needs a decoder trained with frame '
+                       'conditioning (stage 2, config.model.first_frame_prob '
+                       '> 0); this one was not')
     if not np.all(np.isfinite(frame)):
       raise ValueError('first_frame contains NaN or Inf values')
     return frame
 
   # ---- streaming and long videos -------------------------------------------
-  def stream(self, batch: int = 1, max_frames: int = 64) -> 'streaming.TokenStream':
+  def stream(self, batch: int = 1, max_frames: Optional[int] = None
+             ) -> 'streaming.TokenStream':
     """A streaming tokenizer: push one latent frame at a time, get its K
     tokens (identical to `tokenize` on the whole clip; see streaming.py)."""
     from vftok import streaming
+    max_frames = max_frames or self.config.model.max_frames
     return streaming.TokenStream(self, batch, max_frames)
 
   def tokenize_long(self, chunk_latents):

@@ -23,7 +23,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   c.data.resolution = 128            # pixel height = width
   c.data.global_batch_size = 512
   c.data.shuffle_seed = 0
-  c.data.normalize = 'global'        # latent scaling: 'global' | 'per_channel'
+  # Latent scaling: 'none' (raw VidTok latents, as the release), 'global'
+  # or 'per_channel' (from the records' manifest statistics; the demo codec).
+  c.data.normalize = 'none'
   c.data.worker_count = 0            # Grain multiprocessing workers (0: in-process)
   c.data.prefetch_buffer = 2
 
@@ -43,13 +45,26 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.fsq_levels = (8, 8, 8, 5, 5, 5)  # 64000 codes
   m.fsq_drop_quant_p = 0.0           # per sample: pass FSQ input unrounded
   m.fsq_readout_scale = 1.0          # z = scale * Linear(h); see encoder.py
-  m.register_init_std = 0.02         # std of the encoder register embeddings
-  m.enc_pos_init_std = 0.02          # encoder patch position embeddings
-  m.dec_pos_init_std = 0.02          # decoder position embeddings (decoder.py)
+  # Positions (as the official release): learned per-axis tables, one max
+  # size M for every axis, summed ('sum') or multiplied ('prod') over
+  # (t, h, w) for patches and (t, k) for decoder registers; encoder
+  # registers are one learned [max_frames, K, width] table.
+  m.max_frames = 5                   # t_max: latent frames a clip may have
+  m.pos_max_size = 16                # M of the patch tables (>= T, H/ph, W/pw)
+  m.register_pos_max_size = 256      # M of the register table (>= T, K)
+  m.pos_kind = 'sum'                 # 'sum' | 'prod'
+  m.enc_pos_init_std = 0.02          # init std of the encoder position tables
+  m.dec_pos_init_std = 0.02          # ... of the decoder's (decoder.py)
+  # Decoder layout: per frame [registers, patches] (paper Sec. 3.2), and one
+  # adaLN modulation per sub-sequence (adaLN params = block params, Table 5).
+  m.decoder_registers_first = True
+  m.adaln_subsequences = 2
   m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
-  m.uncond_prob = 0.1                # all registers masked (for CFG)
+  m.uncond_prob = 0.1                # all registers -> learned null (CFG)
   m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'
-  m.first_frame_prob = 0.0           # stage 2: clean first latent frame given
+  m.first_frame_prob = 0.0           # stage 2: first latent frame given
+  m.frame_conditioning = False       # decoder has the prefix token without
+                                     # training it (set by released stage-2)
   # Rectified flow: x_t = t * eps + (1 - t) * x, t ~ logit-normal.
   m.time_mean = 0.0
   m.time_std = 1.0
@@ -109,6 +124,17 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   e.num_clips = 16
   e.sample_steps = 25
   e.guidance_scale = 3.0            # APG (the detokenize default, README)
+
+  # ---- sampling defaults of Tokenizer.detokenize --------------------------
+  # The release notebook's: 40 Euler steps, APG at scale 25 on the velocity
+  # (per-channel norm threshold 0.6, no momentum, eta 0).
+  s = c.sample = ml_collections.ConfigDict()
+  s.steps = 40
+  s.guidance = 'apg'                 # 'apg' | 'cfg'
+  s.guidance_scale = 25.0            # 1.0: no guidance
+  s.apg_momentum = 0.0
+  s.apg_eta = 0.0
+  s.apg_norm_threshold = 0.6
   return c
 
 
@@ -180,6 +206,7 @@ def runlocal(config):
   The code path is unchanged: only sizes, data and step counts differ.
   """
   config.data.kind = 'demo'
+  config.data.normalize = 'global'   # the demo codec's latents are not unit-scale
   config.data.resolution = 64
   config.data.global_batch_size = 4
   m = config.model

@@ -36,18 +36,18 @@ def velocity_target(x, eps):
 
 @dataclasses.dataclass(frozen=True)
 class Guidance:
-  """How the conditional and unconditional velocities are combined.
+  """How the conditional and unconditional (null-condition) velocities are
+  combined, as the official release does it.
 
   scale == 1: no guidance (one forward per step). Otherwise
     'cfg': v = v_u + scale * (v_c - v_u)  (classifier-free guidance);
-    'apg': adaptive projected guidance (Sadat et al. 2024), as in the FlexTok
-      release: the guidance direction d = x0_c - x0_u on the denoised
-      prediction x0 = x_t - t v is (optionally) accumulated with `momentum`
-      (negative values, e.g. -0.5, push away from past directions), clipped to
-      L2 norm `norm_threshold` per sample (0: no clip), and split into parts
-      parallel and orthogonal to x0_c; the parallel part, which mostly
-      over-saturates, is scaled by `eta`:
-      x0 = x0_c + (scale - 1) * (d_orth + eta * d_par).
+    'apg': adaptive projected guidance (Sadat et al. 2024) on the velocity:
+      d = v_c - v_u is accumulated with `momentum` (running = d + momentum *
+      running, one buffer per clip), clipped to L2 norm `norm_threshold`
+      (0: no clip) and split into parts parallel and orthogonal to v_c, both
+      norms and projections per clip and channel over (T, H, W); the parallel
+      part, which mostly over-saturates, is scaled by `eta`:
+      v = v_c + (scale - 1) * (d_orth + eta * d_par).
   """
   scale: float = 1.0
   kind: str = 'cfg'
@@ -64,70 +64,71 @@ class Guidance:
     return self.scale != 1.0
 
 
-def _per_sample_sum(x):
-  return jnp.sum(x, axis=tuple(range(1, x.ndim)), keepdims=True)
+def _per_channel_sum(x):
+  """Sum over every axis but batch and channel (the last): the release's
+  norm over (T, H, W) of a [1, C, T, H, W] video, per channel."""
+  return jnp.sum(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
 
 
-def apg_combine(x0_c, x0_u, buffer, g: Guidance):
-  """-> (guided x0, new momentum buffer). All [B, ...]."""
-  d = x0_c - x0_u
-  if g.momentum:
-    d = d + g.momentum * buffer
-    buffer = d
+def apg_combine(v_c, v_u, buffer, g: Guidance):
+  """-> (guided velocity, new momentum buffer). All [B, T, H, W, C]."""
+  d = v_c - v_u + g.momentum * buffer
+  buffer = d
   if g.norm_threshold > 0:
-    norm = jnp.sqrt(_per_sample_sum(jnp.square(d)))
-    d = d * jnp.minimum(1.0, g.norm_threshold / jnp.maximum(norm, 1e-12))
-  unit = x0_c / jnp.maximum(jnp.sqrt(_per_sample_sum(jnp.square(x0_c))), 1e-12)
-  d_par = _per_sample_sum(d * unit) * unit
+    norm = jnp.sqrt(_per_channel_sum(jnp.square(d)))
+    d = d * jnp.minimum(1.0, g.norm_threshold / norm)
+  unit = v_c / jnp.maximum(jnp.sqrt(_per_channel_sum(jnp.square(v_c))), 1e-12)
+  d_par = _per_channel_sum(d * unit) * unit
   d_orth = d - d_par
-  return x0_c + (g.scale - 1.0) * (d_orth + g.eta * d_par), buffer
+  return v_c + (g.scale - 1.0) * (d_orth + g.eta * d_par), buffer
+
+
+def guide(v_c, v_u, buffer, g: Guidance):
+  if g.kind == 'cfg':
+    return v_u + g.scale * (v_c - v_u), buffer
+  return apg_combine(v_c, v_u, buffer, g)
+
+
+def time_grid(steps: int, shift: float = 1.0):
+  """[steps + 1] flow times t_i = i / steps from 1 down to 0 (the release's
+  sampler), optionally shifted."""
+  return shift_time(jnp.arange(steps, -1, -1, dtype=jnp.float32) / steps, shift)
 
 
 def euler_sample(velocity_fn: Callable, noise, steps: int,
                  guidance: Union[float, Guidance] = 1.0, shift: float = 1.0,
-                 clean_first_frame: Optional[jax.Array] = None):
-  """Integrates from t = 1 (noise) to t = 0 in `steps` Euler steps.
+                 first_frame: Optional[jax.Array] = None):
+  """Integrates from t = 1 (noise) to t = 0 in `steps` Euler steps:
+  x <- x + (t_next - t) v(x, t) (= x - v / steps unshifted).
 
-  velocity_fn(x, t, cond: bool) -> v, with t of shape [B, T] (one flow time
-  per latent frame). With guidance the unconditional branch (all registers
-  masked) is evaluated too (see `Guidance`).
+  velocity_fn(x, t, cond: bool) -> v, t of shape [B]. With guidance the
+  unconditional (null-condition) branch is evaluated too (see `Guidance`).
 
-  clean_first_frame [B, 1, ...]: frame conditioning (stage-2 decoders): latent
-  frame 0 is held at this clean value with flow time 0 throughout, so the
-  output's first frame is exactly it and later frames are generated around it.
+  first_frame [B, 1, ...]: frame conditioning (stage-2 decoders, the
+  release's 'clean' mode): latent frame 0 is set to this clean value before
+  every model call and in the output; later frames are generated around it.
   """
   if steps < 1:
     raise ValueError(f'need at least one Euler step, got {steps}')
   g = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
-  ts = shift_time(jnp.linspace(1.0, 0.0, steps + 1), shift)
-  batch, frames = noise.shape[:2]
-  first = None
-  if clean_first_frame is not None:
-    first = jnp.zeros((frames,), bool).at[0].set(True)
-    noise = noise.at[:, :1].set(clean_first_frame.astype(noise.dtype))
+  ts = time_grid(steps, shift)
+  batch = noise.shape[0]
 
-  def frame_times(t):
-    tb = jnp.full((batch, frames), t)
-    return tb if first is None else jnp.where(first[None], 0.0, tb)
+  def condition(x):
+    if first_frame is None:
+      return x
+    return x.at[:, :1].set(first_frame.astype(x.dtype))
 
   def step(carry, i):
     x, buffer = carry
+    x = condition(x)
     t, t_next = ts[i], ts[i + 1]
-    tf = frame_times(t)
-    v = velocity_fn(x, tf, True)
+    tb = jnp.full((batch,), t)
+    v = velocity_fn(x, tb, True)
     if g.active:
-      v_u = velocity_fn(x, tf, False)
-      if g.kind == 'cfg':
-        v = v_u + g.scale * (v - v_u)
-      else:
-        # x0 = x_t - t v (x_t = t eps + (1 - t) x, v = eps - x).
-        x0, buffer = apg_combine(x - t * v, x - t * v_u, buffer, g)
-        v = (x - x0) / t
-    x_next = x + (t_next - t) * v
-    if first is not None:
-      x_next = jnp.where(first[None, :, None, None, None], x, x_next)
-    return (x_next, buffer), None
+      v, buffer = guide(v, velocity_fn(x, tb, False), buffer, g)
+    return (x + (t_next - t) * v, buffer), None
 
   (x, _), _ = jax.lax.scan(step, (noise, jnp.zeros_like(noise)),
                            jnp.arange(steps))
-  return x
+  return condition(x)

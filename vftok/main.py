@@ -24,7 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
         'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar',
-        'eval_ar')
+        'eval_ar', 'convert_official')
 
 
 def main(argv):

@@ -4,11 +4,13 @@ The encoder is time-causal: frame t's registers see frames <= t only. So a
 video can be tokenized as it arrives, keeping each block's keys and values of
 the frames seen so far (a KV cache) instead of re-encoding the whole prefix.
 
-    stream = tok.stream(batch=1, max_frames=64)
+    stream = tok.stream(batch=1)         # up to the model's max_frames
     for frame in latent_frames:          # [B, H, W, C] each
       tokens_t = stream.push(frame)      # int32 [B, K]
 
-The tokens equal `tok.tokenize(whole_clip)[:, t]` (tests/test_streaming.py).
+The tokens equal `tok.tokenize(whole_clip)[:, t]` (tests/test_stage2_sampling.py).
+A stream holds at most the encoder's `max_frames` latent frames: each frame
+has its own learned registers and time position (as in the release).
 Every push runs the same compiled step (the cache has a fixed size and the
 frame index is a traced argument), so there is one compilation per stream
 shape, not one per frame.
@@ -28,9 +30,14 @@ class TokenStream:
     if batch < 1 or max_frames < 1:
       raise ValueError(f'need batch >= 1 and max_frames >= 1, got {batch}, '
                        f'{max_frames}')
+    enc = tok.model.encoder
+    if max_frames > enc.max_frames:
+      raise ValueError(f'max_frames={max_frames}: this encoder has registers '
+                       f'for at most {enc.max_frames} latent frames '
+                       '(config.model.max_frames); stream longer videos in '
+                       'chunks (Tokenizer.tokenize_long)')
     self.tok, self.batch, self.max_frames = tok, batch, max_frames
     self.frames_per_push = tok.config.model.patch_size[0]
-    enc = tok.model.encoder
     self.cache = enc.init_cache(batch, max_frames, enc.dtype)
     self.pushed = 0
 

@@ -54,20 +54,21 @@ class Data:
 
   @property
   def latent_mean(self) -> Optional[np.ndarray]:
-    return self._stat('latent_mean')
+    return None if self.normalize == 'none' else self._stat('latent_mean')
 
   @property
   def latent_std(self) -> Optional[np.ndarray]:
     """Per-channel divisor. 'global': one scale (the RMS of the channel
     stds) for every channel, as SD3/FLUX scale VAE latents, so channels that
     carry more energy keep more weight in the flow loss; 'per_channel':
-    every channel to unit variance."""
-    std = self._stat('latent_std')
-    if std is None or self.normalize == 'per_channel':
-      return std
-    if self.normalize != 'global':
+    every channel to unit variance; 'none': the codec's raw latents (as the
+    official release feeds VidTok latents)."""
+    if self.normalize not in ('global', 'per_channel', 'none'):
       raise ValueError(f"config.data.normalize={self.normalize!r}: must be "
-                       "'global' or 'per_channel'")
+                       "'global', 'per_channel' or 'none'")
+    std = self._stat('latent_std')
+    if std is None or self.normalize != 'global':
+      return None if self.normalize == 'none' else std
     return np.full_like(std, np.sqrt(np.mean(np.square(std))))
 
 

@@ -2,10 +2,16 @@
 
 Sequence: [p_1, r_1, ..., p_T, r_T]. Time-causal mask; within a frame patches
 see patches and register i sees the frame's patches and registers <= i
-(vftok/models/masks.py). Register outputs -> linear -> FSQ -> codes [B, T, K, D].
+(vftok/models/masks.py). Register outputs -> LayerNorm -> Linear -> FSQ ->
+codes [B, T, K, D].
+
+As in the official release: patches get a learned (t, h, w) position
+embedding (per-axis tables, summed or multiplied), registers are one learned
+table per latent frame ([t_max, K, width], the paper's r in R^{T x K x D})
+and carry no other position.
 
 Because frame t never sees frames > t, tokens of a prefix of frames do not
-depend on later frames: tokenization can stream (see `tests/test_models.py`).
+depend on later frames: tokenization can stream (see `tests/test_streaming.py`).
 """
 from typing import Any, Optional, Sequence
 
@@ -25,11 +31,14 @@ class Encoder(nn.Module):
   registers: int
   patch_size: Sequence[int]
   grid_hw: Sequence[int]            # latent patch grid (H / ph, W / pw)
+  max_frames: int = 8               # t_max: latent frames with own registers
+  pos_max_size: int = 32            # M: length of every per-axis position table
+  pos_kind: str = 'sum'             # layers.POSEMB_KINDS
   fsq_levels: Sequence[int] = fsq.DEFAULT_LEVELS
-  # z = readout_scale * Linear(h). Under Adam the 6-wide readout moves z by
+  # z = readout_scale * Linear(LN(h)). Under Adam the 6-wide readout moves z by
   # about lr * width per step whatever its gradient, so at a small width and
   # a high lr z runs into tanh saturation and every clip gets one token
-  # within tens of steps; a scale < 1 keeps z in FSQ's working range.
+  # within tens of steps; a scale < 1 keeps z in FSQ's working range (demo).
   readout_scale: float = 1.0
   register_init_std: float = 0.02
   pos_init_std: float = 0.02        # learned patch position embedding
@@ -54,20 +63,24 @@ class Encoder(nn.Module):
     patches = layers.patchify(latents.astype(self.dtype), self.patch_size)
     b, t, n, _ = patches.shape
     k = self.registers
+    if cache is None and t > self.max_frames:
+      raise ValueError(f'{t} latent frames (after time patching) but this '
+                       f'encoder has registers for at most {self.max_frames}')
     x = layers.dense(self.width, ('patch', 'embed'), 'patch_embed', self.dtype,
                      use_bias=True)(patches)
-    x = x + layers.learned('pos_patch', (n, self.width), ('length', 'embed'),
-                           self, self.pos_init_std).astype(self.dtype)
-    # Frame position on the patches only: a register's content should be what
-    # it reads from its frame (the mask already ties it to that frame); a
-    # large constant added to every register drowns that signal at init and
-    # the codes collapse to one value.
-    frame_index = frame_offset + jnp.arange(t)
-    x = x + layers.sincos(frame_index, self.width)[None, :, None].astype(self.dtype)
-    regs = layers.learned('registers', (k, self.width), ('registers', 'embed'),
-                          self, self.register_init_std).astype(self.dtype)
-    x = jnp.concatenate([x, jnp.broadcast_to(regs, (b, t, k, self.width))], axis=2)
-    x = x.reshape(b, t * (n + k), self.width)
+    pos = layers.learned('pos_patch', (3, self.pos_max_size, self.width),
+                         (None, 'length', 'embed'), self, self.pos_init_std)
+    pos = layers.axis_posemb(pos, (t, *self.grid_hw), (frame_offset, 0, 0),
+                             self.pos_kind)
+    x = x + pos.reshape(t, n, self.width).astype(self.dtype)
+    regs = layers.learned('registers', (self.max_frames, k, self.width),
+                          (None, 'registers', 'embed'), self,
+                          self.register_init_std)
+    regs = jax.lax.dynamic_slice_in_dim(regs, frame_offset, t, axis=0)
+    regs = jnp.broadcast_to(regs.astype(self.dtype), (b, t, k, self.width))
+    self.sow('intermediates', 'patches_in', x)
+    self.sow('intermediates', 'registers_in', regs)
+    x = jnp.concatenate([x, regs], axis=2).reshape(b, t * (n + k), self.width)
 
     layout = masks.interleaved(t, n, k, registers_first=False)
     mask = masks.encoder_mask(layout, layout)
@@ -89,10 +102,11 @@ class Encoder(nn.Module):
         x, (k_i, v_i) = block(x, mask, (cache['k'][i], cache['v'][i]))
         new_k.append(k_i)
         new_v.append(v_i)
-    x = layers.layer_norm('norm_out', self.dtype)(x)
     x = x.reshape(b, t, n + k, self.width)[:, :, n:]
+    self.sow('intermediates', 'registers_out', x)
     z = layers.dense(len(self.fsq_levels), ('embed', 'codes'), 'to_codes',
-                     jnp.float32, use_bias=True)(x) * self.readout_scale
+                     jnp.float32, use_bias=True)(layers.layer_norm(x))
+    z = z * self.readout_scale
     codes = fsq.quantize(z.astype(jnp.float32), self.fsq_levels, skip_rounding)
     if cache is None:
       return codes, z

@@ -1,14 +1,22 @@
-"""Transformer building blocks shared by the encoder, decoder and REPA head.
+"""Transformer building blocks of the tokenizer (encoder, decoder, REPA head),
+as the official VideoFlexTok release builds them.
 
-Every parameter carries logical axis names (see vftok/sharding.py for the
-logical -> mesh rules). Attention goes through `jax.nn.dot_product_attention`
-in [batch, length, heads, head_dim] with a boolean mask, so the XLA or cuDNN
-implementation can be chosen without touching the model.
+  * pre-LayerNorm blocks; every LayerNorm (pre-attention, pre-MLP, QK-norm,
+    heads) has no affine parameters and runs in float32 with eps 1e-5;
+  * attention: q/k/v/out projections without bias, QK-LayerNorm over head_dim,
+    scale 8 / head_dim (the release's muP scale; = 1/sqrt(64) at head_dim 64);
+  * SwiGLU MLP: fc2(silu(fc1 x) * fc3 x), hidden int(2 * 4D / 3), no biases;
+  * adaLN-Zero (DiT) blocks whose modulation has one 6D slice per
+    sub-sequence of a frame (decoder registers, noised patches) and the
+    release's chunk order (gate_msa, gate_mlp, shift_msa, scale_msa,
+    shift_mlp, scale_mlp).
 
-Linear layers have no biases and norms no learned shift: with them the block
-parameter count is 12 * width^2 per layer, the count in Table 5 of the paper.
+Every parameter carries logical axis names (vftok/sharding.py maps them to the
+mesh). Attention goes through `jax.nn.dot_product_attention` with a boolean
+mask in [batch, length, heads, head_dim], so XLA or cuDNN can be chosen
+without touching the model.
 """
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import einops
 import flax.linen as nn
@@ -18,6 +26,7 @@ import numpy as np
 
 Dtype = Any
 _kernel_init = nn.initializers.xavier_uniform()
+LN_EPS = 1e-5
 
 
 def dense(features, axes, name, dtype, use_bias=False, zero_init=False,
@@ -32,11 +41,18 @@ def dense(features, axes, name, dtype, use_bias=False, zero_init=False,
           nn.initializers.zeros_init(), axes[-len(np.atleast_1d(features)):]))
 
 
-def layer_norm(name, dtype, use_scale=True):
-  return nn.LayerNorm(
-      epsilon=1e-6, use_bias=False, use_scale=use_scale, dtype=dtype,
-      name=name, scale_init=nn.with_logical_partitioning(
-          nn.initializers.ones_init(), ('norm',)))
+def layer_norm(x):
+  """LayerNorm without affine parameters, computed in float32 (the release's
+  Fp32LayerNorm(elementwise_affine=False)); returns x's dtype."""
+  h = x.astype(jnp.float32)
+  mean = jnp.mean(h, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+  return ((h - mean) * jax.lax.rsqrt(var + LN_EPS)).astype(x.dtype)
+
+
+def attention_scale(head_dim: int) -> float:
+  """The release's muP attention scale (hard-coded there for every block)."""
+  return 8.0 / head_dim
 
 
 class Attention(nn.Module):
@@ -57,6 +73,7 @@ class Attention(nn.Module):
     proj = lambda n: dense((heads, self.head_dim), ('embed', 'heads', 'head_dim'),
                            n, self.dtype)(x)
     q, k, v = proj('query'), proj('key'), proj('value')
+    q, k = layer_norm(q), layer_norm(k)   # QK-norm per head
     k_all, v_all = k, v
     if kv_prefix is not None:
       k_all = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)
@@ -64,23 +81,31 @@ class Attention(nn.Module):
     # Mask broadcast over batch and heads.
     out = jax.nn.dot_product_attention(q, k_all, v_all,
                                        mask=jnp.asarray(mask)[None, None],
+                                       scale=attention_scale(self.head_dim),
                                        implementation=self.implementation)
     out = dense(self.width, ('heads', 'head_dim', 'embed'), 'out', self.dtype,
                 in_axis=(-2, -1))(out)
     return out if kv_prefix is None else (out, (k, v))
 
 
+def swiglu_hidden(width: int, mlp_ratio: float) -> int:
+  # The gate adds a third matrix; 2/3 keeps the MLP at ~8 width^2 parameters.
+  return int(2 * int(width * mlp_ratio) / 3)
+
+
 class Mlp(nn.Module):
+  """SwiGLU: fc2(silu(fc1 x) * fc3 x)."""
   width: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    hidden = int(self.width * self.mlp_ratio)
-    x = dense(hidden, ('embed', 'mlp'), 'fc1', self.dtype)(x)
-    x = nn.gelu(x, approximate=True)
-    return dense(self.width, ('mlp', 'embed'), 'fc2', self.dtype)(x)
+    hidden = swiglu_hidden(self.width, self.mlp_ratio)
+    gate = dense(hidden, ('embed', 'mlp'), 'fc1', self.dtype)(x)
+    up = dense(hidden, ('embed', 'mlp'), 'fc3', self.dtype)(x)
+    return dense(self.width, ('mlp', 'embed'), 'fc2', self.dtype)(
+        nn.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -95,59 +120,54 @@ class Block(nn.Module):
   def __call__(self, x, mask, kv_prefix=None):
     """kv_prefix: see Attention; then also returns this block's (keys, values)."""
     h = Attention(self.width, self.head_dim, self.dtype, self.attention_impl,
-                  name='attn')(layer_norm('norm1', self.dtype)(x), mask,
-                               kv_prefix)
+                  name='attn')(layer_norm(x), mask, kv_prefix)
     h, kv = h if kv_prefix is not None else (h, None)
     x = x + h
     x = x + Mlp(self.width, self.mlp_ratio, self.dtype, name='mlp')(
-        layer_norm('norm2', self.dtype)(x))
+        layer_norm(x))
     return x if kv_prefix is None else (x, kv)
 
 
-def _modulate(x, shift, scale):
+def modulate(x, shift, scale):
   return x * (1 + scale) + shift
 
 
-class AdaLNBlock(nn.Module):
-  """DiT block with adaLN-Zero conditioning on the flow time.
+def per_token(mod, subseq):
+  """mod [B, S, F] (one row per sub-sequence), subseq int [L] (static) ->
+  [B, L, F]: each token's row."""
+  if mod.shape[1] == 1:
+    return mod
+  return jnp.take(mod, jnp.asarray(subseq), axis=1)
 
-  Register tokens and latent patches get separate modulation (shift, scale,
-  gate for attention and MLP), as in the official release: the adaLN parameters
-  then equal the Transformer parameters (Table 5).
+
+class AdaLNBlock(nn.Module):
+  """DiT block with adaLN-Zero conditioning on the flow time (FlexBlockAdaLN).
+
+  `subsequences` > 1 (the release's adaLN_expansion with per-sub-sequence
+  embeddings): the modulation Linear outputs one 6D slice per sub-sequence of
+  a frame, and token i uses slice subseq[i]. Its parameters then equal the
+  block's (Table 5).
   """
   width: int
   head_dim: int
   mlp_ratio: float = 4.0
+  subsequences: int = 2
   dtype: Dtype = jnp.float32
   attention_impl: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, cond, is_register, mask):
-    # cond: [B, width] or [B, T, width] (one time embedding per latent frame,
-    # the sequence being T equal-length frame groups); is_register: bool [L]
-    # (a constant, traced under remat).
-    c = nn.silu(cond)
-    # No bias: the time embedding's last layer has one, and without it the
-    # adaLN parameter count is exactly 12 * width^2 per block (Table 5).
-    mods = [dense(6 * self.width, ('embed', 'cond'), f'adaln_{n}', self.dtype,
-                  zero_init=True)(c)
-            for n in ('patch', 'register')]
-    is_register = jnp.asarray(is_register)
-    b, length = x.shape[:2]
-    if c.ndim == 2:
-      mod = jnp.where(is_register[None, :, None], mods[1][:, None], mods[0][:, None])
-    else:
-      frames = c.shape[1]
-      per = is_register.reshape(frames, length // frames)
-      mod = jnp.where(per[None, :, :, None], mods[1][:, :, None], mods[0][:, :, None])
-      mod = mod.reshape(b, length, 6 * self.width)
-    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
-    h = _modulate(layer_norm('norm1', self.dtype, use_scale=False)(x),
-                  shift1, scale1)
+  def __call__(self, x, cond, subseq, mask):
+    """x [B, L, D]; cond [B, D] (time embedding of each clip); subseq int [L]
+    (a constant, traced under remat): each token's sub-sequence index."""
+    b = x.shape[0]
+    mod = dense(self.subsequences * 6 * self.width, ('embed', 'cond'), 'adaln',
+                self.dtype, use_bias=True, zero_init=True)(nn.silu(cond))
+    mod = per_token(mod.reshape(b, self.subsequences, 6 * self.width), subseq)
+    gate1, gate2, shift1, scale1, shift2, scale2 = jnp.split(mod, 6, axis=-1)
+    h = modulate(layer_norm(x), shift1, scale1)
     x = x + gate1 * Attention(self.width, self.head_dim, self.dtype,
                               self.attention_impl, name='attn')(h, mask)
-    h = _modulate(layer_norm('norm2', self.dtype, use_scale=False)(x),
-                  shift2, scale2)
+    h = modulate(layer_norm(x), shift2, scale2)
     return x + gate2 * Mlp(self.width, self.mlp_ratio, self.dtype,
                            name='mlp')(h)
 
@@ -187,14 +207,13 @@ def attention_implementation(name: Optional[str]) -> Optional[str]:
   return name or None
 
 
-def sincos(positions: np.ndarray, dim: int, max_period: float = 10_000.):
-  """Sinusoidal embedding of (possibly fractional) positions -> [..., dim].
-
-  Used for the latent-frame index so that clips longer than those seen in
-  training (long video, streaming) still get meaningful positions.
-  """
+def sincos(positions, dim: int, max_period: float = 10_000.,
+           scale: float = 1.0):
+  """[cos, sin] embedding of (possibly fractional) positions * scale ->
+  [..., dim]; the scale multiplies the frequencies (as the release rounds)."""
   half = dim // 2
   freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = freqs * scale
   args = jnp.asarray(positions, jnp.float32)[..., None] * freqs
   emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
@@ -203,13 +222,17 @@ def sincos(positions: np.ndarray, dim: int, max_period: float = 10_000.):
 
 
 class TimeEmbedding(nn.Module):
-  """Flow time t in [0, 1] -> [B, width] (DiT's timestep embedder)."""
+  """Flow time t in [0, 1] -> [B, width] (the release's TimestepEmbedder:
+  [cos, sin] of 1000 t at 128 frequencies with max period 256, then
+  Linear -> SiLU -> Linear)."""
   width: int
   dtype: Dtype = jnp.float32
+  frequency_size: int = 256
+  max_period: float = 256.0
 
   @nn.compact
   def __call__(self, t):
-    h = sincos(t * 1000.0, 256).astype(self.dtype)
+    h = sincos(t, self.frequency_size, self.max_period, 1000.0).astype(self.dtype)
     h = dense(self.width, (None, 'embed'), 'fc1', self.dtype, use_bias=True)(h)
     return dense(self.width, ('embed', None), 'fc2', self.dtype,
                  use_bias=True)(nn.silu(h))
@@ -220,8 +243,37 @@ def learned(name, shape, axes, module: nn.Module, std: float = 0.02):
       nn.initializers.normal(std), axes), shape)
 
 
+POSEMB_KINDS = ('sum', 'prod')
+
+
+def axis_posemb(table, sizes: Sequence[int], offsets=None, kind: str = 'sum'):
+  """The release's learnable_sum / learnable_prod positional embedding.
+
+  table [n_axes, M, D] (one max size M for every axis); sizes: the grid
+  (n_axes ints); offsets: optional start index per axis (a traced int for a
+  streamed frame index). -> [*sizes, D] = P[0][i0] (+|*) P[1][i1] (+|*) ...
+  """
+  if kind not in POSEMB_KINDS:
+    raise ValueError(f'positional embedding kind {kind!r}: must be one of '
+                     f'{POSEMB_KINDS}')
+  n_axes, max_size, _ = table.shape
+  if len(sizes) != n_axes:
+    raise ValueError(f'{n_axes}-axis position table for a {len(sizes)}-d grid')
+  out = None
+  for a, size in enumerate(sizes):
+    start = 0 if offsets is None else offsets[a]
+    if isinstance(start, int) and start + size > max_size:
+      raise ValueError(f'position {start + size - 1} on axis {a} is beyond the '
+                       f'learned table (max size {max_size})')
+    emb = jax.lax.dynamic_slice_in_dim(table[a], start, size, axis=0)
+    emb = emb.reshape((1,) * a + (size,) + (1,) * (n_axes - a - 1) + emb.shape[-1:])
+    out = emb if out is None else (out + emb if kind == 'sum' else out * emb)
+  return out
+
+
 def patchify(latents, patch_size):
-  """[B, T, H, W, C] -> [B, T / pt, (H / ph) * (W / pw), pt * ph * pw * C]."""
+  """[B, T, H, W, C] -> [B, T / pt, (H / ph) * (W / pw), pt * ph * pw * C]
+  (channel fastest, as the release's PatchEmbedder)."""
   pt, ph, pw = patch_size
   return einops.rearrange(latents, 'b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)',
                           pt=pt, ph=ph, pw=pw)
@@ -257,7 +309,10 @@ def transformer_param_count(params) -> int:
 
 
 def adaln_param_count(params) -> int:
-  return count_params(params, lambda p, _: 'blocks_' in p and 'adaln' in p)
+  """adaLN modulation matrices of the blocks: Table 5's count (it leaves out
+  the release's modulation biases, 12 * width per block)."""
+  return count_params(params, lambda p, _: 'blocks_' in p and 'adaln' in p
+                      and p.endswith('kernel'))
 
 
 def optional_dtype(name: Optional[str]):

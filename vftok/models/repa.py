@@ -35,7 +35,7 @@ class RepaHead(nn.Module):
     for i in range(self.depth):
       x = block_cls(self.width, self.head_dim, self.mlp_ratio, self.dtype,
                     self.attention_impl, name=f'repa_blocks_{i}')(x, mask)
-    x = layers.layer_norm('norm_out', self.dtype)(x)
+    x = layers.layer_norm(x)
     x = layers.dense(self.feature_dim, ('embed', 'repa'), 'to_features',
                      jnp.float32, use_bias=True)(x)
     return x.reshape(b, t, n, self.feature_dim)

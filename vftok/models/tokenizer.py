@@ -5,9 +5,10 @@ training objective L = L_flow + lambda * L_REPA with nested dropout:
 
   codes = FSQ(encoder(x))                       [B, T, K, D]
   keep  = first k of K registers, k ~ {1,2,4,..,K} per sample (shared by frames)
-          (all masked with probability uncond_prob: the CFG null condition)
+          (all replaced by the learned null condition with probability
+          uncond_prob: the CFG null condition)
   x_t   = t * eps + (1 - t) * x,  t ~ logit-normal
-  L_flow = || decoder(codes * keep, x_t, t) - (eps - x) ||^2 on latent patches
+  L_flow = || decoder(codes, keep, x_t, t) - (eps - x) ||^2 on latent patches
   L_REPA = -cos(REPA_head(decoder layer `repa_layer`), teacher features)
 """
 from typing import Any, Callable, Dict, Tuple
@@ -35,15 +36,15 @@ class VideoFlexTok(nn.Module):
   def encode_streaming(self, latents, cache, frame_offset):
     return self.encoder(latents, None, cache, frame_offset)
 
-  def decode(self, codes, keep, x_t, t):
-    return self.decoder(codes, keep, x_t, t)
+  def decode(self, codes, x_t, t, keep=None, uncond=None, prefix=None):
+    return self.decoder(codes, x_t, t, keep, uncond, prefix)
 
   def repa(self, hidden):
     return self.repa_head(hidden)
 
-  def __call__(self, latents, keep, x_t, t):
+  def __call__(self, latents, x_t, t, keep=None):
     codes, _ = self.encode(latents)
-    velocity, hidden = self.decode(codes, keep, x_t, t)
+    velocity, hidden = self.decode(codes, x_t, t, keep, jnp.zeros(t.shape, bool))
     return velocity, self.repa(hidden)
 
 
@@ -62,27 +63,27 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
   enc_w = width_override or m.enc_width
   dec_w = width_override or m.dec_width
   grid = grid_hw(m)
-  # Fields newer than some saved workdirs' config.json: .get with defaults.
-  speed = dict(remat=m.get('remat', 'none'),
-               attention_impl=layers.attention_implementation(
-                   m.get('attention_impl', '')))
+  speed = dict(remat=m.remat,
+               attention_impl=layers.attention_implementation(m.attention_impl))
   common = dict(head_dim=m.head_dim, registers=m.registers,
                 patch_size=tuple(m.patch_size), grid_hw=grid,
+                pos_max_size=m.pos_max_size, pos_kind=m.pos_kind,
                 mlp_ratio=m.mlp_ratio, dtype=dtype, **speed)
   return VideoFlexTok(
       encoder=encoder_lib.Encoder(width=enc_w, depth=m.enc_depth,
+                                  max_frames=m.max_frames,
                                   fsq_levels=tuple(m.fsq_levels),
                                   readout_scale=m.fsq_readout_scale,
-                                  register_init_std=m.get(
-                                      'register_init_std', 0.02),
-                                  pos_init_std=m.get('enc_pos_init_std', 0.02),
+                                  pos_init_std=m.enc_pos_init_std,
                                   **common),
-      decoder=decoder_lib.Decoder(width=dec_w, depth=m.dec_depth,
-                                  latent_channels=m.latent_channels,
-                                  attention=m.decoder_attention,
-                                  repa_layer=m.repa_layer,
-                                  pos_init_std=m.get('dec_pos_init_std', 0.02),
-                                  **common),
+      decoder=decoder_lib.Decoder(
+          width=dec_w, depth=m.dec_depth, latent_channels=m.latent_channels,
+          attention=m.decoder_attention,
+          registers_first=m.decoder_registers_first,
+          adaln_subsequences=m.adaln_subsequences,
+          register_pos_max_size=m.register_pos_max_size,
+          frame_conditioning=m.first_frame_prob > 0 or m.frame_conditioning,
+          repa_layer=m.repa_layer, pos_init_std=m.dec_pos_init_std, **common),
       repa_head=repa_lib.RepaHead(width=dec_w, depth=m.repa_depth,
                                   head_dim=m.head_dim, feature_dim=m.repa_dim,
                                   mlp_ratio=m.mlp_ratio, dtype=dtype,
@@ -92,7 +93,7 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
 def dummy_inputs(model_config, batch=1):
   m = model_config
   lat = jnp.zeros((batch, m.latent_frames, *m.latent_size, m.latent_channels))
-  return (lat, jnp.ones((batch, m.registers), bool), lat, jnp.zeros((batch,)))
+  return (lat, lat, jnp.zeros((batch,)), jnp.ones((batch, m.registers), bool))
 
 
 def keep_budgets(registers: int):
@@ -101,26 +102,29 @@ def keep_budgets(registers: int):
   return ks if ks[-1] == registers else ks + [registers]
 
 
-def sample_keep(rng, batch: int, registers: int, mode: str, uncond_prob=0.0):
+def sample_keep(rng, batch: int, registers: int, mode: str):
   """bool [B, K]: True for the first k registers of each sample."""
-  r_k, r_u = jax.random.split(rng)
   if mode == 'pow2':
     ks = jnp.asarray(keep_budgets(registers))
-    k = ks[jax.random.randint(r_k, (batch,), 0, len(ks))]
+    k = ks[jax.random.randint(rng, (batch,), 0, len(ks))]
   elif mode == 'uniform':
-    k = jax.random.randint(r_k, (batch,), 1, registers + 1)
+    k = jax.random.randint(rng, (batch,), 1, registers + 1)
   elif mode == 'none':
     k = jnp.full((batch,), registers)
   else:
     raise ValueError(f'unknown nested dropout mode {mode!r} '
                      "(choose 'pow2', 'uniform' or 'none')")
-  if uncond_prob > 0:
-    k = jnp.where(jax.random.uniform(r_u, (batch,)) < uncond_prob, 0, k)
   return jnp.arange(registers)[None, :] < k[:, None]
 
 
 def keep_first(k: int, batch: int, registers: int):
   return jnp.broadcast_to(jnp.arange(registers) < k, (batch, registers))
+
+
+# Stage 2: a given conditioning frame is noised to sigma_c ~ U[0, 0.02] with
+# this probability (else clean), as the release's PrefixMinRFNoiseModule.
+COND_NOISE_PROB = 0.5
+COND_SIGMA_MAX = 0.02
 
 
 def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
@@ -130,30 +134,37 @@ def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
 
   Stage 2 (decoder fine-tuning) sets freeze_encoder (the codes are constants:
   no backward pass through the encoder) and model_config.first_frame_prob:
-  per sample, with that probability latent frame 0 is given clean (flow time
-  0), its registers masked, and it is left out of the loss.
+  per sample, with that probability latent frame 0 is a given conditioning
+  frame (the release's prefix semantics): it keeps the clip's flow time in
+  the time embedding but enters nearly clean (sigma_c ~ U[0, 0.02] with
+  probability 0.5, else exactly clean), its registers get the learned prefix
+  token, and it is left out of the loss.
   """
   m = model_config
   x = batch['latents'].astype(jnp.float32)
   b, frames = x.shape[:2]
-  r_keep, r_t, r_eps, r_q, r_first = jax.random.split(rng, 5)
-  keep = sample_keep(r_keep, b, m.registers, m.nested_dropout, m.uncond_prob)
+  r_keep, r_t, r_eps, r_q, r_first, r_u, r_c1, r_c2 = jax.random.split(rng, 8)
+  keep = sample_keep(r_keep, b, m.registers, m.nested_dropout)
+  uncond = jax.random.bernoulli(r_u, m.uncond_prob, (b,))
   t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift)
-  t = jnp.broadcast_to(t[:, None], (b, frames))
-  keep = jnp.broadcast_to(keep[:, None], (b, frames, m.registers))
+  eps = jax.random.normal(r_eps, x.shape)
+  x_t = flow.add_noise(x, eps, t)
   weight = jnp.ones((b, frames))
-  first_p = m.get('first_frame_prob', 0.0)
-  if first_p > 0:
+  prefix = None
+  if m.first_frame_prob > 0:
     if tuple(m.patch_size)[0] != 1:
       raise ValueError('first-frame conditioning needs time patch size 1, got '
                        f'patch_size {tuple(m.patch_size)}')
-    given = jax.random.bernoulli(r_first, first_p, (b,))
-    is_first = (jnp.arange(frames) == 0)[None, :] & given[:, None]
-    t = jnp.where(is_first, 0.0, t)
-    keep = keep & ~is_first[..., None]
-    weight = jnp.where(is_first, 0.0, weight)
-  eps = jax.random.normal(r_eps, x.shape)
-  x_t = flow.add_noise(x, eps, t)
+    given = jax.random.bernoulli(r_first, m.first_frame_prob, (b,))
+    sigma_c = jnp.where(jax.random.bernoulli(r_c1, COND_NOISE_PROB, (b,)),
+                        jax.random.uniform(r_c2, (b,), maxval=COND_SIGMA_MAX),
+                        0.0)
+    first = flow.add_noise(x[:, :1], eps[:, :1], sigma_c)
+    x_t = x_t.at[:, :1].set(jnp.where(given[:, None, None, None, None], first,
+                                      x_t[:, :1]))
+    prefix = given.astype(jnp.int32)
+    weight = jnp.where((jnp.arange(frames) == 0)[None] & given[:, None], 0.0,
+                       weight)
 
   skip = None
   if m.fsq_drop_quant_p > 0 and not freeze_encoder:
@@ -161,7 +172,7 @@ def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
   codes, _ = model.apply(params, x, skip, method=VideoFlexTok.encode)
   if freeze_encoder:
     codes = jax.lax.stop_gradient(codes)
-  velocity, hidden = model.apply(params, codes, keep, x_t, t,
+  velocity, hidden = model.apply(params, codes, x_t, t, keep, uncond, prefix,
                                  method=VideoFlexTok.decode)
   sq = jnp.mean(jnp.square(velocity - flow.velocity_target(x, eps)),
                 axis=tuple(range(2, x.ndim)))

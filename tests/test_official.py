@@ -1,0 +1,221 @@
+"""Released VideoFlexTok checkpoints: from_official reproduces the release.
+
+tests/fixtures/official/ is a tiny checkpoint written by the release's own
+code (apple/ml-videoflextok @ 4fd72ec) with its float32 CPU outputs; its
+README lists every array and how it was made. Arrays there are channels-first
+[B, C, T, H, W]; vftok is channels-last.
+"""
+import json
+import os
+import struct
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vftok import api
+from vftok.models import fsq
+from vftok.models import tokenizer as tl
+from vftok.models.pretrained import official
+
+HERE = os.path.dirname(__file__)
+CKPT = os.path.join(HERE, 'fixtures', 'official', 'model.safetensors')
+REF = os.path.join(HERE, 'fixtures', 'official', 'reference.npz')
+SHAPE = (3, 4, 6)
+TOL = 1e-4
+
+
+def _cl(a):
+  return np.moveaxis(np.asarray(a), 1, -1)
+
+
+@pytest.fixture(scope='module')
+def ref():
+  return dict(np.load(REF))
+
+
+@pytest.fixture(scope='module')
+def tok():
+  return api.Tokenizer.from_official(CKPT, latent_shape=SHAPE)
+
+
+def _close(got, want, name):
+  err = float(np.max(np.abs(np.asarray(got) - want)))
+  assert err < TOL, f'{name}: max |diff| {err:.2e}'
+
+
+def test_config_maps_the_release(tok):
+  m = tok.config.model
+  assert (m.enc_width, m.enc_depth, m.head_dim, m.registers) == (64, 2, 32, 8)
+  assert m.max_frames == 4 and m.pos_max_size == 8 and m.pos_kind == 'sum'
+  assert m.decoder_attention == 'time_causal' and m.decoder_registers_first
+  assert m.adaln_subsequences == 2 and tuple(m.fsq_levels) == (8, 8, 8, 5, 5, 5)
+
+
+def test_encoder_and_tokens(tok, ref):
+  lat = _cl(ref['latents'])
+  np.testing.assert_array_equal(np.asarray(tok.tokenize(lat)), ref['tokens'])
+  (codes, z), st = tok.model.apply(tok.params, lat, method=tl.VideoFlexTok.encode,
+                                   mutable=['intermediates'])
+  it = st['intermediates']['encoder']
+  _close(np.asarray(it['patches_in'][0]).reshape(ref['enc_patches_in'].shape),
+         ref['enc_patches_in'], 'enc_patches_in')
+  _close(it['registers_in'][0], ref['enc_registers_in'], 'enc_registers_in')
+  _close(it['registers_out'][0], ref['enc_registers_out'], 'enc_registers_out')
+  _close(z, ref['enc_fsq_latents'], 'enc_fsq_latents')
+  np.testing.assert_array_equal(np.asarray(codes), ref['fsq_quants'])
+  np.testing.assert_array_equal(
+      np.asarray(fsq.indices_to_codes(ref['tokens'])), ref['quant_from_tokens'])
+
+
+def test_decoder_predictions(tok, ref):
+  q = fsq.indices_to_codes(ref['tokens'])
+  xt, t = _cl(ref['dec_xt']), np.full((2,), ref['dec_t'], np.float32)
+  dec = lambda *a: tok.model.apply(tok.params, *a,
+                                   method=tl.VideoFlexTok.decode)[0]
+  for k in (1, 2, 4, 8):
+    _close(dec(q, xt, t, tl.keep_first(k, 2, 8)), _cl(ref[f'dec_pred_k{k}']),
+           f'dec_pred_k{k}')
+    _close(dec(q[:, :, :k], xt, t), _cl(ref[f'dec_pred_trunc_k{k}']),
+           f'dec_pred_trunc_k{k}')
+  _close(dec(q, xt, t, None, jnp.ones(2, bool)), _cl(ref['dec_pred_uncond']),
+         'dec_pred_uncond')
+  # Per-clip flow times: each clip as if decoded alone (the release's batched
+  # call mixes clips' adaLN rows; its per-clip result is the correct one).
+  _close(dec(q, _cl(ref['dec_xt_mixed']), ref['dec_t_mixed']),
+         _cl(ref['dec_pred_mixed_t_separate']), 'dec_pred_mixed_t_separate')
+
+
+APG = dict(guidance='apg', guidance_scale=25.0, apg_eta=0.0, apg_momentum=0.0,
+           apg_norm_threshold=0.6)
+DETOK = {
+    'detok_k2_noguid': (2, dict(guidance_scale=1.0)),
+    'detok_k2_apg': (2, APG),
+    'detok_k8_noguid': (8, dict(guidance_scale=1.0)),
+    'detok_k8_apg': (8, APG),
+    'detok_k8_cfg3': (8, dict(guidance='cfg', guidance_scale=3.0)),
+    'detok_trunc_k2_apg': (2, dict(APG, pad_with_mask_token=False)),
+}
+
+
+def test_detokenize(tok, ref):
+  noise = _cl(ref['detok_noise'])
+  for name, (k, kwargs) in DETOK.items():
+    out = tok.detokenize(ref['tokens'][:, :, :k], steps=4, noise=noise, **kwargs)
+    _close(out, _cl(ref[name]), name)
+
+
+def test_notebook_sampling_defaults(tok):
+  assert tok.sample_defaults() == dict(
+      steps=40, guidance='apg', guidance_scale=25.0, apg_momentum=0.0,
+      apg_eta=0.0, apg_norm_threshold=0.6)
+
+
+def test_conversion_job_workdir(tmp_path, ref):
+  from vftok.jobs import convert_official
+  from configs import convert_official as cfg_lib
+  cfg = cfg_lib.get_config()
+  cfg.path, cfg.latent_shape = CKPT, SHAPE
+  workdir = str(tmp_path / 'converted')
+  convert_official.run(cfg, workdir)
+  tok = api.Tokenizer.from_checkpoint(workdir)
+  np.testing.assert_array_equal(
+      np.asarray(tok.tokenize(_cl(ref['latents']))), ref['tokens'])
+  out = tok.detokenize(ref['tokens'], steps=4, noise=_cl(ref['detok_noise']),
+                       **APG)
+  _close(out, _cl(ref['detok_k8_apg']), 'detok_k8_apg via workdir')
+  with pytest.raises(ValueError, match='already holds'):
+    convert_official.run(cfg, workdir)
+
+
+# ---- bad checkpoints: one clear error, nothing written ----------------------
+
+def _read(path):
+  with open(path, 'rb') as f:
+    data = f.read()
+  n = struct.unpack('<Q', data[:8])[0]
+  return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def _write(path, header, body):
+  raw = json.dumps(header).encode()
+  with open(path, 'wb') as f:
+    f.write(struct.pack('<Q', len(raw)) + raw + body)
+
+
+def _edit_metadata(tmp_path, fn):
+  header, body = _read(CKPT)
+  fn(header['__metadata__'])
+  path = str(tmp_path / 'bad.safetensors')
+  _write(path, header, body)
+  return path
+
+
+def _drop_tensor(tmp_path, name):
+  from safetensors.numpy import load_file, save_file
+  header, _ = _read(CKPT)
+  tensors = load_file(CKPT)
+  fn = name(tensors)
+  path = str(tmp_path / 'bad.safetensors')
+  save_file(tensors, path, metadata=header['__metadata__'])
+  return path, fn
+
+
+def test_unsafe_target_refused(tmp_path):
+  path = _edit_metadata(tmp_path, lambda m: m.__setitem__(
+      'encoder', m['encoder'].replace(
+          'videoflextok.model.utils.wrappers.SequentialModuleDictWrapper',
+          'os.system')))
+  with pytest.raises(official.CheckpointError, match="'os.system' is not one"):
+    api.Tokenizer.from_official(path, SHAPE)
+
+
+def test_non_yaml_metadata_refused(tmp_path):
+  path = _edit_metadata(tmp_path, lambda m: m.__setitem__(
+      'regularizer', "!!python/object/apply:os.system ['true']"))
+  with pytest.raises(official.CheckpointError, match="'regularizer' is not plain"):
+    api.Tokenizer.from_official(path, SHAPE)
+
+
+def test_unsupported_option_names_field(tmp_path):
+  path = _edit_metadata(tmp_path, lambda m: m.__setitem__(
+      'decoder', m['decoder'].replace("'time_block_causal'", "'causal'")))
+  with pytest.raises(official.CheckpointError,
+                     match=r'dec_seq_packer\.mask_mode = .causal.'):
+    api.Tokenizer.from_official(path, SHAPE)
+
+
+def test_missing_extra_and_misshaped_tensors(tmp_path):
+  key = 'decoder.module_dict.dec_latent_dropout.nullcond'
+  path, _ = _drop_tensor(tmp_path, lambda t: t.pop(key))
+  with pytest.raises(official.CheckpointError, match=f'missing tensor {key}'):
+    api.Tokenizer.from_official(path, SHAPE)
+  path, _ = _drop_tensor(tmp_path, lambda t: t.__setitem__(
+      'decoder.module_dict.bogus.weight', np.zeros(3, np.float32)))
+  with pytest.raises(official.CheckpointError,
+                     match='unexpected tensor decoder.module_dict.bogus'):
+    api.Tokenizer.from_official(path, SHAPE)
+  key = 'encoder.module_dict.enc_transformer.blocks.1.mlp.fc1.weight'
+  path, _ = _drop_tensor(tmp_path, lambda t: t.__setitem__(
+      key, np.zeros((171, 64), np.float32)))
+  with pytest.raises(official.CheckpointError,
+                     match=rf'{key} has shape \(171, 64\).*needs \(170, 64\)'):
+    api.Tokenizer.from_official(path, SHAPE)
+
+
+def test_truncated_file(tmp_path):
+  with open(CKPT, 'rb') as f:
+    data = f.read()
+  path = str(tmp_path / 'cut.safetensors')
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) - 1000])
+  with pytest.raises(official.CheckpointError, match='truncated'):
+    api.Tokenizer.from_official(path, SHAPE)
+  job_dir = tmp_path / 'job'
+  from vftok.jobs import convert_official
+  from configs import convert_official as cfg_lib
+  cfg = cfg_lib.get_config()
+  cfg.path, cfg.latent_shape = path, SHAPE
+  with pytest.raises(official.CheckpointError):
+    convert_official.run(cfg, str(job_dir))
+  assert not job_dir.exists() or not any(job_dir.iterdir())

@@ -1,0 +1,60 @@
+"""Writes a vftok tokenizer workdir from a released VideoFlexTok checkpoint.
+
+Phases: read + check the release file (nothing is written before it has
+loaded) -> the trainer's state with the converted parameters -> Orbax
+checkpoint at step 0 -> config.json (atomically, last: a workdir is complete
+exactly when it has one).
+"""
+import os
+
+from absl import logging
+import jax
+
+from vftok import api
+from vftok import checkpoint
+from vftok import sharding
+from vftok import train_state
+from vftok.data import records
+from vftok.models.pretrained import official
+
+
+def run(config, workdir: str):
+  if not config.path:
+    raise ValueError('set config.path to a released model.safetensors')
+  if os.path.exists(os.path.join(workdir, api.CONFIG_FILE)):
+    raise ValueError(f'{workdir} already holds a vftok workdir '
+                     f'({api.CONFIG_FILE}); choose an empty directory')
+
+  # ---- release -> tokenizer (validates everything first) ---------------------
+  tok = api.Tokenizer.from_official(config.path, tuple(config.latent_shape))
+  tconfig = tok.config
+  tconfig.seed = config.seed
+  logging.info('converted %s: %s', config.path,
+               ', '.join(official.describe(
+                   official.model_config(official.read_config(config.path)))))
+
+  # ---- the trainer's state, converted params in place ------------------------
+  model, tx, _ = train_state.build(tconfig)
+  mesh = sharding.make_mesh(tconfig.mesh, devices=jax.devices()[:1])
+  state, shardings = sharding.create_sharded_state(
+      train_state.make_init_fn(model, tx, tconfig.model),
+      jax.random.key(config.seed), mesh)
+  params = dict(state.params['params'])
+  for part in ('encoder', 'decoder'):
+    params[part] = jax.tree.map(lambda a, s: jax.device_put(a, s),
+                                tok.params['params'][part],
+                                shardings.params['params'][part])
+  state = state.replace(params={'params': params})
+
+  # ---- checkpoint, then config.json ------------------------------------------
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, train_state.CHECKPOINT_DIR), async_save=False)
+  try:
+    ckpt.maybe_save(0, state, force=True)
+  finally:
+    ckpt.close()
+  if jax.process_index() == 0:
+    with records.atomic_path(os.path.join(workdir, api.CONFIG_FILE)) as tmp:
+      with open(tmp, 'w') as f:
+        f.write(tconfig.to_json(indent=2))
+  logging.info('wrote %s', workdir)

@@ -1,0 +1,1 @@
+"""Loaders and JAX ports of pretrained models and released checkpoints."""
