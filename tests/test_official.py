@@ -219,3 +219,17 @@ def test_truncated_file(tmp_path):
   with pytest.raises(official.CheckpointError):
     convert_official.run(cfg, str(job_dir))
   assert not job_dir.exists() or not any(job_dir.iterdir())
+
+
+def test_loads_sharded_into_a_mesh(ref):
+  import jax
+  from vftok import sharding
+  import ml_collections
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': 1, 'fsdp': 8}))
+  tok = api.Tokenizer.from_official(CKPT, latent_shape=SHAPE, mesh=mesh)
+  kernel = tok.params['params']['encoder']['blocks_0']['mlp']['fc1']['kernel']
+  # fsdp shards the 'embed' (width 64) dimension: 8 rows per device.
+  assert kernel.sharding.shard_shape(kernel.shape) == (8, 170)
+  assert len(jax.tree.leaves(tok.params)) > 0
+  np.testing.assert_array_equal(np.asarray(tok.tokenize(_cl(ref['latents']))),
+                                ref['tokens'])
