@@ -166,6 +166,7 @@ def data_config(record_dir, seed=0, batch=4):
   c = defaults.tokenizer_config().data
   c.kind, c.train_pattern = 'records', str(record_dir / 'train-*.array_record')
   c.global_batch_size, c.shuffle_seed = batch, seed
+  c.normalize = 'global'  # from the manifest's statistics (tested below)
   return c
 
 

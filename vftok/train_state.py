@@ -97,20 +97,35 @@ def restore_params(config, workdir: str, step=None, mesh=None):
   return params
 
 
+# Parameters a stage-2 decoder adds to its stage-1 source: the learned prefix
+# token of given conditioning frames starts from its fresh init.
+ADDED_IN_STAGE2 = ('prefix_token',)
+
+
 def init_params_from(workdir: str, params, mesh):
   """Params of the run in `workdir`, checked against and laid out like
-  `params` (the new run's; same architecture, e.g. stage 1 -> stage 2)."""
+  `params` (the new run's; same architecture, e.g. stage 1 -> stage 2, which
+  may add only the ADDED_IN_STAGE2 parameters: those keep `params`' values)."""
   from vftok import api  # pylint: disable=g-import-not-at-top
   src_config = api.load_workdir_config(workdir)
   src = restore_params(src_config, workdir, mesh=mesh)
-  want = jax.tree_util.tree_structure(params)
-  if jax.tree_util.tree_structure(src) != want:
+  flat_src = {jax.tree_util.keystr(p): a
+              for p, a in jax.tree_util.tree_leaves_with_path(src)}
+  flat_new = jax.tree_util.tree_leaves_with_path(params)
+  added = [jax.tree_util.keystr(p) for p, _ in flat_new
+           if jax.tree_util.keystr(p) not in flat_src]
+  dropped = set(flat_src) - {jax.tree_util.keystr(p) for p, _ in flat_new}
+  if dropped or any(not k.endswith(tuple(f"['{n}']" for n in ADDED_IN_STAGE2))
+                    for k in added):
     raise ValueError(f'train.init_from={workdir!r}: its model has different '
-                     'parameters than this config (different architecture)')
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(src),
-                          jax.tree.leaves(params)):
+                     'parameters than this config (different architecture: '
+                     f'{sorted(dropped)[:1] or added[:1]})')
+  out = []
+  for path, b in flat_new:
+    a = flat_src.get(jax.tree_util.keystr(path), b)
     if a.shape != b.shape:
       raise ValueError(f'train.init_from={workdir!r}: parameter '
                        f'{jax.tree_util.keystr(path)} has shape {a.shape}, '
                        f'this config expects {b.shape}')
-  return jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), src, params)
+    out.append(jax.device_put(a, b.sharding))
+  return jax.tree.unflatten(jax.tree.structure(params), out)

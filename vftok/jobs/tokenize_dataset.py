@@ -66,7 +66,7 @@ def run(config, workdir: str, tokenizer=None):
                                                             'global')
   data = pipeline.Data('', '', manifest, normalize=normalize)
   mean, std = data.latent_mean, data.latent_std
-  if mean is None:
+  if mean is None and normalize != 'none':
     raise ValueError(f'{stats_dir}/manifest.json has no latent_mean / '
                      'latent_std to normalise with')
   levels = tuple(int(x) for x in tokenizer.levels)
@@ -146,7 +146,8 @@ def _tokenize_shard(config, workdir, path, tokenizer, mean, std, s, n,
   def examples():
     for chunk in _read_chunks(path, b):
       lat = np.stack([ex['latents'] for ex in chunk]).astype(np.float32)
-      lat = (lat - mean) / std
+      if mean is not None:  # normalize='none': raw latents, as the release
+        lat = (lat - mean) / std
       # A fixed batch shape: one compilation for the whole run.
       pad = np.zeros((b - len(lat),) + lat.shape[1:], np.float32)
       ids = np.asarray(tokenizer.tokenize(np.concatenate([lat, pad])))
