@@ -42,12 +42,12 @@ def get_config(arg=None):
   # ---- tokens -> latents (the tokenizer's flow decoder) ---------------------
   c.decode = ml_collections.ConfigDict()
   c.decode.steps = 25
-  c.decode.guidance = 'apg'  # as Tokenizer.detokenize's default
+  c.decode.guidance = 'apg'  # as Tokenizer.detokenize (config.sample)
   c.decode.guidance_scale = 3.0
   c.decode.apg = ml_collections.ConfigDict()
-  c.decode.apg.momentum = -0.5
+  c.decode.apg.momentum = 0.0        # the release notebook's APG
   c.decode.apg.eta = 0.0
-  c.decode.apg.norm_threshold = 2.5
+  c.decode.apg.norm_threshold = 0.6
 
   # ---- reference set: real held-out clips of the tokenizer's data ----------
   c.eval_pattern = ''        # another glob of latent records with `frames`

@@ -35,12 +35,12 @@ def get_config(arg=None):
   c.sample_steps = (25,)
   # How a scale != 1 guides against all-masked registers (vftok/flow.py):
   # 'cfg' classifier-free guidance, or 'apg' adaptive projected guidance
-  # with the parameters below (Tokenizer.detokenize's defaults).
+  # with the parameters below (the release notebook's, as config.sample).
   c.guidance = 'cfg'
   c.apg = ml_collections.ConfigDict()
-  c.apg.momentum = -0.5
+  c.apg.momentum = 0.0
   c.apg.eta = 0.0
-  c.apg.norm_threshold = 2.5
+  c.apg.norm_threshold = 0.6
 
   # ---- FVD features (the standard protocol; see vftok/evals/i3d.py) --------
   c.fvd = ml_collections.ConfigDict()
