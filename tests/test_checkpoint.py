@@ -17,6 +17,8 @@ import pytest
 from vftok import checkpoint
 from vftok import sharding
 
+from testing_utils import truncate_largest_file
+
 
 def mesh(data, fsdp):
   return sharding.make_mesh(ml_collections.ConfigDict(
@@ -160,17 +162,6 @@ def test_grain_iterator_resumes(tmp_path):
 
 
 # ---- faults: a damaged latest step, a save that cannot be written ----------
-
-def truncate_largest_file(step_dir):
-  """Halves the largest array file of a step (a host died mid-write, or a
-  partial copy). Orbax reads the merged OCDBT data under state/d/."""
-  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir / 'state' / 'd')
-           for f in fs]
-  big = max(files, key=os.path.getsize)
-  with open(big, 'r+b') as f:
-    f.truncate(os.path.getsize(big) // 2)
-  return big
-
 
 def save_steps(directory, state, steps, **kwargs):
   ckpt = checkpoint.Checkpointer(str(directory), save_every=1, **kwargs)

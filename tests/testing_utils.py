@@ -1,5 +1,5 @@
 """Helpers shared by the test files: config files loaded by path (as users'
-tools do) and a metric writer that records what a job logs."""
+tools do), a metric writer that records what a job logs, and faults."""
 import importlib.util
 import os
 
@@ -28,3 +28,48 @@ class Recorder(metric_writers.LoggingWriter):
 
   def write_scalars(self, step, scalars):
     self.scalars.setdefault(step, {}).update(scalars)
+
+
+def truncate_largest_file(step_dir) -> str:
+  """Halves the largest array file of an Orbax step directory (a host that
+  died mid-write, a partial copy); -> its path. Restores read the merged
+  OCDBT data under state/d/."""
+  d = os.path.join(str(step_dir), 'state', 'd')
+  files = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
+  big = max(files, key=os.path.getsize)
+  with open(big, 'r+b') as f:
+    f.truncate(os.path.getsize(big) // 2)
+  return big
+
+
+def corrupt_middle(path: str, n: int = 16):
+  """Overwrites `n` bytes inside the records of a record file (a bad disk
+  sector, a partial copy); offsets that would hit the file's index (the
+  whole file unreadable, not a record) are put back and the next tried.
+  -> the indices of the records that no longer read."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  size = os.path.getsize(path)
+  for frac in range(2, 256):
+    offset = size // frac  # records may fill only the start of a padded file
+    with open(path, 'r+b') as f:
+      f.seek(offset)
+      original = f.read(n)
+      f.seek(offset)
+      f.write(b'\xa5' * n)
+    bad = []
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      for i in range(reader.num_records()):
+        try:
+          reader.read([i])
+        except Exception:  # pylint: disable=broad-except
+          bad.append(i)
+      reader.close()
+    except Exception:  # pylint: disable=broad-except
+      bad = []
+    if bad:
+      return bad
+    with open(path, 'r+b') as f:
+      f.seek(offset)
+      f.write(original)
+  raise AssertionError(f'found no record bytes to corrupt in {path}')

@@ -38,7 +38,13 @@ def main(argv):
   logging.info('JAX %s: %d processes, devices %s', jax.__version__,
                jax.process_count(), jax.devices())
   job = importlib.import_module(f'vftok.jobs.{config.job}')
-  job.run(config, _WORKDIR.value)
+  from vftok import checkpoint  # pylint: disable=g-import-not-at-top
+  from vftok.data import records  # pylint: disable=g-import-not-at-top
+  try:
+    job.run(config, _WORKDIR.value)
+  except (checkpoint.CheckpointError, records.BadRecordError) as e:
+    # Faults of the disk or the data, not bugs: one line, no traceback.
+    sys.exit(f'FATAL {e}')
 
 
 def parse_flags(argv):
