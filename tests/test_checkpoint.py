@@ -287,3 +287,22 @@ def test_unwritable_directory_fault_injected(tmp_path, monkeypatch):
   assert ckpt.all_steps() == [1]
   assert ckpt.restore(checkpoint.abstract_like(state))[1] == 1
   ckpt.close()
+
+
+def test_main_prints_faults_as_one_fatal_line():
+  from vftok import main  # pylint: disable=g-import-not-at-top
+  from vftok.data import records  # pylint: disable=g-import-not-at-top
+
+  class Job:
+    def __init__(self, error):
+      self.error = error
+
+    def run(self, config, workdir):
+      raise self.error
+  for error in (checkpoint.CheckpointError('saving checkpoint step 6 failed'),
+                records.BadRecordError('f.array_record: record 3 is bad')):
+    with pytest.raises(SystemExit) as e:
+      main.run_job(Job(error), None, '/w')
+    assert e.value.code == f'FATAL {error}'
+  with pytest.raises(KeyError):  # a bug keeps its traceback
+    main.run_job(Job(KeyError('x')), None, '/w')

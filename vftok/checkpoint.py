@@ -48,11 +48,17 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be written or read, said in one line."""
 
 
-def one_line(e: BaseException, limit: int = 300) -> str:
+def _strip_specs(text: str) -> str:
+  # TensorStore appends its whole JSON spec, [tensorstore_spec='{...}'].
+  return re.sub(r"\s*\[tensorstore_spec(\[\d+\])?='.*?'\]", '', text)
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
   """An exception as one short line: TensorStore errors carry their whole
   JSON spec ([tensorstore_spec=...]) and nested driver prefixes."""
   text = ' '.join(str(e).split('\n')[0].split()) or type(e).__name__
-  text = re.sub(r'\s*\[tensorstore_spec.*$', '', text)
+  text = _strip_specs(text)
+  text = re.sub(r'\s*\[tensorstore_spec.*$', '', text)  # a cut-off spec
   text = re.sub(r'(Error opening "\w+" driver: )+', '', text)
   if isinstance(e, OSError) and not text.startswith('['):
     text = f'{type(e).__name__}: {text}'
@@ -65,10 +71,16 @@ class _OrbaxOneLine(std_logging.Filter):
   line, since CheckpointError reports the failure itself."""
 
   def filter(self, record):
-    if record.exc_info and 'orbax' in (record.pathname or ''):
-      exc = record.exc_info[1]
-      record.msg = f'{record.getMessage()}: {one_line(exc)}'
-      record.args, record.exc_info, record.exc_text = (), None, None
+    if 'orbax' not in (record.pathname or ''):
+      return True
+    if record.exc_info or 'tensorstore_spec' in str(record.msg):
+      msg = _strip_specs(record.getMessage())
+      if record.exc_info and record.exc_info[1] is not None:
+        exc = one_line(record.exc_info[1])
+        if exc[:80] not in msg:
+          msg = f'{msg}: {exc}'
+      record.msg, record.args, record.exc_info, record.exc_text = (
+          msg, (), None, None)
     return True
 
 

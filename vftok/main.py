@@ -37,13 +37,18 @@ def main(argv):
     raise app.UsageError(f'unknown job {config.job!r}; choose from {JOBS}')
   logging.info('JAX %s: %d processes, devices %s', jax.__version__,
                jax.process_count(), jax.devices())
-  job = importlib.import_module(f'vftok.jobs.{config.job}')
+  run_job(importlib.import_module(f'vftok.jobs.{config.job}'), config,
+          _WORKDIR.value)
+
+
+def run_job(job, config, workdir: str):
+  """job.run(config, workdir); a fault of the disk or the data (not a bug)
+  exits with one FATAL line instead of a traceback."""
   from vftok import checkpoint  # pylint: disable=g-import-not-at-top
   from vftok.data import records  # pylint: disable=g-import-not-at-top
   try:
-    job.run(config, _WORKDIR.value)
+    return job.run(config, workdir)
   except (checkpoint.CheckpointError, records.BadRecordError) as e:
-    # Faults of the disk or the data, not bugs: one line, no traceback.
     sys.exit(f'FATAL {e}')
 
 
