@@ -2,7 +2,6 @@
 faults: a damaged latest step, a full disk, an unwritable directory."""
 import os
 import signal
-import subprocess
 import time
 
 import flax.linen as nn
@@ -17,6 +16,8 @@ import pytest
 from vftok import checkpoint
 from vftok import sharding
 
+from testing_utils import fill_disk
+from testing_utils import tiny_tmpfs
 from testing_utils import truncate_largest_file
 
 
@@ -214,29 +215,13 @@ def test_no_step_restores_names_the_workdir(tmp_path):
   assert sorted(os.listdir(tmp_path / 'damaged')) == ['1', '2']
 
 
-def _fill(path):
-  """Writes zeros into `path` until the filesystem is full."""
-  with open(path, 'wb', buffering=0) as f:
-    try:
-      while True:
-        f.write(b'\0' * 4096)
-    except OSError:
-      pass
-
-
 @pytest.fixture
 def tiny_fs(tmp_path):
-  """A 2 MB tmpfs (a real ENOSPC), if this process may mount (root, CI
+  """A 2 MB tmpfs (a real ENOSPC) where this process may mount (root, CI
   containers with CAP_SYS_ADMIN); skipped otherwise (the injected fault
   below covers the same code path)."""
-  mnt = tmp_path / 'tiny_fs'
-  mnt.mkdir()
-  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs',
-                      str(mnt)], capture_output=True, check=False)
-  if r.returncode:
-    pytest.skip(f'cannot mount a tmpfs here: {r.stderr.decode().strip()}')
-  yield mnt
-  subprocess.run(['umount', '-l', str(mnt)], check=False)
+  with tiny_tmpfs(tmp_path / 'tiny_fs') as mnt:
+    yield mnt
 
 
 @pytest.mark.parametrize('async_save', [True, False])
@@ -247,7 +232,7 @@ def test_disk_full_stops_with_one_error_and_keeps_older_steps(
                                  async_save=async_save)
   assert ckpt.maybe_save(1, dict(state, step=jnp.asarray(1, jnp.int32)))
   ckpt.wait()
-  _fill(tiny_fs / 'filler')
+  fill_disk(tiny_fs / 'filler')
   with pytest.raises(checkpoint.CheckpointError) as e:
     ckpt.maybe_save(2, dict(state, step=jnp.asarray(2, jnp.int32)))
     for _ in range(500):  # the loop's per-step check, until the write fails

@@ -1,7 +1,9 @@
 """Helpers shared by the test files: config files loaded by path (as users'
 tools do), a metric writer that records what a job logs, and faults."""
+import contextlib
 import importlib.util
 import os
+import subprocess
 
 from clu import metric_writers
 
@@ -73,3 +75,29 @@ def corrupt_middle(path: str, n: int = 16):
       f.seek(offset)
       f.write(original)
   raise AssertionError(f'found no record bytes to corrupt in {path}')
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path, size='2m'):
+  """Mounts a `size` tmpfs at `path` (a real ENOSPC once full); skips the
+  test where this process may not mount (needs root / CAP_SYS_ADMIN)."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs',
+                      str(path)], capture_output=True, check=False)
+  if r.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {r.stderr.decode().strip()}')
+  try:
+    yield path
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+def fill_disk(path):
+  """Writes zeros into the file `path` until its filesystem is full."""
+  with open(path, 'wb', buffering=0) as f:
+    try:
+      while True:
+        f.write(b'\0' * 4096)
+    except OSError:
+      pass

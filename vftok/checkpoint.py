@@ -62,7 +62,10 @@ def one_line(e: BaseException, limit: int = 400) -> str:
   text = re.sub(r'(Error opening "\w+" driver: )+', '', text)
   if isinstance(e, OSError) and not text.startswith('['):
     text = f'{type(e).__name__}: {text}'
-  return text if len(text) <= limit else text[:limit - 3] + '...'
+  if len(text) <= limit:
+    return text
+  # The cause (e.g. 'No space left on device') ends the message.
+  return text[:limit // 2 - 3] + ' ... ' + text[-(limit // 2 - 2):]
 
 
 class _OrbaxOneLine(std_logging.Filter):
