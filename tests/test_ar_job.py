@@ -1,7 +1,10 @@
 """The AR jobs end to end at tiny sizes (train_ar, sample_ar, eval_ar).
 
 Covers: training on token records lowers the loss, and a run preempted at
-step 4 and resumed reproduces the uninterrupted loss curve exactly; the
+step 4 and resumed reproduces the uninterrupted loss curve exactly (and
+so does one whose latest checkpoint was truncated); a full disk stops
+training with one error and the restart resumes; a corrupt token shard
+is named, or skipped and counted; the
 demo_tokens path tokenizes a (tiny) demo set with a tokenizer checkpoint,
 trains, samples every class at two budgets with the KV cache and writes the
 grid PNG + GIF / MP4; sample_ar does class -> video with the KV-cache
@@ -32,7 +35,11 @@ from vftok.jobs import train_ar
 from vftok.models import text_encoders
 
 from testing_utils import Recorder
+from testing_utils import corrupt_middle
+from testing_utils import fill_disk
 from testing_utils import load_config
+from testing_utils import tiny_tmpfs
+from testing_utils import truncate_largest_file
 
 T, K, LEVELS = 5, 4, (4, 4, 4)   # the tiny tokenizer: 64 codes
 VOCAB = int(np.prod(LEVELS))
@@ -165,6 +172,72 @@ def test_train_lowers_loss_and_resume_reproduces_it(tmp_path, monkeypatch):
   train_ar.run(c, str(tmp_path / 'cut'), writer=second)
   assert min(second.scalars) == 5
   np.testing.assert_allclose(losses(first) + losses(second), curve, rtol=1e-6)
+
+  # A truncated file in the latest step (8): moved aside, resumed from 4.
+  truncate_largest_file(tmp_path / 'full' / 'checkpoints' / '8')
+  third = Recorder()
+  train_ar.run(c, str(tmp_path / 'full'), writer=third)
+  assert min(third.scalars) == 5
+  np.testing.assert_allclose(losses(third), curve[4:], rtol=1e-6)
+  assert (tmp_path / 'full' / 'checkpoints' / 'damaged' / '8').is_dir()
+
+
+def test_disk_full_stops_training_and_the_restart_resumes(tmp_path,
+                                                          monkeypatch):
+  """checkpoints/ on a 4 MB tmpfs that is full from step 5 on: the step-8
+  save fails, training stops with one CheckpointError naming it and the
+  intact step 4, before the next save is due; once there is room again the
+  next start resumes from step 4."""
+  c = tiny_ar(ar_defaults.ar_config(1))
+  c.data.train_pattern = write_synthetic_records(str(tmp_path / 'tokens'))
+  c.train.total_steps = 12
+  work = tmp_path / 'work'
+  with tiny_tmpfs(work / 'checkpoints', size='4m') as ckpt_dir:
+    save = checkpoint.Checkpointer.maybe_save
+
+    def full_after_4(self, step, *args, **kwargs):
+      if step > 4:  # step 4 written, then refilled each step (space that
+        self.wait()  # Orbax frees in the background is taken at once)
+        fill_disk(ckpt_dir / f'filler_{step}')
+      return save(self, step, *args, **kwargs)
+    monkeypatch.setattr(checkpoint.Checkpointer, 'maybe_save', full_after_4)
+    first = Recorder()
+    with pytest.raises(checkpoint.CheckpointError) as e:
+      train_ar.run(c, str(work), writer=first)
+    monkeypatch.undo()
+    msg = str(e.value)
+    assert '\n' not in msg and 'No space left on device' in msg, msg
+    assert msg.startswith('saving checkpoint step 8 ')
+    assert msg.endswith('(steps [4] are intact; a restart resumes from step 4)')
+    assert 8 <= max(first.scalars) < 12
+    for f in ckpt_dir.glob('filler_*'):
+      f.unlink()
+    assert checkpoint.Checkpointer(str(ckpt_dir)).all_steps() == [4]
+    second = Recorder()
+    train_ar.run(c, str(work), writer=second)
+  assert min(second.scalars) == 5 and max(second.scalars) == 12
+
+
+def test_corrupt_token_shard_is_named_or_skipped(tmp_path):
+  """A damaged byte range in the token records: one error naming the file
+  and record; with data.skip_bad_records training goes on and reports the
+  count; above data.max_bad_record_fraction it stops."""
+  c = tiny_ar(ar_defaults.ar_config(1))
+  c.data.train_pattern = write_synthetic_records(str(tmp_path / 'tokens'))
+  (path,) = records.expand(c.data.train_pattern)
+  (bad,) = corrupt_middle(path)
+  c.train.total_steps, c.train.checkpoint_every = 4, 0  # one epoch
+  with pytest.raises(records.BadRecordError,
+                     match=f'{path}: record {bad} is bad: RuntimeError: '
+                     'Corrupted Riegeli'):
+    train_ar.run(c, str(tmp_path / 'strict'), writer=Recorder())
+  c.data.skip_bad_records, c.data.max_bad_record_fraction = True, 0.05
+  rec = Recorder()
+  train_ar.run(c, str(tmp_path / 'skip'), writer=rec)
+  assert len(losses(rec)) == 4 and rec.scalars[4]['data/bad_records'] == 1
+  c.data.max_bad_record_fraction = 0.01  # 1 of 32 > 1 %
+  with pytest.raises(records.BadRecordError, match='max_bad_record_fraction'):
+    train_ar.run(c, str(tmp_path / 'stop'), writer=Recorder())
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,5 @@
-"""Orbax checkpoints: values, resharding, retention, tmp dirs, SIGTERM, Grain."""
+"""Orbax checkpoints: values, resharding, retention, tmp dirs, SIGTERM, Grain;
+faults: a damaged latest step, a full disk, an unwritable directory."""
 import os
 import signal
 import time
@@ -10,9 +11,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from vftok import checkpoint
 from vftok import sharding
+
+from testing_utils import fill_disk
+from testing_utils import tiny_tmpfs
+from testing_utils import truncate_largest_file
 
 
 def mesh(data, fsdp):
@@ -154,3 +160,134 @@ def test_grain_iterator_resumes(tmp_path):
   assert step == 6
   np.testing.assert_array_equal(next(other), first)
   ckpt.close()
+
+
+# ---- faults: a damaged latest step, a save that cannot be written ----------
+
+def save_steps(directory, state, steps, **kwargs):
+  ckpt = checkpoint.Checkpointer(str(directory), save_every=1, **kwargs)
+  for s in steps:
+    assert ckpt.maybe_save(s, dict(state, step=jnp.asarray(s, jnp.int32)))
+  ckpt.close()
+
+
+def test_damaged_latest_step_is_moved_aside_and_the_previous_restores(
+    tmp_path, caplog):
+  state, _ = make_state(mesh(8, 1))
+  save_steps(tmp_path, state, (1, 2, 3))
+  truncate_largest_file(tmp_path / '3')
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  restored, step = ckpt.restore(checkpoint.abstract_like(state))
+  assert step == 2 and int(restored['step']) == 2
+  assert_tree_equal(restored['params'], state['params'])
+  # Moved, never deleted; Orbax no longer lists it; the log says so in a line.
+  assert (tmp_path / 'damaged' / '3' / 'state').is_dir()
+  assert not (tmp_path / '3').exists() and ckpt.all_steps() == [1, 2]
+  lines = [r.getMessage() for r in caplog.records
+           if 'does not restore' in r.getMessage()]
+  assert len(lines) == 1 and '\n' not in lines[0]
+  assert 'step 3' in lines[0] and 'OUT_OF_RANGE' in lines[0]
+  assert 'tensorstore_spec' not in lines[0]
+  # Step 3 can be written again (the manager forgot it).
+  assert ckpt.maybe_save(3, dict(state, step=jnp.asarray(3, jnp.int32)))
+  ckpt.close()
+  # An explicit step that does not restore: named, with the other steps.
+  truncate_largest_file(tmp_path / '2')
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'step 2 .* does not restore.*other steps: \[1, 3\]'):
+    ckpt.restore(checkpoint.abstract_like(state), step=2)
+  assert (tmp_path / '2').exists()  # an explicit request moves nothing
+  ckpt.close()
+
+
+def test_no_step_restores_names_the_workdir(tmp_path):
+  state, _ = make_state(mesh(8, 1))
+  save_steps(tmp_path, state, (1, 2))
+  for s in ('1', '2'):
+    truncate_largest_file(tmp_path / s)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    ckpt.restore(checkpoint.abstract_like(state))
+  msg = str(e.value)
+  assert '\n' not in msg and str(tmp_path) in msg and '[2, 1]' in msg
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path / 'damaged')) == ['1', '2']
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+  """A 2 MB tmpfs (a real ENOSPC) where this process may mount (root, CI
+  containers with CAP_SYS_ADMIN); skipped otherwise (the injected fault
+  below covers the same code path)."""
+  with tiny_tmpfs(tmp_path / 'tiny_fs') as mnt:
+    yield mnt
+
+
+@pytest.mark.parametrize('async_save', [True, False])
+def test_disk_full_stops_with_one_error_and_keeps_older_steps(
+    tiny_fs, async_save):
+  state, _ = make_state(mesh(8, 1))
+  ckpt = checkpoint.Checkpointer(str(tiny_fs / 'ckpt'), save_every=1,
+                                 async_save=async_save)
+  assert ckpt.maybe_save(1, dict(state, step=jnp.asarray(1, jnp.int32)))
+  ckpt.wait()
+  fill_disk(tiny_fs / 'filler')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    ckpt.maybe_save(2, dict(state, step=jnp.asarray(2, jnp.int32)))
+    for _ in range(500):  # the loop's per-step check, until the write fails
+      ckpt.check()
+      time.sleep(0.01)
+  msg = str(e.value)
+  assert '\n' not in msg and 'step 2' in msg and 'No space left' in msg
+  assert 'steps [1] are intact' in msg
+  ckpt.close()  # quiet: already reported
+  os.remove(tiny_fs / 'filler')
+  # No step 2 directory; the next start resumes from step 1.
+  ckpt = checkpoint.Checkpointer(str(tiny_fs / 'ckpt'), save_every=1)
+  assert ckpt.all_steps() == [1]
+  restored, step = ckpt.restore(checkpoint.abstract_like(state))
+  assert step == 1 and int(restored['step']) == 1
+  ckpt.close()
+
+
+def test_unwritable_directory_fault_injected(tmp_path, monkeypatch):
+  """The same without a tmpfs: the array writer fails as on EACCES."""
+  state, _ = make_state(mesh(8, 1))
+  save_steps(tmp_path, state, (1,))
+  from orbax.checkpoint._src.handlers import base_pytree_checkpoint_handler as h
+
+  async def refuse(*args, **kwargs):
+    raise PermissionError(13, 'Permission denied', str(tmp_path))
+  monkeypatch.setattr(h.BasePyTreeCheckpointHandler, 'async_save', refuse)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'step 2 .*Permission denied.*steps \[1\] are '
+                     'intact'):
+    ckpt.maybe_save(2, dict(state, step=jnp.asarray(2, jnp.int32)))
+    ckpt.wait()
+  ckpt.close()
+  monkeypatch.undo()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  assert ckpt.all_steps() == [1]
+  assert ckpt.restore(checkpoint.abstract_like(state))[1] == 1
+  ckpt.close()
+
+
+def test_main_prints_faults_as_one_fatal_line():
+  from vftok import main  # pylint: disable=g-import-not-at-top
+  from vftok.data import records  # pylint: disable=g-import-not-at-top
+
+  class Job:
+    def __init__(self, error):
+      self.error = error
+
+    def run(self, config, workdir):
+      raise self.error
+  for error in (checkpoint.CheckpointError('saving checkpoint step 6 failed'),
+                records.BadRecordError('f.array_record: record 3 is bad')):
+    with pytest.raises(SystemExit) as e:
+      main.run_job(Job(error), None, '/w')
+    assert e.value.code == f'FATAL {error}'
+  with pytest.raises(KeyError):  # a bug keeps its traceback
+    main.run_job(Job(KeyError('x')), None, '/w')

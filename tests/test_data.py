@@ -1,6 +1,7 @@
 """Data layer: record schema, causal PCA codec, Grain pipeline, demo set."""
 import os
 
+from array_record.python import array_record_module
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -11,6 +12,8 @@ from vftok.data import codecs
 from vftok.data import demo
 from vftok.data import pipeline
 from vftok.data import records
+
+from testing_utils import corrupt_middle
 
 
 def example(t=3, h=2, w=2, c=16, seed=0, label=7, frames=False,
@@ -304,3 +307,51 @@ def test_demo_default_root(monkeypatch, tmp_path):
   monkeypatch.setenv('VFTOK_DATA', str(tmp_path))
   assert demo.default_root(17, 64) == str(
       tmp_path / f'demo-v{demo.BUILD_VERSION}-17x64')
+
+
+def test_corrupt_record_is_named_or_skipped_and_counted(tmp_path):
+  """A damaged byte range in one shard and a NaN record in another: by
+  default one error naming file and record; skip_bad_records replaces them
+  (batches keep their size), counts them, and stops above the fraction."""
+  first = str(tmp_path / 'train-0.array_record')
+  records.write_records(first, [example(seed=i, label=i, dtype=np.float32)
+                                for i in range(20)])
+  (bad,) = corrupt_middle(first)
+  second = str(tmp_path / 'train-1.array_record')
+  nan = example(seed=20, label=20, dtype=np.float32)
+  nan['latents'][0, 0, 0, 0] = np.nan
+  writer = array_record_module.ArrayRecordWriter(second, records.WRITER_OPTIONS)
+  for ex in [example(seed=i, label=i, dtype=np.float32) for i in (21, 22)] + [
+      nan] + [example(seed=i, label=i, dtype=np.float32) for i in (23, 24)]:
+    writer.write(records.serialize(ex))  # unchecked, as another tool might
+  writer.close()
+  cfg = data_config(tmp_path, batch=5)  # 25 records: 5 batches an epoch
+
+  it = pipeline.make_train_iterator(cfg)
+  with pytest.raises(records.BadRecordError) as e:
+    labels(it, 5)
+  msg = str(e.value)
+  assert '\n' not in msg and 'skip_bad_records' in msg
+  assert (f'{first}: record {bad} is bad: RuntimeError: Corrupted Riegeli'
+          in msg or f'{second}: record 2 is bad: ValueError: latents' in msg)
+
+  cfg.skip_bad_records, cfg.max_bad_record_fraction = True, 0.1
+  it = pipeline.make_train_iterator(cfg)
+  counter = pipeline.bad_record_counter(cfg, cfg.train_pattern)
+  epoch = []
+  for _ in range(5):
+    batch = counter(next(it))
+    assert 'bad_records' not in batch and batch['latents'].shape[0] == 5
+    epoch += [int(x) for x in batch['label']]
+  assert counter.bad == 2 and counter.read == 25
+  assert counter.metrics() == {'data/bad_records': 2.0}
+  assert bad not in epoch and 20 not in epoch and len(epoch) == 25
+
+  cfg.max_bad_record_fraction = 0.05  # 2 of 25 > 5 %
+  it = pipeline.make_train_iterator(cfg)
+  counter = pipeline.bad_record_counter(cfg, cfg.train_pattern)
+  with pytest.raises(records.BadRecordError,
+                     match=r'2 of the \d+ training records read are bad, more '
+                     r'than data.max_bad_record_fraction=0.05'):
+    for _ in range(5):
+      counter(next(it))

@@ -8,8 +8,10 @@ runs in seconds (the default stays the standard 224 px logits).
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -23,6 +25,7 @@ from vftok import sharding
 from vftok import train_state
 from vftok.data import codecs
 from vftok.data import records
+from vftok.evals import budget_plot
 from vftok.evals import class_score
 from vftok.evals import sharded_tokenizer
 from vftok.jobs import eval_tokenizer
@@ -267,6 +270,89 @@ def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
   assert last.startswith('ValueError: config.checkpoint=') and \
       'does not exist' in last, proc.stderr[-2000:]
   assert proc.stderr.count('Traceback') == 1
+
+
+# ------------------------------------------------------- kill -9 safety ---
+
+def _sweep_result():
+  """A small sweep result as run() builds it -> (result, settings, budgets,
+  grid)."""
+  budgets, settings = [1, 2], [(1.0, 2)]
+  rows = [dict(budget=k, guidance=1.0, steps=2, rfvd=10.0 / k, psnr=20.0 + k,
+               ssim=0.5, class_score=float('nan'),
+               sec_per_clip_detokenize=0.01) for k in budgets]
+  info = dict(checkpoint='/ckpt/tok', step=6, num_clips=2, seed=0, devices=8,
+              guidance='cfg', platform='cpu', clip_shape=[17, 32, 32, 3],
+              features='I3D pool, 16 px', classifier='')
+  timing = {'tokenize': 0.01, 'detokenize_g1.0_s2': 0.02,
+            'i3d_features': 0.1, 'codec_decode': 0.01,
+            'compile_seconds': 1.0, 'wall_seconds': 2.0}
+  result = dict(info=info, rows=rows, timing=timing,
+                codec=dict(rfvd=1.0, psnr=30.0, ssim=0.9,
+                           class_score=float('nan')))
+  px = np.zeros((2, 17, 32, 32, 3), np.uint8)
+  return result, settings, budgets, {'rows': [px, px], (1.0, 2): [px, px]}
+
+
+class _NoWriter:
+  def __getattr__(self, name):
+    return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize('where', ['table', 'plot'])
+def test_kill_9_while_writing_the_sweep_leaves_no_partial_output(
+    tmp_path, monkeypatch, where):
+  """The job is SIGKILLed in the middle of writing sweep.csv's rows, or
+  with half of sweep.png written: every output is whole or absent, and the
+  previous sweep's files are untouched."""
+  result, settings, budgets, grid = _sweep_result()
+  (tmp_path / 'sweep.csv').write_text('old table\n')
+  (tmp_path / 'sweep.png').write_bytes(b'old plot')
+  if where == 'table':
+    real, rows = csv.DictWriter.writerow, []
+
+    def writerow(self, row):
+      rows.append(row)
+      if len(rows) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+      return real(self, row)
+    monkeypatch.setattr(csv.DictWriter, 'writerow', writerow)
+  else:
+    def plot(path, *args, **kwargs):
+      with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n half a plot')
+        f.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+    monkeypatch.setattr(budget_plot, 'plot_budget_curves', plot)
+  pid = os.fork()  # the child only writes files, then dies by SIGKILL
+  if pid == 0:
+    try:
+      eval_tokenizer._write(str(tmp_path), result, settings, budgets, grid,
+                            1, _NoWriter())
+    finally:
+      os._exit(1)  # pylint: disable=protected-access
+  deadline = time.time() + 120
+  while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+      break
+    if time.time() > deadline:
+      os.kill(pid, signal.SIGKILL)
+      pytest.fail('the writing child hung')
+    time.sleep(0.05)
+  assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+  assert (tmp_path / 'sweep.png').read_bytes() == b'old plot'
+  assert not list(tmp_path.glob('recon_*.png'))
+  if where == 'table':
+    assert (tmp_path / 'sweep.csv').read_text() == 'old table\n'
+    assert not (tmp_path / 'sweep.md').exists()
+    assert not (tmp_path / 'sweep.json').exists()
+  else:
+    with open(tmp_path / 'sweep.csv') as f:
+      assert [int(r['budget']) for r in csv.DictReader(f)] == budgets
+    assert (tmp_path / 'sweep.md').read_text() == eval_tokenizer.markdown(result)
+    assert json.loads((tmp_path / 'sweep.json').read_text())['info']['step'] == 6
 
 
 # ------------------------------------------------------------ class score ---

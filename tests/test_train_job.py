@@ -2,8 +2,11 @@
 
 Covers: the job writes checkpoints, metrics, the reconstruction picture and
 the PSNR table; a run preempted at step 3 and resumed reproduces the loss
-curve of an uninterrupted run exactly; Tokenizer.from_checkpoint loads it.
+curve of an uninterrupted run exactly; Tokenizer.from_checkpoint loads it;
+a truncated latest checkpoint resumes from the one before, with the same
+curve.
 """
+import shutil
 
 import jax
 import numpy as np
@@ -16,6 +19,7 @@ from vftok.jobs import train_tokenizer
 
 from testing_utils import Recorder
 from testing_utils import load_config
+from testing_utils import truncate_largest_file
 
 
 def e2e_config(data_root):
@@ -54,11 +58,19 @@ def losses(rec):
           if 'loss' in rec.scalars[s]]
 
 
-def test_preempt_and_resume_reproduces_the_loss_curve(data_root, tmp_path,
-                                                      monkeypatch):
-  c = e2e_config(data_root)
+@pytest.fixture(scope='module')
+def full_run(data_root, tmp_path_factory):
+  """An uninterrupted 6-step run -> (workdir, its Recorder)."""
+  out = tmp_path_factory.mktemp('full_run') / 'full'
   full = Recorder()
-  train_tokenizer.run(c, str(tmp_path / 'full'), writer=full)
+  train_tokenizer.run(e2e_config(data_root), str(out), writer=full)
+  return out, full
+
+
+def test_preempt_and_resume_reproduces_the_loss_curve(data_root, full_run,
+                                                      tmp_path, monkeypatch):
+  c = e2e_config(data_root)
+  out, full = full_run
   assert len(losses(full)) == 6
 
   # Preempted at step 3 (as on SIGTERM): checkpoint, exit, rerun resumes.
@@ -77,7 +89,6 @@ def test_preempt_and_resume_reproduces_the_loss_curve(data_root, tmp_path,
                              rtol=1e-6)
 
   # Outputs a researcher looks at.
-  out = tmp_path / 'full'
   assert (out / 'recon_6.png').exists() and (out / 'psnr_6.md').exists()
   table = (out / 'psnr_6.md').read_text()
   for k in (1, 2, 4):
@@ -109,3 +120,29 @@ def test_preempt_and_resume_reproduces_the_loss_curve(data_root, tmp_path,
   with pytest.raises(ValueError, match='init_from'):
     train_tokenizer.run(defaults.decoder_finetune(e2e_config(data_root)),
                         str(tmp_path / 'no_init'), writer=Recorder())
+
+
+def test_damaged_latest_checkpoint_resumes_from_the_previous(
+    data_root, full_run, tmp_path):
+  """A truncated file in step 6: the run moves it aside, resumes from step 3
+  and repeats the uninterrupted curve from there; from_checkpoint names the
+  damaged step and offers the other."""
+  out, full = full_run
+  work = tmp_path / 'work'
+  shutil.copytree(out, work)
+  truncate_largest_file(work / 'checkpoints' / '6')
+  again = Recorder()
+  train_tokenizer.run(e2e_config(data_root), str(work), writer=again)
+  assert min(again.scalars) == 4
+  np.testing.assert_allclose(losses(again), losses(full)[3:], rtol=1e-6)
+  assert (work / 'checkpoints' / 'damaged' / '6' / 'state').is_dir()
+  assert checkpoint.Checkpointer(str(work / 'checkpoints')).all_steps() == [3, 6]
+
+  truncate_largest_file(work / 'checkpoints' / '6')
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'step 6 .* does not restore: OUT_OF_RANGE.*other '
+                     r'steps: \[3\] \(pass step=.*step=3'):
+    vftok.Tokenizer.from_checkpoint(str(work))
+  assert (work / 'checkpoints' / '6').is_dir()  # a reader moves nothing
+  tok = vftok.Tokenizer.from_checkpoint(str(work), step=3)
+  assert tok.tokens_per_frame == 4

@@ -1,7 +1,9 @@
 """Helpers shared by the test files: config files loaded by path (as users'
-tools do) and a metric writer that records what a job logs."""
+tools do), a metric writer that records what a job logs, and faults."""
+import contextlib
 import importlib.util
 import os
+import subprocess
 
 from clu import metric_writers
 
@@ -28,3 +30,74 @@ class Recorder(metric_writers.LoggingWriter):
 
   def write_scalars(self, step, scalars):
     self.scalars.setdefault(step, {}).update(scalars)
+
+
+def truncate_largest_file(step_dir) -> str:
+  """Halves the largest array file of an Orbax step directory (a host that
+  died mid-write, a partial copy); -> its path. Restores read the merged
+  OCDBT data under state/d/."""
+  d = os.path.join(str(step_dir), 'state', 'd')
+  files = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
+  big = max(files, key=os.path.getsize)
+  with open(big, 'r+b') as f:
+    f.truncate(os.path.getsize(big) // 2)
+  return big
+
+
+def corrupt_middle(path: str, n: int = 16):
+  """Overwrites `n` bytes inside the records of a record file (a bad disk
+  sector, a partial copy); offsets that would hit the file's index (the
+  whole file unreadable, not a record) are put back and the next tried.
+  -> the indices of the records that no longer read."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  size = os.path.getsize(path)
+  for frac in range(2, 256):
+    offset = size // frac  # records may fill only the start of a padded file
+    with open(path, 'r+b') as f:
+      f.seek(offset)
+      original = f.read(n)
+      f.seek(offset)
+      f.write(b'\xa5' * n)
+    bad = []
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      for i in range(reader.num_records()):
+        try:
+          reader.read([i])
+        except Exception:  # pylint: disable=broad-except
+          bad.append(i)
+      reader.close()
+    except Exception:  # pylint: disable=broad-except
+      bad = []
+    if bad:
+      return bad
+    with open(path, 'r+b') as f:
+      f.seek(offset)
+      f.write(original)
+  raise AssertionError(f'found no record bytes to corrupt in {path}')
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path, size='2m'):
+  """Mounts a `size` tmpfs at `path` (a real ENOSPC once full); skips the
+  test where this process may not mount (needs root / CAP_SYS_ADMIN)."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs',
+                      str(path)], capture_output=True, check=False)
+  if r.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {r.stderr.decode().strip()}')
+  try:
+    yield path
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=False)
+
+
+def fill_disk(path):
+  """Writes zeros into the file `path` until its filesystem is full."""
+  with open(path, 'wb', buffering=0) as f:
+    try:
+      while True:
+        f.write(b'\0' * 4096)
+    except OSError:
+      pass

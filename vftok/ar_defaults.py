@@ -34,6 +34,8 @@ def ar_config(depth: int = 16) -> ml_collections.ConfigDict:
   d.shuffle_seed = 0
   d.worker_count = 0              # Grain multiprocessing workers
   d.prefetch_buffer = 2
+  d.skip_bad_records = False      # True: skip unreadable / invalid records
+  d.max_bad_record_fraction = 0.01  # ... and stop above this fraction
   # demo_tokens: the embedded demo set tokenized by `tokenizer.checkpoint`
   # on first use (jobs/tokenize_dataset.py), cached in `token_cache`.
   d.token_cache = ''              # '' : <workdir>/demo_tokens

@@ -9,10 +9,21 @@ partial checkpoint is never visible under a step name: a crash mid-save leaves
 only a tmp directory, which `latest_step` / `restore` never consider (and the
 next start deletes). Restore writes each array straight into the shardings of
 the abstract state it is given, so the mesh may differ from the one saved on.
+
+Faults (README "Fault tolerance"): a latest step that does not restore (a
+file truncated by a dying host or a partial copy) is moved to
+`<workdir>/damaged/<step>` (never deleted; Orbax ignores the name) and the
+next older step is tried; a save that fails (disk full, permissions) raises
+`CheckpointError` at the next step boundary, leaving the older steps as they
+were. `CheckpointError` is one line; vftok/main.py prints it without a
+traceback.
 """
+import logging as std_logging
+import os
+import re
 import signal
 import threading
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from absl import logging
 from etils import epath
@@ -30,6 +41,53 @@ except ImportError:  # pragma: no cover
   from grain.python import PyGrainCheckpointSave as GrainSave
 
 STATE, DATA = 'state', 'data'
+DAMAGED = 'damaged'  # <workdir>/damaged/<step>: steps that did not restore
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be written or read, said in one line."""
+
+
+def _strip_specs(text: str) -> str:
+  # TensorStore appends its whole JSON spec, [tensorstore_spec='{...}'].
+  return re.sub(r"\s*\[tensorstore_spec(\[\d+\])?='.*?'\]", '', text)
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+  """An exception as one short line: TensorStore errors carry their whole
+  JSON spec ([tensorstore_spec=...]) and nested driver prefixes."""
+  text = ' '.join(str(e).split('\n')[0].split()) or type(e).__name__
+  text = _strip_specs(text)
+  text = re.sub(r'\s*\[tensorstore_spec.*$', '', text)  # a cut-off spec
+  text = re.sub(r'(Error opening "\w+" driver: )+', '', text)
+  if isinstance(e, OSError) and not text.startswith('['):
+    text = f'{type(e).__name__}: {text}'
+  if len(text) <= limit:
+    return text
+  # The cause (e.g. 'No space left on device') ends the message.
+  return text[:limit // 2 - 3] + ' ... ' + text[-(limit // 2 - 2):]
+
+
+class _OrbaxOneLine(std_logging.Filter):
+  """Orbax logs a failed background save with a traceback per thread (one
+  disk-full save: ~100 lines); keep each record, with the exception in one
+  line, since CheckpointError reports the failure itself."""
+
+  def filter(self, record):
+    if 'orbax' not in (record.pathname or ''):
+      return True
+    if record.exc_info or 'tensorstore_spec' in str(record.msg):
+      msg = _strip_specs(record.getMessage())
+      if record.exc_info and record.exc_info[1] is not None:
+        exc = one_line(record.exc_info[1])
+        if exc[:80] not in msg:
+          msg = f'{msg}: {exc}'
+      record.msg, record.args, record.exc_info, record.exc_text = (
+          msg, (), None, None)
+    return True
+
+
+_ORBAX_FILTER = _OrbaxOneLine()
 
 
 def abstract_like(tree):
@@ -56,6 +114,10 @@ class Checkpointer:
     )
     self._mgr = ocp.CheckpointManager(self.directory, options=options,
                                       item_names=(STATE, DATA))
+    self._pending = None   # the step an async save is still writing
+    self._failed = None    # the CheckpointError of a failed save, once raised
+    if _ORBAX_FILTER not in logging.get_absl_logger().filters:
+      logging.get_absl_logger().addFilter(_ORBAX_FILTER)
 
   def maybe_save(self, step: int, state, data_iter=None,
                  force: bool = False) -> bool:
@@ -69,12 +131,41 @@ class Checkpointer:
         self.save_every > 0 and step % self.save_every == 0)
     if not due or step in self._mgr.all_steps():
       return False
+    self.wait()  # a failure of the previous save names that step
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iter is not None:
       items[DATA] = GrainSave(data_iter)
-    # force=True: the cadence is decided above, not by Orbax's interval.
-    self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
+    try:
+      # force=True: the cadence is decided above, not by Orbax's interval.
+      self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from None
+    self._pending = step
     return True
+
+  def check(self):
+    """Raises CheckpointError if a background save has failed; does not
+    wait for one still being written (call it every step)."""
+    if self._pending is not None and not self._mgr.is_saving_in_progress():
+      self.wait()
+
+  def _save_failed(self, step: int, e: BaseException) -> CheckpointError:
+    # Orbax wrote into <step>.orbax-checkpoint-tmp*: no step directory
+    # appears, and the next start removes the leftover.
+    self._pending = None
+    try:
+      if step is not None and (self.directory / str(step)).exists():
+        self._move_aside(step)  # renamed, then failed: not a valid step
+      self._mgr.reload()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the filesystem may refuse more; the error below says enough
+    kept = [s for s in self.all_steps() if s != step]
+    resume = (f'steps {kept} are intact; a restart resumes from step '
+              f'{kept[-1]}' if kept else 'no earlier checkpoint exists')
+    self._failed = CheckpointError(
+        f'saving checkpoint step {step} to {self.directory} failed: '
+        f'{one_line(e)}; training stopped ({resume})')
+    return self._failed
 
   def latest_step(self) -> Optional[int]:
     return self._mgr.latest_step()
@@ -90,11 +181,41 @@ class Checkpointer:
     (see `abstract_like`); arrays are read directly into those shardings.
     `data_iter` (a Grain iterator) is set in place to the saved position if
     the checkpoint has one.
+
+    step=None (resuming): a step that does not restore is logged in one
+    line, moved to <workdir>/damaged/<step>, and the next older one is
+    tried; CheckpointError if none restores. An explicit `step` that does
+    not restore raises CheckpointError naming it and the other steps.
     """
-    if step is None:
-      step = self.latest_step()
-    if step is None:
-      return None, 0
+    if step is not None:
+      try:
+        return self._restore_step(abstract_state, data_iter, int(step))
+      except Exception as e:  # pylint: disable=broad-except
+        others = [s for s in self.all_steps() if s != int(step)]
+        raise CheckpointError(
+            f'checkpoint step {step} in {self.directory} does not restore: '
+            f'{one_line(e)} (other steps: {others or "none"})') from None
+    initial = data_iter.get_state() if data_iter is not None else None
+    tried = []
+    for s in reversed(self.all_steps()):
+      try:
+        return self._restore_step(abstract_state, data_iter, s)
+      except Exception as e:  # pylint: disable=broad-except
+        if data_iter is not None:  # the data item may have been read
+          data_iter.set_state(initial)
+        moved = self._move_aside(s)
+        tried.append(s)
+        logging.error('checkpoint step %d in %s does not restore (%s); moved '
+                      'it to %s, trying the next older step', s,
+                      self.directory, one_line(e), moved)
+    if tried:
+      raise CheckpointError(
+          f'no checkpoint in {self.directory} restores: tried steps {tried} '
+          f'(moved to {self.directory / DAMAGED}); remove the workdir\'s '
+          'checkpoints to start over')
+    return None, 0
+
+  def _restore_step(self, abstract_state, data_iter, step: int):
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       if (self.directory / str(step) / DATA).exists():
@@ -105,15 +226,47 @@ class Checkpointer:
     restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE], int(step)
 
+  def _move_aside(self, step: int) -> str:
+    """<dir>/<step> -> <dir>/damaged/<step> (-1, -2, ... if taken): kept for
+    inspection, invisible to Orbax (not a step name)."""
+    src = os.path.join(str(self.directory), str(step))
+    dest = os.path.join(str(self.directory), DAMAGED, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      n = 0
+      while os.path.exists(dest if not n else f'{dest}-{n}'):
+        n += 1
+      dest = dest if not n else f'{dest}-{n}'
+      os.rename(src, dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'vftok_damaged_{step}')
+    self._mgr.reload()  # forget the step: a later save may write it anew
+    return dest
+
   def restore_latest(self, abstract_state, data_iter=None) -> Tuple[Any, int]:
     return self.restore(abstract_state, data_iter=data_iter)
 
   def wait(self):
-    """Blocks until pending async saves are committed."""
-    self._mgr.wait_until_finished()
+    """Blocks until pending async saves are committed; CheckpointError if
+    one failed."""
+    if self._failed is not None:
+      raise self._failed
+    try:
+      self._mgr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(self._pending, e) from None
+    self._pending = None
 
   def close(self):
-    self._mgr.wait_until_finished()
+    if self._failed is not None:
+      # Already reported; Orbax re-raises the same failure on close.
+      try:
+        self._mgr.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
+      return
+    self.wait()
     self._mgr.close()
 
 
@@ -130,11 +283,26 @@ def restore_params(directory: str, init_fn, mesh, step: Optional[int] = None
   abstract, _ = sharding.abstract_state(init_fn, jax.random.key(0), mesh)
   ckpt = Checkpointer(directory, async_save=False)
   try:
-    state, got = ckpt.restore(abstract, step=step)
+    steps = ckpt.all_steps()
+    if not steps:
+      raise ValueError(f'no checkpoint found in {directory}')
+    # A reader (Tokenizer.from_checkpoint, sampling, stage 2) never moves a
+    # checkpoint: the damaged step is named and the others offered.
+    want = steps[-1] if step is None else int(step)
+    if want not in steps:
+      raise CheckpointError(f'no checkpoint step {want} in {directory} '
+                            f'(steps: {steps})')
+    try:
+      state, got = ckpt._restore_step(abstract, None, want)  # pylint: disable=protected-access
+    except Exception as e:  # pylint: disable=broad-except
+      others = [s for s in steps if s != want]
+      raise CheckpointError(
+          f'checkpoint step {want} in {directory} does not restore: '
+          f'{one_line(e)}; other steps: {others or "none"}'
+          + (' (pass step=, e.g. Tokenizer.from_checkpoint(path, step='
+             f'{others[-1]}))' if others else '')) from None
   finally:
     ckpt.close()
-  if state is None:
-    raise ValueError(f'no checkpoint found in {directory}')
   return state.params, got
 
 

@@ -28,6 +28,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   c.data.normalize = 'none'
   c.data.worker_count = 0            # Grain multiprocessing workers (0: in-process)
   c.data.prefetch_buffer = 2
+  c.data.skip_bad_records = False    # True: skip unreadable / invalid records
+  c.data.max_bad_record_fraction = 0.01  # ... and stop above this fraction
 
   # ---- model (vftok/models/tokenizer.py) ---------------------------------
   m = c.model = ml_collections.ConfigDict()

@@ -37,8 +37,19 @@ def main(argv):
     raise app.UsageError(f'unknown job {config.job!r}; choose from {JOBS}')
   logging.info('JAX %s: %d processes, devices %s', jax.__version__,
                jax.process_count(), jax.devices())
-  job = importlib.import_module(f'vftok.jobs.{config.job}')
-  job.run(config, _WORKDIR.value)
+  run_job(importlib.import_module(f'vftok.jobs.{config.job}'), config,
+          _WORKDIR.value)
+
+
+def run_job(job, config, workdir: str):
+  """job.run(config, workdir); a fault of the disk or the data (not a bug)
+  exits with one FATAL line instead of a traceback."""
+  from vftok import checkpoint  # pylint: disable=g-import-not-at-top
+  from vftok.data import records  # pylint: disable=g-import-not-at-top
+  try:
+    return job.run(config, workdir)
+  except (checkpoint.CheckpointError, records.BadRecordError) as e:
+    sys.exit(f'FATAL {e}')
 
 
 def parse_flags(argv):

@@ -17,7 +17,17 @@ codec decodes latents to pixels.
 Token records (jobs/tokenize_dataset.py, for the AR model) are read the same
 way by `make_token_iterator`: `tokens` int32 [b, T, K], `label`, and on
 request `caption` (numpy str array).
+
+Bad records (`CheckedSource`): a training record that cannot be read (a
+corrupt ArrayRecord chunk) or fails the schema check raises
+records.BadRecordError naming its file and index. With
+`data.skip_bad_records=True` it is replaced by the next readable record in
+file order, so batches keep their size and the iterator state its meaning
+(a resumed run lands on the same batch either way); every batch then
+carries `bad_records` int32 [b] (1 = replaced), which `BadRecordCounter`
+takes out, counts, and stops on above `data.max_bad_record_fraction`.
 """
+import bisect
 import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -117,16 +127,147 @@ def resolve_saved(data_config, **overrides) -> Data:
   return resolve(ml_collections.ConfigDict(fields))
 
 
+class CheckedSource:
+  """ArrayRecord files -> validated example dicts (a Grain data source).
+
+  `validate(example)` raises ValueError on a schema violation. skip=True:
+  a bad record is logged and replaced by the next readable one in file
+  order, and every example carries `bad_records` (1 if replaced, else 0).
+  """
+
+  # Replacement search stops after this many consecutive bad records: a
+  # longer run means a damaged file, which is an error in any mode.
+  MAX_SCAN = 1000
+
+  def __init__(self, paths: Sequence[str], validate, skip: bool = False):
+    self.paths, self.validate, self.skip = list(paths), validate, skip
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self.paths)
+    except Exception as e:  # pylint: disable=broad-except
+      # A damaged footer or block header: the whole file is unreadable, and
+      # ArrayRecord's message does not say which file.
+      for p in self.paths:
+        try:
+          grain.sources.ArrayRecordDataSource([p])
+        except Exception as ef:  # pylint: disable=broad-except
+          raise records.BadRecordError(
+              f'{p}: the record file cannot be opened ({_one_line(ef)})'
+          ) from None
+      raise
+    self._starts = None  # first global index of each file (on error only)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def where(self, index: int) -> str:
+    """'<file>: record <i>' of a global index."""
+    if self._starts is None:
+      starts, n = [], 0
+      for p in self.paths:
+        starts.append(n)
+        n += len(grain.sources.ArrayRecordDataSource([p]))
+      self._starts = starts
+    f = bisect.bisect_right(self._starts, index) - 1
+    return f'{self.paths[f]}: record {index - self._starts[f]}'
+
+  def _read(self, index: int) -> Dict[str, Any]:
+    ex = records.deserialize(self._source[index])
+    self.validate(ex)
+    return ex
+
+  def __getitem__(self, index: int) -> Dict[str, Any]:
+    try:
+      ex = self._read(index)
+    except Exception as e:  # pylint: disable=broad-except
+      problem = f'{self.where(index)} is bad: {_one_line(e)}'
+      if not self.skip:
+        raise records.BadRecordError(
+            problem + ' (data.skip_bad_records=True skips such records)'
+        ) from None
+      logging.warning('skipping %s', problem)
+      ex = self._replacement(index)
+      ex['bad_records'] = np.int32(1)
+      return ex
+    if self.skip:
+      ex['bad_records'] = np.int32(0)
+    return ex
+
+  def _replacement(self, index: int) -> Dict[str, Any]:
+    n = len(self)
+    for k in range(1, min(n, self.MAX_SCAN)):
+      try:
+        return self._read((index + k) % n)
+      except Exception:  # pylint: disable=broad-except
+        continue
+    raise records.BadRecordError(
+        f'{self.where(index)} and the {min(n, self.MAX_SCAN) - 1} records '
+        'after it are all bad: the file is damaged beyond skipping')
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  text = ' '.join(str(e).split()) or type(e).__name__
+  text = f'{type(e).__name__}: {text}'
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+class BadRecordCounter:
+  """Takes the `bad_records` field out of host batches (skip mode), counts
+  it, and raises BadRecordError when more than `data.max_bad_record_fraction`
+  of the records read are bad (measured against at least one epoch of this
+  process's records, so one bad record early on does not trip it).
+
+  Counts start at zero on each (re)start.
+  """
+
+  def __init__(self, data_config, num_records: int, process_count: int = 1):
+    self.skip = bool(data_config.get('skip_bad_records', False))
+    self.max_fraction = float(data_config.get('max_bad_record_fraction', 0.01))
+    self.epoch = max(1, num_records // max(1, process_count))
+    self.bad = self.read = 0
+
+  def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    bad = batch.pop('bad_records', None)
+    if bad is None:
+      return batch
+    bad = np.asarray(bad)
+    self.read += bad.size
+    new = int(bad.sum())
+    self.bad += new
+    if new:
+      logging.warning('%d bad record(s) skipped in this batch; %d of %d read '
+                      'so far', new, self.bad, self.read)
+    if self.bad > self.max_fraction * max(self.read, self.epoch):
+      raise records.BadRecordError(
+          f'{self.bad} of the {self.read} training records read are bad, '
+          f'more than data.max_bad_record_fraction={self.max_fraction:g} '
+          f'(of at least one epoch, {self.epoch} records): stopping; the log '
+          'names each bad record')
+    return batch
+
+  def metrics(self) -> Dict[str, float]:
+    return {'data/bad_records': float(self.bad)} if self.skip else {}
+
+
+def bad_record_counter(data_config, pattern, process_count: int = 1
+                       ) -> BadRecordCounter:
+  """The trainers' BadRecordCounter for the records matching `pattern`."""
+  n = 0
+  if data_config.get('skip_bad_records', False):
+    n = len(grain.sources.ArrayRecordDataSource(records.expand(pattern)))
+  return BadRecordCounter(data_config, n, process_count)
+
+
 class Prepare(grain.transforms.Map):
-  """Record bytes -> dict of the wanted fields, latents normalised."""
+  """Record bytes (or a deserialized example) -> dict of the wanted fields,
+  latents normalised."""
 
   def __init__(self, fields: Sequence[str], mean=None, std=None):
     self.fields = tuple(fields)
     self.mean = None if mean is None else np.asarray(mean, np.float32)
     self.std = None if std is None else np.asarray(std, np.float32)
 
-  def map(self, element: bytes) -> Dict[str, np.ndarray]:
-    ex = records.deserialize(element)
+  def map(self, element) -> Dict[str, np.ndarray]:
+    ex = element if isinstance(element, dict) else records.deserialize(element)
     out = {}
     for k in self.fields:
       if k not in ex:
@@ -153,6 +294,8 @@ class Prepare(grain.transforms.Map):
                          'records carry no frames')
       # Latent frame t of the causal VAE <-> pixel frame 4 t.
       out['repa_frames'] = np.ascontiguousarray(ex['frames'][::4])
+    if 'bad_records' in ex:
+      out['bad_records'] = ex['bad_records']
     return out
 
 
@@ -179,7 +322,7 @@ def make_train_iterator(data_config, data: Optional[Data] = None, *,
   fields = TRAIN_FIELDS + (('repa_frames',) if key_frames else ())
   return _shuffled_batches(records.expand(data.train_pattern), data_config,
                            Prepare(fields, mean, std), process_index,
-                           process_count)
+                           process_count, _validate_latent_record)
 
 
 def make_token_iterator(data_config, pattern: str = '', *,
@@ -198,17 +341,23 @@ def make_token_iterator(data_config, pattern: str = '', *,
   if not paths:
     raise ValueError(f'token record pattern {pattern!r} matches no files')
   return _shuffled_batches(paths, data_config, Prepare(fields), process_index,
-                           process_count)
+                           process_count, records.validate_token_example)
+
+
+def _validate_latent_record(ex):
+  # Any channel count: the model config, not the record, decides it.
+  records.validate_example(ex, channels=None)
 
 
 def _shuffled_batches(paths, data_config, prepare, process_index,
-                      process_count) -> grain.DatasetIterator:
+                      process_count, validate) -> grain.DatasetIterator:
   """source -> shuffle -> repeat -> process slice -> prepare -> batch."""
   gbs = data_config.global_batch_size
   if gbs % process_count:
     raise ValueError(f'global_batch_size={gbs} is not divisible by '
                      f'{process_count} processes')
-  source = grain.sources.ArrayRecordDataSource(paths)
+  source = CheckedSource(paths, validate,
+                         skip=bool(data_config.get('skip_bad_records', False)))
   ds = grain.MapDataset.source(source)
   ds = ds.shuffle(seed=data_config.shuffle_seed).repeat()
   ds = ds[process_index::process_count]

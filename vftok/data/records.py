@@ -58,6 +58,11 @@ _DTYPES = {'latents': ('float16', 'float32'), 'frames': ('uint8',),
 WRITER_OPTIONS = 'group_size:1'
 
 
+class BadRecordError(ValueError):
+  """A record that cannot be read or fails validation, said in one line
+  naming its file and index (vftok/main.py prints it without a traceback)."""
+
+
 def serialize(example: Dict[str, Any]) -> bytes:
   """Example dict (see module docstring) -> record bytes."""
   unknown = set(example) - set(SCALARS) - set(ARRAYS)

@@ -15,6 +15,7 @@ from PIL import ImageDraw
 from vftok import api
 from vftok.data import codecs
 from vftok.data import pipeline
+from vftok.data import records
 from vftok.evals import pixels
 from vftok.models import tokenizer as tokenizer_lib
 
@@ -69,9 +70,14 @@ class Evaluator:
     self.writer.write_scalars(step, {f'eval/psnr_{n}': v for n, v in table.items()})
     grid = make_grid(rows, labels)
     self.writer.write_images(step, {'eval/reconstructions': grid[None]})
-    Image.fromarray(grid).save(os.path.join(self.workdir, f'recon_{step}.png'))
-    with open(os.path.join(self.workdir, f'psnr_{step}.md'), 'w') as f:
-      f.write(text + '\n')
+    # Atomic (temp + rename): a run killed here leaves no half-written file.
+    with records.atomic_path(
+        os.path.join(self.workdir, f'recon_{step}.png')) as tmp:
+      Image.fromarray(grid).save(tmp, format='PNG')
+    with records.atomic_path(
+        os.path.join(self.workdir, f'psnr_{step}.md')) as tmp:
+      with open(tmp, 'w') as f:
+        f.write(text + '\n')
 
 
 def make_grid(rows, labels=None, clips: int = 2, frames_per_clip: int = 5,

@@ -277,23 +277,32 @@ def plot(path: str, result):
 
 
 def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
-  with open(os.path.join(workdir, 'sweep.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=COLUMNS)
-    w.writeheader()
-    for r in result['rows']:
-      w.writerow({c: r[c] for c in COLUMNS})
+  # Each file through records.atomic_path (temp + rename): a job killed
+  # mid-write (kill -9, preemption) leaves a file whole or absent (an older
+  # one untouched), never half a table or plot.
+  with records.atomic_path(os.path.join(workdir, 'sweep.csv')) as tmp:
+    with open(tmp, 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=COLUMNS)
+      w.writeheader()
+      for r in result['rows']:
+        w.writerow({c: r[c] for c in COLUMNS})
   text = markdown(result)
-  with open(os.path.join(workdir, 'sweep.md'), 'w') as f:
-    f.write(text)
-  with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
-    json.dump(records.jsonable(result), f, indent=2)
-  plot(os.path.join(workdir, 'sweep.png'), result)
+  with records.atomic_path(os.path.join(workdir, 'sweep.md')) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
+  with records.atomic_path(os.path.join(workdir, 'sweep.json')) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(records.jsonable(result), f, indent=2)
+  with records.atomic_path(os.path.join(workdir, 'sweep.png')) as tmp:
+    plot(tmp, result)
   labels = ['original', 'codec'] + [f'{k} tok' for k in budgets]
   images = {}
   for g, s in settings:
     img = reconstruction.make_grid(grid['rows'] + grid[(g, s)], labels,
                                    clips=grid_clips)
-    Image.fromarray(img).save(os.path.join(workdir, f'recon_g{g:g}_s{s}.png'))
+    with records.atomic_path(
+        os.path.join(workdir, f'recon_g{g:g}_s{s}.png')) as tmp:
+      Image.fromarray(img).save(tmp, format='PNG')
     images[f'recon/guidance{g:g}_steps{s}'] = img[None]
   print('\n' + text, flush=True)
 

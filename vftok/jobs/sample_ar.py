@@ -120,8 +120,9 @@ def run(config, workdir: str, writer=None) -> Dict:
   paths = ar_render.write_outputs(workdir, prefix, conditions, pixels,
                                   fps=config.fps,
                                   formats=tuple(config.formats))
-  np.savez(os.path.join(workdir, f'{prefix}.npz'),
-           **{f'n{n}': t for n, t in tokens.items()})
+  with records.atomic_path(os.path.join(workdir, f'{prefix}.npz')) as tmp:
+    with open(tmp, 'wb') as f:  # a file object: savez adds no suffix
+      np.savez(f, **{f'n{n}': t for n, t in tokens.items()})
   report = dict(
       ar_workdir=config.ar_workdir, ar_step=step, tokenizer_workdir=tok_dir,
       conditions=[c.__dict__ for c in conditions], budgets=budgets,

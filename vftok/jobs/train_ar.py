@@ -28,7 +28,6 @@ import time
 
 from absl import logging
 from clu import periodic_actions
-import grain
 import jax
 import ml_collections
 import numpy as np
@@ -68,6 +67,8 @@ def run(config, workdir: str, writer=None):
   train_iter = pipeline.make_token_iterator(
       config.data, pattern, fields=fields, process_index=jax.process_index(),
       process_count=jax.process_count())
+  bad_records = pipeline.bad_record_counter(config.data, pattern,
+                                            jax.process_count())
   batch_sharding = sharding.batch_sharding(mesh)
   encoder = ar_train_state.load_text_encoder(config)
   embed = (ar_train_state.CaptionEmbedder(encoder, config.text.max_length,
@@ -119,7 +120,8 @@ def run(config, workdir: str, writer=None):
   t_last, step_last = time.time(), step
   try:
     while step < total:
-      batch = host_batch(next(train_iter), mc, budget, embed)
+      ckpt.check()  # a failed background save stops training here
+      batch = host_batch(bad_records(next(train_iter)), mc, budget, embed)
       state, metrics = train_step(
           state, pipeline.global_batch(batch, batch_sharding), step_rng)
       step += 1
@@ -129,6 +131,7 @@ def run(config, workdir: str, writer=None):
         dt = time.time() - t_last
         metrics['steps_per_sec'] = (step - step_last) / dt
         metrics['tokens_per_sec'] = metrics['steps_per_sec'] * tokens_per_step
+        metrics.update(bad_records.metrics())
         writer.write_scalars(step, metrics)
         t_last, step_last = time.time(), step
         if not np.isfinite(metrics['loss']):
@@ -145,10 +148,10 @@ def run(config, workdir: str, writer=None):
         with report.timed('eval'):
           sampler.run(step, state.params)
         t_last = time.time()  # sampling time is not training throughput
+    ckpt.wait()
   finally:
     guard.close()
-    ckpt.wait()
-    ckpt.close()
+    ckpt.close()  # quiet after a failed save (already raised)
     writer.flush()
   return state
 
@@ -205,8 +208,11 @@ def load_tokenizer(config):
 
 def _check_records(config, mc: ar.ARConfig, pattern: str):
   """-> (T, n): latent frames and tokens per frame trained on."""
-  source = grain.sources.ArrayRecordDataSource(records.expand(pattern))
-  first = records.deserialize(source[0])
+  # Checked: a damaged first record is named (or skipped) like any other.
+  source = pipeline.CheckedSource(
+      records.expand(pattern), records.validate_token_example,
+      skip=bool(config.data.get('skip_bad_records', False)))
+  first = source[0]
   t, k = np.asarray(first['tokens']).shape
   n = int(config.data.tokens_per_frame) or k
   if not 1 <= n <= k:
@@ -313,8 +319,10 @@ class Sampler:
                  step, {k: round(v, 1) for k, v in scalars.items()})
     if jax.process_index() != 0:
       return scalars
-    np.savez(os.path.join(self.workdir, f'samples_{step}.npz'),
-             **{f'n{n}': t for n, t in tokens.items()})
+    with records.atomic_path(
+        os.path.join(self.workdir, f'samples_{step}.npz')) as tmp:
+      with open(tmp, 'wb') as f:  # a file object: savez adds no suffix
+        np.savez(f, **{f'n{n}': t for n, t in tokens.items()})
     decoder = self._decoder()
     if decoder is not None:
       pixels = ar_render.decode_all(decoder, tokens)

@@ -106,7 +106,8 @@ def run(config, workdir: str) -> Dict[str, float]:
       f'{names}; chance accuracy {1 / len(names):.3f}.', ''] + lines + [
           '', f'I3D: {extract.seconds_per_clip:.3f} s per clip; saved '
           f'{path}']) + '\n'
-  with open(os.path.join(workdir, 'classifier.md'), 'w') as fh:
-    fh.write(text)
+  with records.atomic_path(os.path.join(workdir, 'classifier.md')) as tmp:
+    with open(tmp, 'w') as fh:
+      fh.write(text)
   print('\n' + text, flush=True)
   return results

@@ -47,6 +47,8 @@ def run(config, workdir: str, writer=None):
       config.data, data, process_index=jax.process_index(),
       process_count=jax.process_count(),
       key_frames=features.needs_frames(config.model))
+  bad_records = pipeline.bad_record_counter(config.data, data.train_pattern,
+                                            jax.process_count())
   batch_sharding = sharding.batch_sharding(mesh)
 
   # ---- model -----------------------------------------------------------------
@@ -92,10 +94,10 @@ def run(config, workdir: str, writer=None):
     state = state.replace(params=train_state.init_params_from(
         config.train.init_from, state.params, mesh))
     logging.info('params initialised from %s', config.train.init_from)
-  guard = checkpoint.PreemptionGuard()
 
   # ---- evals -----------------------------------------------------------------
   evaluator = reconstruction.Evaluator(config, data, workdir, writer)
+  guard = checkpoint.PreemptionGuard()
 
   # ---- loop ------------------------------------------------------------------
   total = config.train.total_steps
@@ -103,32 +105,38 @@ def run(config, workdir: str, writer=None):
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   step = start
   t_last, step_last = time.time(), step
-  while step < total:
-    batch = pipeline.global_batch(next(train_iter), batch_sharding)
-    state, metrics = train_step(state, batch, step_rng, teacher_params)
-    step += 1
-    report(step)
-    if step % config.train.log_every == 0 or step == total:
-      metrics = jax.device_get(metrics)
-      dt = time.time() - t_last
-      metrics['steps_per_sec'] = (step - step_last) / dt
-      metrics['latent_frames_per_sec'] = metrics['steps_per_sec'] * latent_frames_per_step
-      writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
-      t_last, step_last = time.time(), step
-      if not np.isfinite(metrics['loss']):
-        raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}')
-    stop = guard.should_stop(step)
-    ckpt.maybe_save(step, state, data_iter=train_iter,
-                    force=stop or step == total)
-    if stop:
-      logging.warning('preempted: checkpoint written at step %d, exiting', step)
-      break
-    if step % config.train.eval_every == 0 or step == total:
-      with report.timed('eval'):
-        evaluator.run(step, state.params)
-  ckpt.wait()
-  ckpt.close()
-  writer.flush()
+  try:
+    while step < total:
+      ckpt.check()  # a failed background save stops training here
+      host = bad_records(next(train_iter))
+      batch = pipeline.global_batch(host, batch_sharding)
+      state, metrics = train_step(state, batch, step_rng, teacher_params)
+      step += 1
+      report(step)
+      if step % config.train.log_every == 0 or step == total:
+        metrics = jax.device_get(metrics)
+        dt = time.time() - t_last
+        metrics['steps_per_sec'] = (step - step_last) / dt
+        metrics['latent_frames_per_sec'] = metrics['steps_per_sec'] * latent_frames_per_step
+        metrics.update(bad_records.metrics())
+        writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+        t_last, step_last = time.time(), step
+        if not np.isfinite(metrics['loss']):
+          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}')
+      stop = guard.should_stop(step)
+      ckpt.maybe_save(step, state, data_iter=train_iter,
+                      force=stop or step == total)
+      if stop:
+        logging.warning('preempted: checkpoint written at step %d, exiting', step)
+        break
+      if step % config.train.eval_every == 0 or step == total:
+        with report.timed('eval'):
+          evaluator.run(step, state.params)
+    ckpt.wait()
+  finally:
+    guard.close()
+    ckpt.close()  # quiet after a failed save (already raised)
+    writer.flush()
   return state
 
 
