@@ -4,8 +4,17 @@ Config fields can be overridden on the command line (`--config.train.total_steps
 unknown keys are rejected. The job is picked by `config.job`.
 """
 import importlib
+import logging as std_logging
+import os
 import re
 import sys
+
+# TensorFlow (imported by CLU's writers, which only use it to write event
+# files) logs from C++ at import; keep its INFO lines (the oneDNN note) off
+# the console unless --log_libraries.
+if '--log_libraries' not in sys.argv:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app
 from absl import flags
@@ -20,7 +29,29 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics '
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() first (TPU pods, '
     'SLURM, multi-node GPU): one process per host.')
+_LOG_LIBRARIES = flags.DEFINE_bool(
+    'log_libraries', False, "Also show the INFO logs of libraries (Orbax's "
+    "checkpoint internals, JAX's backend probing, CLU's metric lines); off: "
+    'only vftok\'s own progress lines and every library warning.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _OwnInfoOnly(std_logging.Filter):
+  """Drops library records below WARNING: the console then shows vftok's
+  progress lines, not Orbax's per-save INFO lines or 'Unable to initialize
+  backend tpu' on a CPU host. Files under vftok/ always pass."""
+
+  _ROOT = os.path.dirname(os.path.abspath(__file__))
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING or
+            os.path.abspath(record.pathname).startswith(self._ROOT))
+
+
+def quiet_libraries():
+  std_logging.getLogger().addFilter(_OwnInfoOnly())
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(_OwnInfoOnly())
 
 JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
         'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar',
@@ -30,6 +61,8 @@ JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _LOG_LIBRARIES.value:
+    quiet_libraries()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   config = _CONFIG.value

@@ -95,6 +95,7 @@ def ensure_demo_dataset(root: str = '', num_frames: int = 17,
     shutil.rmtree(tmp, ignore_errors=True)
     try:
       t0 = time.time()
+      logging.info('building the demo set (first use, about a minute): %s', root)
       _build(tmp, build)
       logging.info('demo set built in %.1fs: %s', time.time() - t0, root)
       try:
@@ -238,6 +239,7 @@ def _build(out: str, build: Dict[str, Any]):
   os.makedirs(out)
   videos, sources, train, evals = [], [], [], []
   for v, (name, file, caption) in enumerate(VIDEOS):
+    logging.info('demo set: decoding video %d/%d (%s)', v + 1, len(VIDEOS), name)
     frames, fps = decode_video(os.path.join(video_dir(), file), 2 * r)
     split, n = _splits(len(frames), f)
     videos.append(frames)
@@ -250,6 +252,7 @@ def _build(out: str, build: Dict[str, Any]):
   # Shuffled once so shards mix videos and the codec fits on a fair sample.
   train = [train[i] for i in rng.permutation(len(train))]
 
+  logging.info('demo set: fitting the latent codec on %d clips', len(train))
   codec = codecs.PatchPCACodec().fit(_batches(videos, train, f, r))
   codec.save(os.path.join(out, CODEC_FILE))
 
@@ -257,11 +260,13 @@ def _build(out: str, build: Dict[str, Any]):
   teacher = repa_teacher_fn(build['repa_teacher'])
   feats, repa_stats = None, {}
   if teacher is not None:
+    logging.info('demo set: REPA teacher features (%s)', build['repa_teacher'])
     feats, mean, std = standardized_teacher_features(teacher, videos, train, f, r)
     repa_stats = dict(repa_feature_mean=mean, repa_feature_std=std)
   per = build['clips_per_shard']
   shards = -(-len(train) // per)
   for s in range(shards):
+    logging.info('demo set: encoding training shard %d/%d', s + 1, shards)
     records.write_records(
         os.path.join(out, f'train-{s:05d}-of-{shards:05d}.array_record'),
         _examples(videos, train[s * per:(s + 1) * per], codec, f, r,

@@ -104,6 +104,8 @@ def run(config, workdir: str, writer=None):
   latent_frames_per_step = config.data.global_batch_size * config.model.latent_frames
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   step = start
+  if step >= total:
+    _report_finished(workdir, step, total)
   t_last, step_last = time.time(), step
   try:
     while step < total:
@@ -120,6 +122,7 @@ def run(config, workdir: str, writer=None):
         metrics['latent_frames_per_sec'] = metrics['steps_per_sec'] * latent_frames_per_step
         metrics.update(bad_records.metrics())
         writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+        _log_progress(step, total, metrics)
         t_last, step_last = time.time(), step
         if not np.isfinite(metrics['loss']):
           raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}')
@@ -132,12 +135,37 @@ def run(config, workdir: str, writer=None):
       if step % config.train.eval_every == 0 or step == total:
         with report.timed('eval'):
           evaluator.run(step, state.params)
+        # steps/s measures training: the evaluation's time is not in it.
+        t_last = time.time()
     ckpt.wait()
+    if step == total and step > start:
+      logging.info('done: %d steps; workdir %s', step, workdir)
   finally:
     guard.close()
     ckpt.close()  # quiet after a failed save (already raised)
     writer.flush()
   return state
+
+
+def _log_progress(step, total, metrics):
+  """One console line per log_every: step, losses, speed and ETA."""
+  rate = float(metrics['steps_per_sec'])
+  eta = (total - step) / rate if rate > 0 else 0.0
+  losses = '  '.join(f'{k[len("loss_"):]} {float(v):.4f}'
+                     for k, v in sorted(metrics.items()) if k.startswith('loss_'))
+  logging.info('step %d/%d  loss %.4f (%s)  %.2f steps/s  ETA %dm%02ds', step,
+               total, float(metrics['loss']), losses, rate, eta // 60, eta % 60)
+
+
+def _report_finished(workdir, step, total):
+  """A re-run of a finished run: say so and show its last table."""
+  logging.info('already trained: the workdir is at step %d of '
+               'config.train.total_steps=%d (raise it to train on)', step, total)
+  table = os.path.join(workdir, f'psnr_{step}.md')
+  if os.path.exists(table):
+    with open(table) as f:
+      print(f'\nReconstruction PSNR at step {step} ({table}):\n{f.read()}',
+            flush=True)
 
 
 def _log_param_counts(params, writer):
