@@ -146,3 +146,22 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous(
   assert (work / 'checkpoints' / '6').is_dir()  # a reader moves nothing
   tok = vftok.Tokenizer.from_checkpoint(str(work), step=3)
   assert tok.tokens_per_frame == 4
+
+
+def test_readme_tokenizer_example_runs_as_written(full_run, tmp_path):
+  """The README's 'Using the tokenizer' block, on this run's workdir."""
+  import os
+  import re
+  from PIL import Image
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, 'README.md')) as f:
+    code = re.search(r'<!-- readme-example -->\n```python\n(.*?)```', f.read(),
+                     re.S).group(1)
+  out, _ = full_run
+  png = tmp_path / 'tokens.png'
+  code = code.replace("'/tmp/vftok_demo'", repr(str(out)))
+  code = code.replace("'/tmp/vftok_tokens.png'", repr(str(png)))
+  exec(compile(code, 'README.md', 'exec'), {})  # pylint: disable=exec-used
+  img = np.asarray(Image.open(png))
+  assert img.shape == (32, 3 * 32, 3)           # original | 1 | all tokens
+  assert img[:, 32:].std() > 0
