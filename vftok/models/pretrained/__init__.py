@@ -1,0 +1,1 @@
+"""Frozen pretrained networks ported to JAX (weights read offline)."""
