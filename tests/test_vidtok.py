@@ -193,3 +193,13 @@ def test_input_errors(vae, ref):
   a, b = vae.encode(video, rng=3), vae.encode(video, rng=jax.random.key(3))
   np.testing.assert_array_equal(a, b)
   assert 0 < max_abs(a, ref['t1_mean']) < 10
+
+
+def test_native_and_per_frame_conv3d_agree(vae, ref):
+  # 'native' (one 3-D conv: GPU/TPU default) and 'per_frame' (CPU default)
+  # are the same arithmetic.
+  native = vae.replace(conv3d='native')
+  assert native.cfg.conv3d == 'native' and not native.cfg.per_frame_conv3d
+  assert max_abs(native.decode(ref['t1_mean']), ref['t1_decoded_mean']) < TOL
+  with pytest.raises(ValueError, match='conv3d'):
+    vae.replace(conv3d='fft').decode(ref['t1_mean'])

@@ -23,6 +23,7 @@ is given. Decoded video is the raw decoder output (not clamped).
 
 encode / moments / decode are jitted: one compiled program per input shape.
 """
+import dataclasses
 import functools
 from typing import Optional, Tuple
 
@@ -65,23 +66,29 @@ class VidTok:
   """Frozen VidTok VAE: `params` (a plain pytree of arrays mirroring the
   PyTorch state dict) and its `cfg`; see the module docstring."""
 
-  def __init__(self, params, cfg: VidTokConfig):
+  def __init__(self, params, cfg: VidTokConfig, device=None):
+    """`device`: a Device or Sharding for the parameters (e.g. replicated
+    over a mesh); default: the default device."""
     self.cfg = cfg
-    self.params = jax.device_put(params)
+    self.params = jax.device_put(params, device)
 
   # ---- construction -------------------------------------------------------
 
   @classmethod
-  def load(cls, path: str, dtype: str = 'float32',
-           precision: str = 'highest') -> 'VidTok':
+  def load(cls, path: str, device=None, **runtime) -> 'VidTok':
     """From a release VideoFlexTok / VidTok safetensors or VidTok .ckpt
-    (vidtok_weights.py); sizes are read from the tensors. `dtype`:
-    activation dtype ('bfloat16' halves memory; the release runs under bf16
-    autocast on GPU), `precision`: 'highest' (float32 parity) or 'default'.
-    Raises CheckpointError (a ValueError) naming the file and tensor."""
-    cfg, params = vidtok_weights.load_params(path, dtype=dtype,
-                                             precision=precision)
-    return cls(params, cfg)
+    (vidtok_weights.py); sizes are read from the tensors. `runtime`:
+    VidTokConfig's dtype ('bfloat16' activations halve memory; the release
+    runs under bf16 autocast on GPU), precision ('highest': float32 parity;
+    'default') and conv3d. Raises CheckpointError (a ValueError) naming the
+    file and the tensor."""
+    cfg, params = vidtok_weights.load_params(path, **runtime)
+    return cls(params, cfg, device)
+
+  def replace(self, device=None, **runtime) -> 'VidTok':
+    """The same weights with other runtime settings / placement."""
+    return VidTok(self.params, dataclasses.replace(self.cfg, **runtime),
+                  device)
 
   @classmethod
   def from_state_dict(cls, state_dict, path: str = 'state dict',

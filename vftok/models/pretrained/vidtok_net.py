@@ -55,6 +55,8 @@ class VidTokConfig:
   # on TPU/GPU too; 'default' lets them use bf16/TF32 passes).
   dtype: str = 'float32'
   precision: str = 'highest'
+  # How 3x3x3 convs run: 'native' | 'per_frame' | 'auto' (per_frame on CPU).
+  conv3d: str = 'auto'
 
   @property
   def levels(self) -> int:
@@ -89,6 +91,15 @@ class VidTokConfig:
     return jnp.dtype(self.dtype)
 
   @property
+  def per_frame_conv3d(self) -> bool:
+    if self.conv3d not in ('auto', 'native', 'per_frame'):
+      raise ValueError(f"conv3d={self.conv3d!r}: 'auto', 'native' or "
+                       "'per_frame'")
+    if self.conv3d == 'auto':
+      return jax.default_backend() == 'cpu'
+    return self.conv3d == 'per_frame'
+
+  @property
   def lax_precision(self):
     return lax.Precision.HIGHEST if self.precision == 'highest' else None
 
@@ -107,7 +118,7 @@ def silu(x):
 
 
 def _bias(x, b):
-  return x + b.astype(x.dtype)
+  return x if b is None else x + b.astype(x.dtype)
 
 
 def conv2d(x, kernel, bias, cfg, stride=1, padding=((1, 1), (1, 1))):
@@ -128,14 +139,31 @@ def pointwise(x, kernel, bias, cfg):
 
 
 def causal_conv3d(x, kernel, bias, cfg, time_stride=1):
-  """CausalConv3d(k=3): kt - stride zero frames in front, 1 pixel around."""
+  """CausalConv3d(k): kt - stride zero frames in front, (k-1)/2 pixels
+  around; kernel [kt, kh, kw, I, O]. Two equivalent computations
+  (`cfg.conv3d`): one 3-D conv ('native', the lean one on GPU/TPU), or the
+  sum over kernel frames i of a per-frame 2-D conv of input frames i,
+  i + stride, ... ('per_frame': XLA:CPU runs 2-D convs ~2.5x faster than 3-D
+  ones, at the price of temporaries ~1.9x larger).
+  """
   kt, kh, kw = kernel.shape[:3]
   pad_t = kt - time_stride
-  y = lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), (time_stride, 1, 1),
-      ((pad_t, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
-      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
-      precision=cfg.lax_precision)
+  k = kernel.astype(x.dtype)
+  if not cfg.per_frame_conv3d:
+    y = lax.conv_general_dilated(
+        x, k, (time_stride, 1, 1),
+        ((pad_t, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+        precision=cfg.lax_precision)
+    return _bias(y, bias)
+  n = (x.shape[1] + pad_t - kt) // time_stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad_t, 0), (0, 0), (0, 0), (0, 0)))
+  y = None
+  for i in range(kt):
+    frames = xp[:, i:i + time_stride * (n - 1) + 1:time_stride]
+    yi = conv2d(frames, k[i], None, cfg,
+                padding=((kh // 2, kh // 2), (kw // 2, kw // 2)))
+    y = yi if y is None else y + yi
   return _bias(y, bias)
 
 
