@@ -58,8 +58,17 @@ def _decode(cfg, params, latents):
   return video.astype(jnp.float32)
 
 
+def _tracer_type():
+  tracer = getattr(getattr(jax, 'core', None), 'Tracer', None)
+  if tracer is None:  # pragma: no cover - if jax.core stops exporting it
+    from jax._src import core  # pylint: disable=g-import-not-at-top
+    tracer = core.Tracer
+  return tracer
+
+
 def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
+  """False inside a caller's jit / vmap: then values cannot be checked."""
+  return not isinstance(x, _tracer_type())
 
 
 class VidTok:
