@@ -15,8 +15,8 @@ import pytest
 from safetensors.numpy import save_file
 
 import vftok
+from vftok import safe_pickle
 from vftok.models.pretrained import vidtok
-from vftok.models.pretrained import vidtok_weights
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'vidtok')
 SAFETENSORS = os.path.join(FIXTURE, 'model.safetensors')
@@ -106,6 +106,10 @@ def test_state_dict_round_trip_and_release_prefixes(vae, ref, tmp_path):
     loaded = vftok.VidTok.load(path)
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params,
                            vae.params)
+  # A plain VidTok file with training-only tensors (upstream's loss.*).
+  path = str(tmp_path / 'plain.safetensors')
+  save_file({**sd, 'loss.logvar': np.zeros(1, np.float32)}, path)
+  assert vftok.VidTok.load(path).cfg == vae.cfg
   random = vidtok.VidTok.init_random(ch=8, seed=1)
   assert random.cfg == vae.cfg
   assert random.num_params == 663551
@@ -200,6 +204,7 @@ def test_native_and_per_frame_conv3d_agree(vae, ref):
   # are the same arithmetic.
   native = vae.replace(conv3d='native')
   assert native.cfg.conv3d == 'native' and not native.cfg.per_frame_conv3d
+  assert max_abs(native.encode(ref['t1_video']), ref['t1_mean']) < TOL
   assert max_abs(native.decode(ref['t1_mean']), ref['t1_decoded_mean']) < TOL
   with pytest.raises(ValueError, match='conv3d'):
     vae.replace(conv3d='fft').decode(ref['t1_mean'])
@@ -213,3 +218,15 @@ def test_inside_jit_and_bfloat16(vae, ref):
   # not exact.
   half = vae.replace(dtype='bfloat16')
   assert max_abs(half.encode(ref['t1_video']), ref['t1_mean']) < 0.1
+
+
+def test_tensor_geometry_is_bounds_checked():
+  # A crafted checkpoint must not make the NumPy view read past its storage.
+  storage = np.arange(6, dtype=np.float32)
+  np.testing.assert_array_equal(
+      safe_pickle._rebuild_tensor(storage, 1, (2, 2), (2, 1)),  # pylint: disable=protected-access
+      [[1, 2], [3, 4]])
+  for offset, size, stride in ((0, (7,), (1,)), (5, (2,), (1,)),
+                               (0, (2, 2), (5, 1)), (0, (2,), (-1,))):
+    with pytest.raises(safe_pickle.UnsafePickleError):
+      safe_pickle._rebuild_tensor(storage, offset, size, stride)  # pylint: disable=protected-access
