@@ -230,3 +230,16 @@ def test_tensor_geometry_is_bounds_checked():
                                (0, (2, 2), (5, 1)), (0, (2,), (-1,))):
     with pytest.raises(safe_pickle.UnsafePickleError):
       safe_pickle._rebuild_tensor(storage, offset, size, stride)  # pylint: disable=protected-access
+
+
+def test_frame_count_rules(vae):
+  # Traced shapes only (nothing compiled): frame counts other than the
+  # fixture's 17 / 9 / 8 / 1 follow the release's rule too (3 copies of
+  # frame 0 in front unless F % 4 == 0; time downsampling floors).
+  for f, t in {3: 1, 6: 2, 12: 3}.items():
+    video = jax.ShapeDtypeStruct((1, f, 16, 24, 3), np.float32)
+    mean, _ = jax.eval_shape(vidtok._moments, vae.cfg, vae.params, video)  # pylint: disable=protected-access
+    assert mean.shape == (1, t, 2, 3, 16) and vae.latent_frames(f) == t, f
+  z = jax.ShapeDtypeStruct((1, 2, 2, 3, 16), np.float32)
+  out = jax.eval_shape(vidtok._decode, vae.cfg, vae.params, z)  # pylint: disable=protected-access
+  assert out.shape == (1, vae.decoded_frames(2), 16, 24, 3) == (1, 5, 16, 24, 3)

@@ -34,7 +34,7 @@ The standard clip length is 16 frames; the network needs F >= 9 (the final
 import functools
 import importlib.util
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax

@@ -32,8 +32,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Dtype = Any
-
 
 @dataclasses.dataclass(frozen=True)
 class VidTokConfig:
@@ -106,11 +104,9 @@ class VidTokConfig:
 
 # ----------------------------------------------------------------- ops ---
 
-def _torch_uniform(scale_axes=(-2,)):
-  """PyTorch's default conv init, U(+-1/sqrt(fan_in)); only for `init`
-  (real weights are loaded, random ones come from VidTok.init_random)."""
-  del scale_axes
-  return nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+# PyTorch's default conv init, U(+-1/sqrt(fan_in)); used only by `init`
+# (real weights are loaded, random ones come from VidTok.init_random).
+_TORCH_UNIFORM = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
 def silu(x):
@@ -191,7 +187,7 @@ class ConvParams(nn.Module):
 
   @nn.compact
   def __call__(self, in_features):
-    kernel = self.param('kernel', _torch_uniform(),
+    kernel = self.param('kernel', _TORCH_UNIFORM,
                         (*self.kernel_size, in_features, self.features))
     bias = self.param('bias', nn.initializers.zeros,
                       (self.features,))
