@@ -29,6 +29,7 @@ _VIDTOK_WEIGHTS = (
     ' from huggingface.co/microsoft/VidTok. Nothing is downloaded; without '
     "them, use the offline codec 'pca_offline'.")
 
+
 def check_clip_shape(f: int, h: int, w: int):
   """Raises ValueError unless (F, H, W) fits the causal VAE contract."""
   if f < 1 or (f - 1) % 4:
@@ -210,8 +211,9 @@ class VidTokCodec(LatentCodec):
   Batches are split over the local devices (a 1-D data mesh) in steps of at
   most `clips_per_device` clips per device, padded to a whole step so that
   one compiled program serves every full batch (XLA puts one 17 x 256 x 256
-  clip at ~5 GiB to encode and ~8 GiB to decode in float32; see
-  benchmarks/bench_vidtok.py). `dtype` / `precision`: VidTokConfig's.
+  clip at ~3.2 GiB to encode and ~4.1 GiB to decode in float32, weights
+  included; benchmarks/bench_vidtok.py). `dtype` / `precision`:
+  VidTokConfig's.
   """
 
   name = 'vidtok'
