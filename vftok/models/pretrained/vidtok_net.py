@@ -346,11 +346,11 @@ class TimeUpsample(nn.Module):
   """`TimeUpsampleResCausal2x`: every frame twice (u = x0 x0 x1 x1 ...),
   blended with a causal 3x3x3 conv of u: alpha * u + (1 - alpha) * conv(u).
 
-  conv(u) is computed at the input rate: with kernel taps k0 k1 k2 and
-  x[-1] = 0, conv(u)[2j] = (k0 + k1) x[j-1] + k2 x[j] and conv(u)[2j+1] =
-  k0 x[j-1] + (k1 + k2) x[j], i.e. ONE per-frame 2-D conv of [x[j-1], x[j]]
-  (2C channels in) to [even, odd] (2C out): 2/3 of the multiply-adds of
-  convolving u, and u is never convolved or padded.
+  conv(u) is computed at the input rate: with a_i = (per-frame 2-D conv of x
+  with kernel tap i) and a_i[-1] = 0, conv(u)[2j] = a0[j-1] + a1[j-1] + a2[j]
+  and conv(u)[2j+1] = a0[j-1] + a1[j] + a2[j]: one 2-D conv of x to the
+  three taps' outputs, half the multiply-adds of convolving u (which is
+  never convolved or padded).
   """
   cfg: VidTokConfig
 
@@ -360,15 +360,15 @@ class TimeUpsample(nn.Module):
     mix = self.param('mix_factor', nn.initializers.constant(2.0), (1,))
     alpha = jax.nn.sigmoid(mix.astype(jnp.float32)).astype(x.dtype)
     kernel, bias = Wrapped(c, (3, 3, 3), name='conv')(c)
-    k0, k1, k2 = kernel.astype(x.dtype)
-    even = jnp.concatenate([k0 + k1, k2], axis=2)   # [3, 3, 2C, C]
-    odd = jnp.concatenate([k0, k1 + k2], axis=2)
-    both = jnp.concatenate([even, odd], axis=3)     # [3, 3, 2C, 2C]
-    prev = jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))[:, :t]
-    y = conv2d(jnp.concatenate([prev, x], axis=-1), both,
-               jnp.concatenate([bias, bias]), self.cfg)
-    conv = y.reshape(b, t, h, w, 2, c).transpose(0, 1, 4, 2, 3, 5).reshape(
-        b, 2 * t, h, w, c)
+    taps = jnp.concatenate(list(kernel.astype(x.dtype)), axis=-1)  # [3,3,C,3C]
+    a0, a1, a2 = jnp.split(conv2d(x, taps, None, self.cfg), 3, axis=-1)
+    before = lambda y: jnp.pad(y, ((0, 0), (1, 0), (0, 0), (0, 0),
+                                   (0, 0)))[:, :t]   # y[j - 1], y[-1] = 0
+    a0 = before(a0)
+    even = a0 + before(a1) + a2
+    odd = a0 + a1 + a2
+    conv = jnp.stack([even, odd], axis=2).reshape(b, 2 * t, h, w, c)
+    conv = _bias(conv, bias)
     return alpha * jnp.repeat(x, 2, axis=1) + (1 - alpha) * conv
 
 
