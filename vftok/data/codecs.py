@@ -211,7 +211,7 @@ class VidTokCodec(LatentCodec):
   Batches are split over the local devices (a 1-D data mesh) in steps of at
   most `clips_per_device` clips per device, padded to a whole step so that
   one compiled program serves every full batch (XLA puts one 17 x 256 x 256
-  clip at ~3.2 GiB to encode and ~4.1 GiB to decode in float32, weights
+  clip at ~3.2 GiB to encode and ~5.4 GiB to decode in float32, weights
   included; benchmarks/bench_vidtok.py). `dtype` / `precision`:
   VidTokConfig's.
   """
