@@ -37,13 +37,14 @@ def get_config(arg=None):
   # ---- codec (vftok/data/codecs.py) ------------------------------------------
   c.codec = 'pca_offline'       # 'pca_offline' | 'vidtok'
   c.codec_path = ''             # pca_offline: a codec.npz ('' : fit one here);
-                                # vidtok: the .ckpt
+                                # vidtok: the weights (VideoFlexTok
+                                # model.safetensors or VidTok .ckpt)
   c.codec_fit_clips = 512       # pca_offline fit: clips in the sample
   c.codec_fit_clips_per_video = 4
   c.codec_max_patches = 65536
   c.codec_wait_s = 3600.0       # workers > 0 wait this long for worker 0's fit
-  c.vidtok_config = ''          # '' : <VidTok clone>/configs/<ckpt name>.yaml
-  c.vidtok_device = ''          # '' : cuda if available, else cpu
+  c.vidtok_clips_per_device = 2  # vidtok: clips per device per step (memory)
+  c.vidtok_dtype = 'float32'    # vidtok activations: 'float32' | 'bfloat16'
 
   # ---- output ----------------------------------------------------------------
   c.split = 'train'             # files: <split>-SSSSS-of-NNNNN.array_record

@@ -8,4 +8,7 @@ def __getattr__(name):
   if name == 'Tokenizer':
     from vftok.api import Tokenizer
     return Tokenizer
+  if name == 'VidTok':
+    from vftok.models.pretrained.vidtok import VidTok
+    return VidTok
   raise AttributeError(f'module vftok has no attribute {name!r}')

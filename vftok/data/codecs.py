@@ -7,8 +7,9 @@ frames <= 4i (time-causal: frame 0 alone, then groups of 4).
 
   'pca_offline'  PatchPCACodec: embedded, fitted on the data, no weights to
                  download; what the demo uses.
-  'vidtok'       VidTokCodec: the real VidTok VAE (PyTorch), an optional
-                 extra loaded lazily from a local checkpoint.
+  'vidtok'       VidTokCodec: the real VidTok VAE (the JAX port,
+                 vftok.VidTok) from a local weights file: the release's
+                 VideoFlexTok model.safetensors or VidTok's .ckpt.
 """
 import abc
 import os
@@ -20,13 +21,13 @@ from vftok.data import records
 
 CHANNELS = 16
 VIDTOK_CHECKPOINT = 'vidtok_kl_causal_488_16chn.ckpt'
-_VIDTOK_INSTALL = (
-    "the 'vidtok' codec needs PyTorch and the VidTok code ({missing}). "
-    'Install them: pip install torch omegaconf einops lightning safetensors; '
-    'git clone https://github.com/microsoft/VidTok and put the clone on '
-    'PYTHONPATH; download checkpoints/' + VIDTOK_CHECKPOINT + ' from '
-    'https://huggingface.co/microsoft/VidTok and pass its path '
-    "(config.codec_path). Without them, use the offline codec 'pca_offline'.")
+_VIDTOK_WEIGHTS = (
+    "the 'vidtok' codec needs VidTok weights {problem}: pass a local file "
+    '(config.codec_path): the release\'s VideoFlexTok model.safetensors '
+    '(e.g. from huggingface.co/EPFL-VILAB/videoflextok_d18_d28; its '
+    'vae.vidtok.* tensors are used) or checkpoints/' + VIDTOK_CHECKPOINT +
+    ' from huggingface.co/microsoft/VidTok. Nothing is downloaded; without '
+    "them, use the offline codec 'pca_offline'.")
 
 
 def check_clip_shape(f: int, h: int, w: int):
@@ -201,77 +202,83 @@ class PatchPCACodec(LatentCodec):
       return cls(**{k: z[k] for k in cls._KEYS})
 
 
-class CodecUnavailableError(ImportError):
-  """An optional codec's dependencies are not installed."""
-
-
-def _import_vidtok():
-  """-> (torch, OmegaConf, instantiate_from_config), imported on first use."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    from omegaconf import OmegaConf  # pylint: disable=g-import-not-at-top
-    from vidtok.modules import util  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise CodecUnavailableError(_VIDTOK_INSTALL.format(
-        missing=f'missing module {e.name!r}')) from e
-  return torch, OmegaConf, util.instantiate_from_config
-
-
 class VidTokCodec(LatentCodec):
-  """VidTok kl_causal_488_16chn (PyTorch) behind the LatentCodec interface.
+  """VidTok kl_causal_488_16chn (vftok.VidTok, JAX) behind LatentCodec.
 
-  `checkpoint`: a local .ckpt; `config`: its VidTok yaml (default: the file of
-  the same name in the VidTok clone's configs/). Latents are what VidTok's
-  `model.encode` returns (for the KL models, a posterior sample, as VidTok's
-  own pipelines use them). Untested here: it needs the weights and torch.
+  `checkpoint`: a local weights file (VidTok.load). Latents are the
+  posterior MEAN (deterministic: any number of workers writes the same
+  shards; the release's tokenizer draws a sample from it at encode time).
+  Batches are split over the local devices (a 1-D data mesh) in steps of at
+  most `clips_per_device` clips per device, padded to a whole step so that
+  one compiled program serves every full batch (XLA puts one 17 x 256 x 256
+  clip at ~3.2 GiB to encode and ~5.4 GiB to decode in float32, weights
+  included; benchmarks/bench_vidtok.py). `dtype` / `precision`:
+  VidTokConfig's.
   """
 
   name = 'vidtok'
 
-  def __init__(self, checkpoint: str, config: str = '', device: str = ''):
-    torch, omega, instantiate = _import_vidtok()
-    if not checkpoint or not os.path.exists(checkpoint):
-      raise ValueError(f'VidTok checkpoint {checkpoint!r} not found: download '
-                       f'checkpoints/{VIDTOK_CHECKPOINT} from '
-                       'https://huggingface.co/microsoft/VidTok and pass its '
-                       'path (config.codec_path)')
-    if not config:
-      import vidtok  # pylint: disable=g-import-not-at-top
-      repo = os.path.dirname(os.path.dirname(os.path.abspath(vidtok.__file__)))
-      name = os.path.splitext(os.path.basename(checkpoint))[0] + '.yaml'
-      config = os.path.join(repo, 'configs', name)
-    cfg = omega.load(config)
-    cfg.model.params.ckpt_path = checkpoint
-    cfg.model.params.ignore_keys = []
-    cfg.model.params.verbose = False
-    self.torch = torch
-    self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    self.model = instantiate(cfg.model).to(self.device).eval()
+  def __init__(self, checkpoint: str, clips_per_device: int = 2,
+               dtype: str = 'float32', precision: str = 'highest'):
+    # Imported here: the offline codec and the data pipeline need no JAX.
+    import jax  # pylint: disable=g-import-not-at-top
+    from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
+    if not checkpoint:
+      raise ValueError(_VIDTOK_WEIGHTS.format(problem='(no path given)'))
+    if not os.path.isfile(os.path.expanduser(checkpoint)):
+      raise ValueError(_VIDTOK_WEIGHTS.format(
+          problem=f'({checkpoint!r} not found)'))
+    if clips_per_device < 1:
+      raise ValueError(f'clips_per_device={clips_per_device} must be >= 1')
+    self._jax = jax
+    devices = np.array(jax.local_devices())
+    self.mesh = jax.sharding.Mesh(devices, ('data',))
+    sharding = jax.sharding.NamedSharding
+    spec = jax.sharding.PartitionSpec
+    self._batch = sharding(self.mesh, spec('data'))
+    self.vae = vidtok.VidTok.load(
+        os.path.expanduser(checkpoint), device=sharding(self.mesh, spec()),
+        dtype=dtype, precision=precision)
+    if self.vae.latent_channels != CHANNELS:
+      raise ValueError(f'{checkpoint}: the VidTok has '
+                       f'{self.vae.latent_channels} latent channels, not '
+                       f'{CHANNELS}: use {VIDTOK_CHECKPOINT}')
+    self.clips_per_device = clips_per_device
+
+  def _map(self, fn, x: np.ndarray) -> np.ndarray:
+    """fn over x's batch in sharded steps; the last step padded (with copies
+    of its last clip) to a whole number of clips per device."""
+    n, d = x.shape[0], self.mesh.size
+    per = min(self.clips_per_device, -(-n // d))
+    step = per * d
+    outs = []
+    for start in range(0, n, step):
+      chunk = x[start:start + step]
+      pad = step - chunk.shape[0]
+      if pad:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+      out = fn(self._jax.device_put(chunk, self._batch))
+      outs.append(np.asarray(out)[:step - pad])
+    return np.concatenate(outs)
 
   def encode(self, frames) -> np.ndarray:
-    torch = self.torch
-    x = torch.from_numpy(_frames5d(frames)).to(self.device)
-    x = x.permute(0, 4, 1, 2, 3) / 127.5 - 1.0  # [B, 3, F, H, W], -1..1
-    with torch.no_grad():
-      z = self.model.encode(x)
-    z = z.float().permute(0, 2, 3, 4, 1).cpu().numpy()  # [B, T, h, w, C]
-    if z.shape[-1] != CHANNELS:
-      raise ValueError(f'the VidTok model gives {z.shape[-1]} channels, not '
-                       f'{CHANNELS}: use {VIDTOK_CHECKPOINT}')
-    return z
+    video = _frames5d(frames) / np.float32(127.5) - np.float32(1)
+    return self._map(self.vae.encode, video).astype(np.float32)
 
   def decode(self, latents) -> np.ndarray:
-    torch = self.torch
-    z = torch.from_numpy(np.asarray(latents, np.float32)).to(self.device)
-    with torch.no_grad():
-      x = self.model.decode(z.permute(0, 4, 1, 2, 3))
-    x = (x.float().clamp(-1, 1) + 1) * 127.5
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+    z = np.asarray(latents, np.float32)
+    if z.ndim != 5 or z.shape[-1] != CHANNELS:
+      raise ValueError(f'latents must be [B, T, h, w, {CHANNELS}], got '
+                       f'{z.shape}')
+    video = self._map(self.vae.decode, z)
+    return ((np.clip(video, -1, 1) + 1) * np.float32(127.5)).astype(
+        np.float32)
 
 
 def get_codec(name: str, path: str = '', **options) -> LatentCodec:
   """Codec by name; `path`: its saved parameters (pca_offline: .npz; vidtok:
-  the .ckpt, `options`: VidTokCodec's config / device)."""
+  the weights file, `options`: VidTokCodec's clips_per_device / dtype /
+  precision)."""
   if name == PatchPCACodec.name:
     return PatchPCACodec.load(path) if path else PatchPCACodec()
   if name == VidTokCodec.name:

