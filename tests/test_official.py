@@ -233,3 +233,29 @@ def test_loads_sharded_into_a_mesh(ref):
   assert len(jax.tree.leaves(tok.params)) > 0
   np.testing.assert_array_equal(np.asarray(tok.tokenize(_cl(ref['latents']))),
                                 ref['tokens'])
+
+
+def test_release_file_with_vidtok_works_on_pixels(tmp_path):
+  """A release file carries VidTok under `vae.vidtok.`: from_official attaches
+  it, and encode_video / decode_video go pixels -> tokens -> pixels."""
+  from safetensors.numpy import load_file, save_file
+  header, _ = _read(CKPT)
+  tensors = load_file(CKPT)
+  vae_file = os.path.join(HERE, 'fixtures', 'vidtok', 'model.safetensors')
+  tensors.update({f'vae.vidtok.{k}': v for k, v in load_file(vae_file).items()})
+  path = str(tmp_path / 'with_vae.safetensors')
+  save_file(tensors, path, metadata=header['__metadata__'])
+  tok = api.Tokenizer.from_official(path, latent_shape=SHAPE)
+  assert tok.vae is not None
+  frames = np.random.default_rng(0).integers(0, 256, (2, 9, 32, 48, 3),
+                                             dtype=np.uint8)
+  tokens = tok.encode_video(frames)
+  want = tok.tokenize(np.asarray(tok.vae.encode(frames / 127.5 - 1.0)))
+  np.testing.assert_array_equal(tokens, np.asarray(want))
+  video = tok.decode_video(tokens[:, :, :2], steps=2)
+  assert video.shape == frames.shape and video.dtype == np.uint8
+  with pytest.raises(ValueError, match='uint8'):
+    tok.encode_video(frames.astype(np.float32))
+  plain = api.Tokenizer.from_official(CKPT, latent_shape=SHAPE)
+  with pytest.raises(ValueError, match='no VAE'):
+    plain.encode_video(frames)

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from vftok import flow
+from vftok import long_video
 from vftok import sharding as sharding_lib
 from vftok.models import fsq
 from vftok.models import layers
@@ -84,9 +85,10 @@ def official_config(path: str, latent_shape=None) -> ml_collections.ConfigDict:
 class Tokenizer:
   """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K]."""
 
-  def __init__(self, config: ml_collections.ConfigDict, params):
+  def __init__(self, config: ml_collections.ConfigDict, params, vae=None):
     self.config = config
     self.params = params
+    self.vae = vae  # a vftok.VidTok for encode_video / decode_video
     m = config.model
     self.model = tokenizer_lib.build(
         m, layers.optional_dtype(config.train.get('compute_dtype')))
@@ -138,7 +140,11 @@ class Tokenizer:
     release = official.model_config(official.read_config(path))
     params = official.convert_tensors(path, release, release['model'],
                                       abstract, put)
-    return cls(config, {'params': params})
+    tok = cls(config, {'params': params})
+    if official.has_vae_tensors(path):  # the release ships VidTok inside
+      from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
+      tok.vae = vidtok.VidTok.load(path)
+    return tok
 
   # ---- shapes -------------------------------------------------------------
   @property
@@ -299,6 +305,71 @@ class Tokenizer:
     if not np.all(np.isfinite(frame)):
       raise ValueError('first_frame contains NaN or Inf values')
     return frame
+
+  # ---- pixels (with a VAE) --------------------------------------------------
+  def _need_vae(self):
+    if self.vae is None:
+      raise ValueError('this tokenizer has no VAE: load one (tok.vae = '
+                       'vftok.VidTok.load(path); from_official attaches the '
+                       "release's own) to work on pixels")
+    norm = self.config.data.get('normalize', 'none')
+    if norm != 'none':
+      raise ValueError(f'config.data.normalize={norm!r}: encode_video / '
+                       'decode_video feed raw VAE latents (normalize="none", '
+                       'as the release); normalise latents yourself otherwise')
+
+  @functools.partial(jax.jit, static_argnums=(0,))
+  def _encode_pixels(self, params, vae_params, frames):
+    """uint8 frames [B, F, H, W, 3] -> tokens: the VAE's posterior mean and
+    the encoder as one program per clip shape."""
+    from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
+    video = frames.astype(jnp.float32) / 127.5 - 1.0
+    latents, _ = vidtok._moments(self.vae.cfg, vae_params, video)  # pylint: disable=protected-access
+    codes, _ = self.model.apply(params, latents,
+                                method=tokenizer_lib.VideoFlexTok.encode)
+    return fsq.codes_to_indices(codes, self.levels)
+
+  def _check_frames(self, frames):
+    frames = np.asarray(frames)
+    if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+      raise ValueError(f'frames must be uint8 [B, F, H, W, 3], got '
+                       f'{frames.dtype} {frames.shape}')
+    return frames
+
+  def encode_video(self, frames) -> np.ndarray:
+    """uint8 frames [B, F, H, W, 3] -> int32 tokens [B, T, K] through the
+    VAE (its posterior mean). F = 17 (one clip, T = 5 latent frames) or any
+    4n + 1 >= 17: 17-frame chunks sharing one frame (tokenize_long)."""
+    self._need_vae()
+    frames = self._check_frames(frames)
+    clip = long_video.CHUNK_FRAMES
+    if frames.shape[1] <= clip:
+      return np.asarray(self._encode_pixels(self.params, self.vae.params,
+                                            frames))
+    chunks = long_video.split_frames(frames)
+    latents = [np.asarray(self.vae.encode(c.astype(np.float32) / 127.5 - 1))
+               for c in chunks]
+    return self.tokenize_long(latents)
+
+  def decode_video(self, tokens, **detokenize_kwargs) -> np.ndarray:
+    """int tokens [B, T, k] -> uint8 frames [B, F, H, W, 3] (detokenize, then
+    the VAE decoder). More latent frames than one clip holds: the long-video
+    path, each later chunk conditioned on the previous chunk's last decoded
+    frame re-encoded by the VAE (a stage-2 decoder)."""
+    self._need_vae()
+    tokens = np.asarray(tokens)
+    to_uint8 = lambda v: np.asarray(jnp.clip(jnp.round((v + 1.0) * 127.5),
+                                             0, 255)).astype(np.uint8)
+    if tokens.ndim == 3 and tokens.shape[1] <= self.config.model.latent_frames:
+      return to_uint8(self.vae.decode(self.detokenize(tokens,
+                                                      **detokenize_kwargs)))
+
+    def reencode(chunk_latents):
+      last = np.asarray(self.vae.decode(chunk_latents))[:, -1:]
+      return np.asarray(self.vae.encode(np.clip(last, -1.0, 1.0)))
+    chunks = self.detokenize_long(tokens, reencode, **detokenize_kwargs)
+    return long_video.stitch_frames([to_uint8(self.vae.decode(c))
+                                     for c in chunks])
 
   # ---- streaming and long videos -------------------------------------------
   def stream(self, batch: int = 1, max_frames: Optional[int] = None

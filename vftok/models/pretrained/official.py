@@ -437,6 +437,12 @@ def _torch_shape(key: str, shape) -> tuple:
   return shape
 
 
+def has_vae_tensors(path: str) -> bool:
+  """True if the file also carries VidTok's weights (`vae.vidtok.*`)."""
+  return any(k.startswith(VAE_PREFIXES) for k in _header(path)
+             if k != '__metadata__')
+
+
 def describe(release: Dict[str, Any]) -> List[str]:
   """One line per mapped choice (for logs and the converted workdir)."""
   return [f'{k}={v}' for k, v in sorted(release['model'].items())]
