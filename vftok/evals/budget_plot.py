@@ -1,13 +1,38 @@
-"""Metric-vs-token-budget curves (the paper's Fig. 6-7 layout) as a PNG.
+"""Budget-sweep reports: metric-vs-token-budget curves (the paper's Fig. 6-7
+layout) as a PNG, and the sweep's table files.
 
 One panel per metric, the budget (tokens per latent frame) on a log2 x axis,
 one line per setting (guidance, Euler steps, AR CFG scale, ...), and an
 optional dashed reference line per metric (the codec's ceiling, the real
 clips' class score).
 """
+import csv
+import json
+import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+
+def write_tables(workdir: str, stem: str, result: Dict, columns: Sequence[str],
+                 text: str):
+  """<stem>.csv (result['rows'] by `columns`), <stem>.md (`text`) and
+  <stem>.json (all of `result`), each through records.atomic_path (temp +
+  rename): a job killed mid-write (kill -9, preemption) leaves a file whole
+  or absent (an older one untouched), never half a table."""
+  from vftok.data import records  # pylint: disable=g-import-not-at-top
+  with records.atomic_path(os.path.join(workdir, f'{stem}.csv')) as tmp:
+    with open(tmp, 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=list(columns))
+      w.writeheader()
+      for r in result['rows']:
+        w.writerow({c: r[c] for c in columns})
+  with records.atomic_path(os.path.join(workdir, f'{stem}.md')) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
+  with records.atomic_path(os.path.join(workdir, f'{stem}.json')) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(records.jsonable(result), f, indent=2)
 
 
 def plot_budget_curves(path: str, rows: Sequence[Dict],

@@ -31,8 +31,6 @@ Determinism: the same config and seed give identical numbers. Sample i of a
 budget draws its tokens from fold_in(fold_in(key(seed), n), batch) and its
 decoder noise from (seed, i); every CFG scale sees the same keys (paired).
 """
-import csv
-import json
 import os
 import time
 from typing import Dict, List, Sequence
@@ -354,19 +352,8 @@ def markdown(result) -> str:
 
 
 def _write(workdir, result, conditions, grids, writer):
-  with records.atomic_path(os.path.join(workdir, 'eval_ar.csv')) as tmp:
-    with open(tmp, 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=COLUMNS)
-      w.writeheader()
-      for r in result['rows']:
-        w.writerow({c: r[c] for c in COLUMNS})
   text = markdown(result)
-  with records.atomic_path(os.path.join(workdir, 'eval_ar.md')) as tmp:
-    with open(tmp, 'w') as f:
-      f.write(text)
-  with records.atomic_path(os.path.join(workdir, 'eval_ar.json')) as tmp:
-    with open(tmp, 'w') as f:
-      json.dump(records.jsonable(result), f, indent=2)
+  budget_plot.write_tables(workdir, 'eval_ar', result, COLUMNS, text)
   info = result['info']
   with records.atomic_path(os.path.join(workdir, 'eval_ar.png')) as tmp:
     budget_plot.plot_budget_curves(

@@ -30,8 +30,6 @@ all devices (data-parallel mesh; the tokenizer is replicated).
 Throughput is steady state: functions are compiled ahead of time and the
 compile time is reported separately.
 """
-import csv
-import json
 import os
 import time
 from typing import Dict
@@ -277,22 +275,10 @@ def plot(path: str, result):
 
 
 def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
-  # Each file through records.atomic_path (temp + rename): a job killed
-  # mid-write (kill -9, preemption) leaves a file whole or absent (an older
-  # one untouched), never half a table or plot.
-  with records.atomic_path(os.path.join(workdir, 'sweep.csv')) as tmp:
-    with open(tmp, 'w', newline='') as f:
-      w = csv.DictWriter(f, fieldnames=COLUMNS)
-      w.writeheader()
-      for r in result['rows']:
-        w.writerow({c: r[c] for c in COLUMNS})
+  # Every file atomic (temp + rename): a job killed mid-write leaves it whole
+  # or absent, never half a table or plot.
   text = markdown(result)
-  with records.atomic_path(os.path.join(workdir, 'sweep.md')) as tmp:
-    with open(tmp, 'w') as f:
-      f.write(text)
-  with records.atomic_path(os.path.join(workdir, 'sweep.json')) as tmp:
-    with open(tmp, 'w') as f:
-      json.dump(records.jsonable(result), f, indent=2)
+  budget_plot.write_tables(workdir, 'sweep', result, COLUMNS, text)
   with records.atomic_path(os.path.join(workdir, 'sweep.png')) as tmp:
     plot(tmp, result)
   labels = ['original', 'codec'] + [f'{k} tok' for k in budgets]
