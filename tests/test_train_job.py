@@ -165,3 +165,29 @@ def test_readme_tokenizer_example_runs_as_written(full_run, tmp_path):
   img = np.asarray(Image.open(png))
   assert img.shape == (32, 3 * 32, 3)           # original | 1 | all tokens
   assert img[:, 32:].std() > 0
+
+
+def test_guard_released_and_steps_per_sec_excludes_eval(data_root, full_run,
+                                                        tmp_path, monkeypatch):
+  import signal
+  import time
+  from vftok.evals import reconstruction
+  assert not checkpoint._ACTIVE_GUARDS  # full_run returned: guard released
+  c = e2e_config(data_root)
+  c.train.total_steps, c.train.eval_every, c.train.log_every = 3, 1, 1
+
+  def slow_eval(self, step, params):
+    del self, params
+    time.sleep(2.0)
+    if step == 3:
+      raise RuntimeError('evaluation failed')
+  monkeypatch.setattr(reconstruction.Evaluator, 'run', slow_eval)
+  before = signal.getsignal(signal.SIGTERM)
+  rec = Recorder()
+  with pytest.raises(RuntimeError, match='evaluation failed'):
+    train_tokenizer.run(c, str(tmp_path / 'run'), writer=rec)
+  # The run raised: its SIGTERM handler and guard are gone all the same.
+  assert not checkpoint._ACTIVE_GUARDS
+  assert signal.getsignal(signal.SIGTERM) == before
+  # Step 3 follows a 2 s evaluation; steps/s measures the training step only.
+  assert rec.scalars[3]['steps_per_sec'] > 1.0, rec.scalars[3]
