@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.budgets = ()           # tokens per latent frame; (): 1, 2, 4, ..., K
   c.guidance_scales = (1.0,)
   c.sample_steps = (25,)
-  # How a scale != 1 guides against all-masked registers (vftok/flow.py):
+  # How a scale != 1 guides against the learned null condition (flow.py):
   # 'cfg' classifier-free guidance, or 'apg' adaptive projected guidance
   # with the parameters below (the release notebook's, as config.sample).
   c.guidance = 'cfg'
