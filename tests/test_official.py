@@ -259,3 +259,26 @@ def test_release_file_with_vidtok_works_on_pixels(tmp_path):
   plain = api.Tokenizer.from_official(CKPT, latent_shape=SHAPE)
   with pytest.raises(ValueError, match='no VAE'):
     plain.encode_video(frames)
+
+
+def test_long_video_on_pixels_through_the_vae():
+  """4n+1 > 17 frames: encode_video tokenizes 17-frame chunks sharing one
+  frame; decode_video decodes chunk by chunk, each conditioned on the
+  previous chunk's last decoded frame (a stage-2 decoder)."""
+  from vftok import defaults
+  vae_file = os.path.join(HERE, 'fixtures', 'vidtok', 'model.safetensors')
+  c = defaults.tiny_tokenizer_config()
+  c.model.latent_channels, c.model.latent_size, c.model.latent_frames = 16, (4, 6), 5
+  c.model.decoder_attention, c.model.first_frame_prob = 'full', 0.5
+  c.data.normalize = 'none'
+  import vftok
+  tok = api.Tokenizer.from_config(c)
+  tok.vae = vftok.VidTok.load(vae_file)
+  frames = np.random.default_rng(1).integers(0, 256, (1, 33, 32, 48, 3),
+                                             dtype=np.uint8)
+  tokens = tok.encode_video(frames)
+  assert tokens.shape == (1, 9, c.model.registers)   # (33 - 1) / 4 + 1
+  chunk0 = tok.tokenize(np.asarray(tok.vae.encode(frames[:, :17] / 127.5 - 1)))
+  np.testing.assert_array_equal(tokens[:, :5], np.asarray(chunk0))
+  video = tok.decode_video(tokens[:, :, :2], steps=2, guidance_scale=1.0)
+  assert video.shape == frames.shape and video.dtype == np.uint8

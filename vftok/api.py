@@ -57,12 +57,13 @@ def start_workdir(config, workdir: str, writer=None):
       workdir, just_logging=jax.process_index() > 0)
 
 
-def official_config(path: str, latent_shape=None) -> ml_collections.ConfigDict:
-  """The vftok tokenizer config of a released checkpoint (see
-  Tokenizer.from_official): the release's architecture, float32, and the
-  notebook's sampling defaults (config.sample)."""
+def official_config(release, path: str,
+                    latent_shape=None) -> ml_collections.ConfigDict:
+  """The vftok tokenizer config of a released checkpoint (`release`:
+  official.model_config of the file at `path`; see Tokenizer.from_official):
+  the release's architecture, float32, and the notebook's sampling defaults
+  (config.sample)."""
   from vftok import defaults  # pylint: disable=g-import-not-at-top
-  release = official.model_config(official.read_config(path))
   config = defaults.tokenizer_config()
   m = config.model
   for key, value in release['model'].items():
@@ -123,7 +124,8 @@ class Tokenizer:
     each tensor straight into its shards (params sharded by their logical
     axes) instead of on the default device.
     """
-    config = official_config(path, latent_shape)
+    release = official.model_config(official.read_config(path))
+    config = official_config(release, path, latent_shape)
     model = tokenizer_lib.build(config.model)
     boxed = jax.eval_shape(model.init, jax.random.key(0),
                            *tokenizer_lib.dummy_inputs(config.model))
@@ -137,9 +139,7 @@ class Tokenizer:
       abstract = jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           abstract, shardings)
-    release = official.model_config(official.read_config(path))
-    params = official.convert_tensors(path, release, release['model'],
-                                      abstract, put)
+    params = official.convert_tensors(path, release, abstract, put)
     tok = cls(config, {'params': params})
     if official.has_vae_tensors(path):  # the release ships VidTok inside
       from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
@@ -364,12 +364,16 @@ class Tokenizer:
       return to_uint8(self.vae.decode(self.detokenize(tokens,
                                                       **detokenize_kwargs)))
 
+    # detokenize_long hands over each chunk (but the last) in order, to
+    # re-encode its last frame: keep that chunk's pixels, not decode it twice.
+    videos = []
+
     def reencode(chunk_latents):
-      last = np.asarray(self.vae.decode(chunk_latents))[:, -1:]
-      return np.asarray(self.vae.encode(np.clip(last, -1.0, 1.0)))
+      videos.append(np.asarray(self.vae.decode(chunk_latents)))
+      return np.asarray(self.vae.encode(np.clip(videos[-1][:, -1:], -1.0, 1.0)))
     chunks = self.detokenize_long(tokens, reencode, **detokenize_kwargs)
-    return long_video.stitch_frames([to_uint8(self.vae.decode(c))
-                                     for c in chunks])
+    videos.append(np.asarray(self.vae.decode(chunks[-1])))
+    return long_video.stitch_frames([to_uint8(v) for v in videos])
 
   # ---- streaming and long videos -------------------------------------------
   def stream(self, batch: int = 1, max_frames: Optional[int] = None

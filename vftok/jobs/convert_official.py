@@ -15,7 +15,6 @@ from vftok import checkpoint
 from vftok import sharding
 from vftok import train_state
 from vftok.data import records
-from vftok.models.pretrained import official
 
 
 def run(config, workdir: str):
@@ -29,9 +28,10 @@ def run(config, workdir: str):
   tok = api.Tokenizer.from_official(config.path, tuple(config.latent_shape))
   tconfig = tok.config
   tconfig.seed = config.seed
-  logging.info('converted %s: %s', config.path,
-               ', '.join(official.describe(
-                   official.model_config(official.read_config(config.path)))))
+  m = tconfig.model
+  logging.info('converted %s: d%d-d%d, widths %d/%d, K=%d, decoder %s',
+               config.path, m.enc_depth, m.dec_depth, m.enc_width, m.dec_width,
+               m.registers, m.decoder_attention)
 
   # ---- the trainer's state, converted params in place ------------------------
   model, tx, _ = train_state.build(tconfig)

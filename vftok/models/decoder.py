@@ -115,8 +115,7 @@ class Decoder(nn.Module):
     layout = masks.interleaved(t_frames, n, k, self.registers_first)
     mask = masks.decoder_mask(self.attention)(layout, layout)
     # Modulation slice per token: the frame's first sub-sequence uses slice 0.
-    first_is_register = self.registers_first
-    subseq = np.where(layout.is_register == first_is_register, 0, 1)
+    subseq = np.where(layout.is_register == self.registers_first, 0, 1)
     subseq = subseq if self.adaln_subsequences == 2 else np.zeros_like(subseq)
     patch_slot = slice(k, None) if self.registers_first else slice(0, n)
     repa_hidden = None

@@ -17,7 +17,7 @@ refused with one error naming the config field.
 import json
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -380,14 +380,14 @@ def _set(tree, path, value):
   tree[path[-1]] = value
 
 
-def convert_tensors(path: str, release: Dict[str, Any], model_fields: dict,
-                    abstract_params, put: Callable) -> dict:
+def convert_tensors(path: str, release: Dict[str, Any], abstract_params,
+                    put: Callable) -> dict:
   """Reads the checkpoint tensor by tensor, converts each and hands it to
   `put(value, abstract_leaf)` (e.g. a sharded device_put), so no host holds a
   second full copy. abstract_params: vftok's {'encoder': ..., 'decoder': ...}
   ShapeDtypeStructs. Returns the same tree of put arrays."""
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  f = model_fields
+  f = release['model']
   mapping = tensor_map(release['names'], f['enc_depth'], f['dec_depth'],
                        (f['enc_width'] // f['head_dim'],
                         f['dec_width'] // f['head_dim']), f['head_dim'])
@@ -441,8 +441,3 @@ def has_vae_tensors(path: str) -> bool:
   """True if the file also carries VidTok's weights (`vae.vidtok.*`)."""
   return any(k.startswith(VAE_PREFIXES) for k in _header(path)
              if k != '__metadata__')
-
-
-def describe(release: Dict[str, Any]) -> List[str]:
-  """One line per mapped choice (for logs and the converted workdir)."""
-  return [f'{k}={v}' for k, v in sorted(release['model'].items())]
