@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from vftok import ar_sampling
+from vftok.models import ar_sampling
 from vftok.models import ar
 from vftok.models import token_order
 from vftok.sharding import unbox

@@ -2,7 +2,7 @@
 
   PYTHONPATH=. python benchmarks/bench_i3d.py [--batch_sizes 1,4,8] [--repeats 3]
 
-Times vftok.evals.i3d.i3d_features (uint8 clips -> [-1, 1] -> 400-d logits,
+Times vftok.models.pretrained.i3d.i3d_features (uint8 clips -> [-1, 1] -> 400-d logits,
 jitted) on the default JAX backend, after one warm-up call per batch size
 (compilation is reported separately). Also reports the weight load time.
 """
@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 
-from vftok.evals import i3d
+from vftok.models.pretrained import i3d
 
 
 def main():

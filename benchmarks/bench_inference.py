@@ -56,7 +56,7 @@ def main():
     name = args.official
   else:
     c = load_config(args.config)
-    c.train.compute_dtype = args.dtype
+    c.model.dtype = args.dtype
     tok = vftok.Tokenizer.from_config(c, seed=0)
     name = args.config
   m = tok.config.model
@@ -64,7 +64,7 @@ def main():
       size=(args.batch, *tok.latent_shape)).astype(np.float32)
   print(f'backend: {jax.default_backend()} ({jax.device_count()} devices); '
         f'{name}: d{m.enc_depth}-d{m.dec_depth}, widths {m.enc_width}/'
-        f'{m.dec_width}, K={m.registers}, latents {tok.latent_shape}, batch '
+        f'{m.dec_width}, K={m.tokens_per_frame}, latents {tok.latent_shape}, batch '
         f'{args.batch}, {args.dtype}')
   t0 = time.perf_counter()
   tokens = jax.block_until_ready(tok.tokenize(x))

@@ -34,7 +34,7 @@ def main():
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
   c = load_config(args.config)
-  c.train.compute_dtype = 'float32'
+  c.model.dtype = 'float32'
   tok = vftok.Tokenizer.from_config(c, seed=0)
   _, h, w, ch = tok.latent_shape
   x = np.random.default_rng(0).normal(

@@ -46,7 +46,7 @@ from ml_collections import config_flags
 from vftok import ar_train_state
 from vftok import sharding
 from vftok import train_state
-from vftok.models import features
+from vftok.models.pretrained import features
 from vftok.models import tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -197,8 +197,8 @@ def main(argv):
   else:
     what = (f'encoder d{m.enc_depth} w{m.enc_width}, decoder d{m.dec_depth} '
             f'w{m.dec_width}, {m.latent_frames} x {tuple(m.latent_size)} '
-            f'latents, patch {tuple(m.patch_size)}, K={m.registers}, '
-            f'{config.train.compute_dtype}, attention '
+            f'latents, patch {tuple(m.patch_size)}, K={m.tokens_per_frame}, '
+            f'{config.model.dtype}, attention '
             f'{m.get("attention_impl") or "default"}')
   print(f'jax {jax.__version__}, {n} x {jax.devices()[0].device_kind}, mesh '
         f'{dict(mesh.shape)}; {what}; global batch '

@@ -25,6 +25,7 @@ import numpy as np
 
 from configs import encode_videos as encode_config
 from vftok import defaults
+from vftok import training
 from vftok.data import codecs
 from vftok.data import demo
 from vftok.data import pipeline
@@ -84,7 +85,7 @@ def bench_grain(batches: int, batch_size: int, repeat: int):
   cfg = defaults.tokenizer_config().data
   cfg.kind, cfg.num_frames, cfg.resolution = 'demo', 17, 64
   cfg.global_batch_size = batch_size
-  data = pipeline.resolve(cfg)
+  data = training.resolve_data(cfg)
   it = pipeline.make_train_iterator(cfg, data)
   for _ in range(10):  # warm-up: threads, prefetch buffer
     b = next(it)

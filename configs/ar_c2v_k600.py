@@ -16,18 +16,18 @@ FSDP on a pod: --config.mesh.fsdp=8.
 `:36,runlocal` (or `:runlocal`) shrinks it to a CPU smoke test on the demo
 set's tokens (needs --config.tokenizer.checkpoint=<tokenizer workdir>).
 """
-from vftok import ar_defaults
-from vftok.models import ar
+from vftok import defaults
+from vftok.models import ar_config as ar
 
 
 def get_config(arg=None):
-  depth, flags = ar_defaults.parse_arg(arg, 36)
+  depth, flags = defaults.parse_arg(arg, 36)
   unknown = flags - {'runlocal'}
   if unknown:
     raise ValueError(f'unknown config arguments {sorted(unknown)}')
   if depth not in ar.PAPER_C2V_DEPTHS:
     raise ValueError(f'depth {depth}: Table 6 has {ar.PAPER_C2V_DEPTHS}')
-  c = ar_defaults.ar_config(depth)
+  c = defaults.ar_config(depth)
   m = c.model
   m.num_classes = 600
   m.dropout = 0.1
@@ -35,7 +35,7 @@ def get_config(arg=None):
   m.vocab_size, m.seq_len = 64000, 1280
   m.num_frames, m.tokens_per_frame = 5, 256
   c.cond_dropout = 0.1
-  ar_defaults.set_length(c, ar_defaults.C2V_TRAIN_TOKENS, ar_defaults.C2V_BATCH)
+  defaults.ar_set_length(c, defaults.C2V_TRAIN_TOKENS, defaults.C2V_BATCH)
   c.optim.weight_decay = 0.05
   c.optim.grad_clip = 1.0
   c.train.log_every = 100
@@ -43,5 +43,5 @@ def get_config(arg=None):
   c.train.checkpoint_every = 2000
   c.eval.budgets = (1, 4, 16, 32, 256)
   if 'runlocal' in flags:
-    ar_defaults.runlocal(c)
+    defaults.ar_runlocal(c)
   return c

@@ -17,12 +17,12 @@ the KV-cache speed-up:
     python -m vftok.main --config=configs/sample_ar.py --workdir=/tmp/ar_demo/samples \
       --config.ar_workdir=/tmp/ar_demo --config.benchmark
 """
-from vftok import ar_defaults
+from vftok import defaults
 
 
 def get_config(arg=None):
   del arg
-  c = ar_defaults.demo(ar_defaults.ar_config(4))
+  c = defaults.ar_demo(defaults.ar_config(4))
   m = c.model
   m.width, m.heads = 128, 4     # head_dim 32
   m.dropout = 0.1               # as the paper's class-to-video models

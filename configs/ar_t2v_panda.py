@@ -8,7 +8,7 @@
 The argument is the depth: 12, 20, 30, 42 (the paper's "AR 400M, 1.1B,
 2.0B, 5.2B"; models/ar.py reproduces the total counts of d30 and d42 with a
 text input as wide as the model), each trained compute-optimally (D = 20 N tokens, batch
-sqrt-scaled to a power of 2: vftok/compute_plan.py reproduces Table 7's
+sqrt-scaled to a power of 2: vftok/models/compute_plan.py reproduces Table 7's
 3.25B / 12B / 38B / 101B tokens and batches 128 / 256 / 512 / 512); add
 ',4c' for the 4x over-trained 5.2B (402B tokens). Default 20: the 1.1B
 VideoFlexTok model the paper compares with the 5.2B 3D-grid one.
@@ -25,19 +25,19 @@ d_model (the job checks it). Captions are encoded on the host per batch
 `:runlocal` shrinks it to a CPU smoke test on the demo tokens with the
 bundled MiniLM encoder (needs --config.tokenizer.checkpoint).
 """
-from vftok import ar_defaults
-from vftok import compute_plan
-from vftok.models import ar
+from vftok import defaults
+from vftok.models import compute_plan
+from vftok.models import ar_config as ar
 
 
 def get_config(arg=None):
-  depth, flags = ar_defaults.parse_arg(arg, 20)
+  depth, flags = defaults.parse_arg(arg, 20)
   unknown = flags - {'runlocal', '4c'}
   if unknown:
     raise ValueError(f'unknown config arguments {sorted(unknown)}')
   if depth not in ar.PAPER_T2V_DEPTHS:
     raise ValueError(f'depth {depth}: Table 7 has {ar.PAPER_T2V_DEPTHS}')
-  c = ar_defaults.ar_config(depth)
+  c = defaults.ar_config(depth)
   m = c.model
   m.num_classes = 0
   m.text_dim = 2048             # FLAN-T5-XL d_model
@@ -52,9 +52,9 @@ def get_config(arg=None):
   c.text.max_length = 120
   c.text.cache_size = 0         # ~30M distinct captions: nothing to reuse
   plan = compute_plan.plan_for_depth(
-      depth, tokens_per_video=ar_defaults.PAPER_TOKENS_PER_VIDEO,
+      depth, tokens_per_video=defaults.PAPER_TOKENS_PER_VIDEO,
       conditioning='text', overtrain=4.0 if '4c' in flags else 1.0)
-  ar_defaults.set_length(c, plan.tokens, plan.batch_size)
+  defaults.ar_set_length(c, plan.tokens, plan.batch_size)
   c.optim.lr = plan.learning_rate
   c.train.log_every = 100
   c.train.eval_every = 10_000
@@ -63,5 +63,5 @@ def get_config(arg=None):
   c.eval.captions = ('a dog running on a beach at sunset',
                      'a person cooking in a kitchen')
   if 'runlocal' in flags:
-    ar_defaults.runlocal(c, text=True)
+    defaults.ar_runlocal(c, text=True)
   return c

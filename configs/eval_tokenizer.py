@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.apg.eta = 0.0
   c.apg.norm_threshold = 0.6
 
-  # ---- FVD features (the standard protocol; see vftok/evals/i3d.py) --------
+  # ---- FVD features (the standard protocol; see vftok/models/pretrained/i3d.py) --------
   c.fvd = ml_collections.ConfigDict()
   c.fvd.layer = 'logits'   # 400-d Kinetics logits; 'pool': 1024-d Mixed_5c
   c.fvd.resolution = 224   # frames resized to this square (bilinear)

@@ -1,16 +1,67 @@
-"""VideoFlexTok d18-d18 on Kinetics-600, 17x128x128 (paper Table 5).
+"""VideoFlexTok d18-d18 (or d12-d12) on Kinetics-600, 17x128x128 (Table 5).
 
     python -m vftok.main --config=configs/tokenizer_k600.py --workdir=DIR \
-        --config.data.train_pattern='/data/k600-latents/train-*.array_record'
+        --config.data.train_pattern='/data/k600-latents/train-*.array_record' \
+        --config.model.repa_teacher_path=/weights/dinov2-large
 
-Records hold VidTok kl_causal_488_16chn latents (5 x 16 x 16 x 16 per clip).
-Batch 512, AdamW lr 1.124e-3 with muP base width 256, warmup 4B tokens then
-cosine over 400B tokens, clip 1.0, bf16 compute, REPA on decoder layer 1 with
-DINOv2-L features (1024-d). `--config=configs/tokenizer_k600.py:runlocal`
-shrinks it to a CPU smoke test on the demo data.
+Arguments (comma-separated):
+  d12        the d12-d12 tokenizer (the paper's ablation size), 100B tokens.
+  stage2     decoder fine-tuning (paper App. F.1) from the stage-1 workdir in
+             --config.train.init_from: encoder frozen (no gradients, no
+             optimizer state), decoder with full attention, the clean first
+             latent frame given with probability 0.5 (frame conditioning, long
+             videos). The paper fine-tunes its d18-d28 decoder for 400B tokens
+             and notes that a short fine-tuning already gives frame
+             conditioning; this uses 100B (a quarter of stage 1).
+  runlocal   a CPU smoke test on the embedded demo data (same code path).
 """
 from vftok import defaults
 
 
 def get_config(arg=None):
-  return defaults.paper_tokenizer(18, 18, resolution=128, arg=arg)
+  flags = defaults.parse_flags(arg, ('d12', 'stage2', 'runlocal'))
+  depth = 12 if 'd12' in flags else 18
+  c = defaults.tokenizer_config()
+
+  # ---- data: VidTok kl_causal_488_16chn latents of 17 x 128 x 128 clips ----
+  c.data.num_frames = 17
+  c.data.resolution = 128
+  c.data.global_batch_size = 512
+  c.data.normalize = 'none'           # raw VAE latents, as the release
+
+  # ---- model: d18-d18 (d12-d12), width 64 d, d heads -----------------------
+  m = c.model
+  m.latent_frames, m.latent_size, m.latent_channels = 5, (16, 16), 16
+  m.patch_size = (1, 1, 1)            # 256 patches per latent frame
+  m.tokens_per_frame = 256            # K registers per latent frame
+  m.fsq_levels = (8, 8, 8, 5, 5, 5)   # 64000 codes
+  m.enc_depth, m.dec_depth = depth, depth
+  m.enc_width, m.dec_width = 64 * depth, 64 * depth
+  m.head_dim = 64
+  m.dtype = 'bfloat16'
+  # REPA: a depth-2 head on decoder layer 1 predicts DINOv2-L (1024-d) patch
+  # features of the key frames, computed on the fly (no download here).
+  m.repa_layer, m.repa_depth, m.repa_dim = 1, 2, 1024
+  m.repa_source = 'dinov2'
+  # At 5 x (256 + 256) = 2560 tokens XLA's attention keeps f32 scores of
+  # 472 MB per clip per layer for the backward pass: recompute them.
+  m.remat = 'dots'
+
+  # ---- optimiser: AdamW, muP base width 256, warmup + cosine --------------
+  o = c.optim
+  o.lr = 1.124e-3
+  o.mup_base_width = 256
+  o.b1, o.b2, o.weight_decay = 0.9, 0.99, 0.05
+  o.grad_clip = 1.0
+
+  # ---- length, in tokens (latent patches seen) -----------------------------
+  c.optim.warmup_steps = defaults.steps_for_tokens(c, 4e9)
+  c.train.total_steps = defaults.steps_for_tokens(
+      c, 100e9 if 'd12' in flags else 400e9)
+
+  if 'stage2' in flags:
+    defaults.decoder_finetune(c)
+    c.train.total_steps = defaults.steps_for_tokens(c, 100e9)
+  if 'runlocal' in flags:
+    defaults.runlocal(c)
+  return c

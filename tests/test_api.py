@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 import vftok
-from vftok import defaults
+import testing_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def tok():
-  return vftok.Tokenizer.from_config(defaults.tiny_tokenizer_config(), seed=0)
+  return vftok.Tokenizer.from_config(testing_utils.tiny_tokenizer_config(), seed=0)
 
 
 def latents(b=2, t=3, seed=0):
@@ -68,7 +68,7 @@ def test_detokenize_rejects_bad_tokens(tok, bad, match):
 
 
 def test_a_directory_without_config_is_not_a_workdir(tmp_path):
-  with pytest.raises(ValueError, match='not a vftok workdir: no config.json'):
+  with pytest.raises(ValueError, match='not a train_tokenizer workdir: it has no config.json'):
     vftok.Tokenizer.from_checkpoint(str(tmp_path))
 
 

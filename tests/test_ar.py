@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vftok import ar_sampling
-from vftok import compute_plan
+from vftok.models import ar_sampling
+from vftok.models import compute_plan
 from vftok.models import ar
 from vftok.models import token_order
 from vftok.sharding import unbox

@@ -22,17 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vftok import api
-from vftok import ar_defaults
 from vftok import checkpoint
 from vftok import defaults
 from vftok import sharding
-from vftok import train_state
+from vftok import training
 from vftok.data import records
 from vftok.jobs import eval_ar
 from vftok.jobs import sample_ar
 from vftok.jobs import train_ar
-from vftok.models import text_encoders
+from vftok.models.pretrained import text_encoders
 
 from testing_utils import Recorder
 from testing_utils import corrupt_middle
@@ -123,19 +121,18 @@ def tokenizer_dir(demo_root, tmp_path_factory):
   c.data.demo_repa_teacher = ''
   c.data.global_batch_size = 8
   m = c.model
-  m.latent_size, m.patch_size, m.registers, m.fsq_levels = (4, 4), (1, 1, 1), K, LEVELS
+  m.latent_size, m.patch_size, m.tokens_per_frame, m.fsq_levels = (4, 4), (1, 1, 1), K, LEVELS
   m.enc_depth = m.dec_depth = 1
   m.enc_width = m.dec_width = 32
   m.head_dim, m.repa_dim, m.repa_source = 16, 8, 'random_stand_in'
   c.optim.mup_base_width = 0
-  c.train.compute_dtype = 'float32'
+  c.model.dtype = 'float32'
   out = tmp_path_factory.mktemp('tokenizer')
-  with open(out / api.CONFIG_FILE, 'w') as f:
+  with open(out / checkpoint.CONFIG_FILE, 'w') as f:
     f.write(c.to_json())
   # Random params from NumPy: compiling the tokenizer's init costs seconds.
-  model, tx, _ = train_state.build(c)
   abstract = sharding.unbox(jax.eval_shape(
-      train_state.make_init_fn(model, tx, c.model), jax.random.key(0)))
+      training.tokenizer_task(c).init_fn, jax.random.key(0)))
   rng = np.random.default_rng(0)
 
   def leaf(path, x):
@@ -144,7 +141,7 @@ def tokenizer_dir(demo_root, tmp_path_factory):
     base = 1.0 if getattr(path[-1], 'key', '') == 'scale' else 0.0  # norms
     return jnp.asarray(base + 0.02 * rng.standard_normal(x.shape), x.dtype)
   state = jax.tree_util.tree_map_with_path(leaf, abstract)
-  ckpt = checkpoint.Checkpointer(str(out / train_state.CHECKPOINT_DIR),
+  ckpt = checkpoint.Checkpointer(str(out / training.CHECKPOINT_DIR),
                                  async_save=False)
   ckpt.maybe_save(1, state, force=True)
   ckpt.close()
@@ -152,7 +149,7 @@ def tokenizer_dir(demo_root, tmp_path_factory):
 
 
 def test_train_lowers_loss_and_resume_reproduces_it(tmp_path, monkeypatch):
-  c = tiny_ar(ar_defaults.ar_config(1))
+  c = tiny_ar(defaults.ar_config(1))
   c.data.train_pattern = write_synthetic_records(str(tmp_path / 'tokens'))
   c.train.total_steps = 8
   full = Recorder()
@@ -188,7 +185,7 @@ def test_disk_full_stops_training_and_the_restart_resumes(tmp_path,
   save fails, training stops with one CheckpointError naming it and the
   intact step 4, before the next save is due; once there is room again the
   next start resumes from step 4."""
-  c = tiny_ar(ar_defaults.ar_config(1))
+  c = tiny_ar(defaults.ar_config(1))
   c.data.train_pattern = write_synthetic_records(str(tmp_path / 'tokens'))
   c.train.total_steps = 12
   work = tmp_path / 'work'
@@ -222,7 +219,7 @@ def test_corrupt_token_shard_is_named_or_skipped(tmp_path):
   """A damaged byte range in the token records: one error naming the file
   and record; with data.skip_bad_records training goes on and reports the
   count; above data.max_bad_record_fraction it stops."""
-  c = tiny_ar(ar_defaults.ar_config(1))
+  c = tiny_ar(defaults.ar_config(1))
   c.data.train_pattern = write_synthetic_records(str(tmp_path / 'tokens'))
   (path,) = records.expand(c.data.train_pattern)
   (bad,) = corrupt_middle(path)

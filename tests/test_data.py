@@ -9,9 +9,11 @@ import pytest
 
 from vftok import defaults
 from vftok.data import codecs
+from vftok.models import latent_codecs
 from vftok.data import demo
 from vftok.data import pipeline
 from vftok.data import records
+from vftok.models.pretrained import features
 
 from testing_utils import corrupt_middle
 
@@ -102,7 +104,7 @@ def test_codec_contract_errors():
   # Without torch + the VidTok code: an ImportError naming what to install;
   # with them but no checkpoint: a ValueError naming where to get it.
   with pytest.raises((ImportError, ValueError), match='VidTok'):
-    codecs.get_codec('vidtok')
+    latent_codecs.get_codec('vidtok')
 
 
 @pytest.fixture(scope='module')
@@ -132,7 +134,7 @@ def test_pca_codec_on_real_frames(bikes, tmp_path):
   path = codec.save(str(tmp_path / 'codec.npz'))
   assert os.listdir(tmp_path) == ['codec.npz']
   np.testing.assert_array_equal(
-      codecs.get_codec('pca_offline', path).encode(bikes), codec.encode(bikes))
+      latent_codecs.get_codec('pca_offline', path).encode(bikes), codec.encode(bikes))
   # Deterministic: a refit on the same data gives the same latents.
   np.testing.assert_array_equal(
       codecs.PatchPCACodec().fit(bikes).encode(bikes), codec.encode(bikes))
@@ -252,7 +254,8 @@ def test_resolve_and_global_batch(record_dir):
 # ---- demo set ---------------------------------------------------------------
 
 SMALL = dict(num_frames=9, resolution=32, max_clips_per_video=8,
-             eval_clips_per_video=2, clips_per_shard=16)
+             eval_clips_per_video=2, clips_per_shard=16,
+             teacher_factory=features.demo_teacher)
 
 
 def test_demo_build_failure_leaves_nothing(tmp_path, monkeypatch):
@@ -298,7 +301,7 @@ def test_demo_dataset_builds_and_yields_batches(tmp_path):
   assert ev[0]['frames'].shape == (8, 9, 32, 32, 3)
   assert ev[0]['frames'].dtype == np.uint8
   # Normalise -> denormalise -> decode reaches the held-out pixels.
-  codec = codecs.load_codec(data)
+  codec = latent_codecs.load_codec(data)
   recon = codec.decode(pipeline.make_denormalizer(data)(ev[0]['latents']))
   assert psnr(recon, ev[0]['frames']) > 18
 

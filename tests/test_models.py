@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vftok import defaults
+import testing_utils
 from vftok.models import fsq
 from vftok.models import layers
 from vftok.models import masks
@@ -18,7 +18,7 @@ from testing_utils import load_config
 
 
 def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.model.update(model_overrides)
   return c
 
@@ -200,7 +200,7 @@ def test_registers_per_frame_and_position_kinds():
   _, params = init(c)
   m = c.model
   assert params['params']['encoder']['registers'].shape == (
-      m.max_frames, m.registers, m.enc_width)
+      m.max_frames, m.tokens_per_frame, m.enc_width)
   assert params['params']['decoder']['pos_patch'].shape == (
       3, m.pos_max_size, m.dec_width)
   table = jax.random.normal(jax.random.key(0), (3, 5, 2))
@@ -216,7 +216,7 @@ def test_registers_per_frame_and_position_kinds():
 def test_loss_is_finite_and_trains():
   c = tiny_config()
   model, params = init(c)
-  from vftok.models import features
+  from vftok.models.pretrained import features
   teacher = features.get(c.model)
   batch = {'latents': jax.random.normal(jax.random.key(0), (4, 3, 4, 4, 4))}
   grad_fn = jax.jit(jax.grad(
@@ -233,13 +233,13 @@ def test_loss_is_finite_and_trains():
 
 
 # ---- paper sizes --------------------------------------------------------------
-@pytest.mark.parametrize('name,enc,dec', [
-    ('tokenizer_d12', 84.9e6, 84.9e6),
-    ('tokenizer_k600', 286.7e6, 286.7e6),
-    ('tokenizer_panda', 286.7e6, 1.1e9),
+@pytest.mark.parametrize('name,arg,enc,dec', [
+    ('tokenizer_k600', 'd12', 84.9e6, 84.9e6),
+    ('tokenizer_k600', None, 286.7e6, 286.7e6),
+    ('tokenizer_panda', None, 286.7e6, 1.1e9),
 ])
-def test_paper_config_parameter_counts(name, enc, dec):
-  c = load_config(name)
+def test_paper_config_parameter_counts(name, arg, enc, dec):
+  c = load_config(name, arg)
   model = tokenizer.build(c.model)
   shapes = nn.meta.unbox(jax.eval_shape(
       model.init, jax.random.key(0), *tokenizer.dummy_inputs(c.model)))['params']
@@ -251,12 +251,15 @@ def test_paper_config_parameter_counts(name, enc, dec):
 
 
 def test_stage2_configs():
-  for name in ('decoder_finetune_k600', 'demo_stage2'):
-    c = load_config(name)
+  for name in ('tokenizer_k600', 'demo'):
+    c = load_config(name, 'stage2')
     assert c.model.decoder_attention == 'full'
     assert c.model.first_frame_prob == 0.5 and tuple(c.optim.freeze) == ('encoder',)
-  assert load_config('decoder_finetune_k600').model.repa_source == 'dinov2'
-  assert load_config('decoder_finetune_k600', 'runlocal').data.kind == 'demo'
+    assert load_config(name).model.decoder_attention == 'time_causal'
+  assert load_config('tokenizer_k600', 'stage2').model.repa_source == 'dinov2'
+  assert load_config('tokenizer_k600', 'stage2,runlocal').data.kind == 'demo'
+  with pytest.raises(ValueError, match='stage3'):
+    load_config('tokenizer_k600', 'stage3')
 
 
 def test_fsq_skip_rounding_passes_bounded_values_per_sample():
@@ -273,7 +276,7 @@ def test_remat_and_attention_kernel_leave_params_loss_and_grads_unchanged():
   model, params = init(base)
   params = randomize(params)
   lat = jax.random.normal(jax.random.key(2), tokenizer.dummy_inputs(base.model, 2)[0].shape)
-  keep = jnp.ones((2, base.model.registers), bool)
+  keep = jnp.ones((2, base.model.tokens_per_frame), bool)
 
   def loss_and_grads(config):
     m = tokenizer.build(config.model)

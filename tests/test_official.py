@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import testing_utils
 from vftok import api
 from vftok.models import fsq
 from vftok.models import tokenizer as tl
@@ -46,7 +47,7 @@ def _close(got, want, name):
 
 def test_config_maps_the_release(tok):
   m = tok.config.model
-  assert (m.enc_width, m.enc_depth, m.head_dim, m.registers) == (64, 2, 32, 8)
+  assert (m.enc_width, m.enc_depth, m.head_dim, m.tokens_per_frame) == (64, 2, 32, 8)
   assert m.max_frames == 4 and m.pos_max_size == 8 and m.pos_kind == 'sum'
   assert m.decoder_attention == 'time_causal' and m.decoder_registers_first
   assert m.adaln_subsequences == 2 and tuple(m.fsq_levels) == (8, 8, 8, 5, 5, 5)
@@ -265,9 +266,8 @@ def test_long_video_on_pixels_through_the_vae():
   """4n+1 > 17 frames: encode_video tokenizes 17-frame chunks sharing one
   frame; decode_video decodes chunk by chunk, each conditioned on the
   previous chunk's last decoded frame (a stage-2 decoder)."""
-  from vftok import defaults
   vae_file = os.path.join(HERE, 'fixtures', 'vidtok', 'model.safetensors')
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.model.latent_channels, c.model.latent_size, c.model.latent_frames = 16, (4, 6), 5
   c.model.decoder_attention, c.model.first_frame_prob = 'full', 0.5
   c.data.normalize = 'none'
@@ -277,7 +277,7 @@ def test_long_video_on_pixels_through_the_vae():
   frames = np.random.default_rng(1).integers(0, 256, (1, 33, 32, 48, 3),
                                              dtype=np.uint8)
   tokens = tok.encode_video(frames)
-  assert tokens.shape == (1, 9, c.model.registers)   # (33 - 1) / 4 + 1
+  assert tokens.shape == (1, 9, c.model.tokens_per_frame)   # (33 - 1) / 4 + 1
   chunk0 = tok.tokenize(np.asarray(tok.vae.encode(frames[:, :17] / 127.5 - 1)))
   np.testing.assert_array_equal(tokens[:, :5], np.asarray(chunk0))
   video = tok.decode_video(tokens[:, :, :2], steps=2, guidance_scale=1.0)

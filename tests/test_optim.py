@@ -164,24 +164,6 @@ def test_count_params():
                         ('embed_in', 'query', 'out', 'fc1', 'fc2', 'fsq_in'))
 
 
-def test_encoder_lr_scale_slows_only_the_encoder():
-  # Identical gradients for an 'encoder' and a 'decoder' subtree: Adam's
-  # first update is lr * sign(g), so the encoder's must be exactly scale x.
-  w = jnp.full((3, 4), 0.5)
-  params = {'params': {'encoder': {'k': w}, 'decoder': {'k': w}}}
-  grads = {'params': {'encoder': {'k': w * 2.0}, 'decoder': {'k': w * 2.0}}}
-  cfg = optim_config(mup_base_width=0, weight_decay=0.0, warmup_steps=0,
-                     encoder_lr_scale=0.1)
-  tx, _ = optim.make_optimizer(cfg, 10, params)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  enc = np.asarray(updates['params']['encoder']['k'])
-  dec = np.asarray(updates['params']['decoder']['k'])
-  assert np.all(dec < 0)
-  np.testing.assert_allclose(enc, 0.1 * dec, rtol=1e-6)
-  with pytest.raises(ValueError, match='encoder'):
-    optim.make_optimizer(cfg, 10, {'params': {'dec': {'k': w}}})
-
-
 def test_lr_scales_longest_prefix_wins_and_unknown_paths_fail():
   # Adam's first update is lr * sign(g): the ratios are the scales exactly.
   w = jnp.full((3, 4), 0.5)
@@ -189,7 +171,6 @@ def test_lr_scales_longest_prefix_wins_and_unknown_paths_fail():
                        'decoder': {'k': w}}}
   grads = jax.tree.map(lambda x: 2.0 * x, params)
   cfg = optim_config(mup_base_width=0, weight_decay=0.0, warmup_steps=0,
-                     encoder_lr_scale=1.0,
                      lr_scales=(('encoder', 0.5), ('encoder/to_codes', 0.1)))
   tx, _ = optim.make_optimizer(cfg, 10, params)
   u, _ = tx.update(grads, tx.init(params), params)
@@ -203,19 +184,3 @@ def test_lr_scales_longest_prefix_wins_and_unknown_paths_fail():
     optim.make_optimizer(cfg, 10, params)
 
 
-def test_encoder_delay_freezes_then_ramps_in_the_encoder():
-  w = jnp.full((3, 4), 0.5)
-  params = {'params': {'encoder': {'k': w}, 'decoder': {'k': w}}}
-  grads = jax.tree.map(lambda x: 2.0 * x, params)
-  cfg = optim_config(mup_base_width=0, weight_decay=0.0, warmup_steps=0,
-                     final_lr_ratio=1.0, encoder_delay_steps=2,
-                     encoder_ramp_steps=2)
-  tx, _ = optim.make_optimizer(cfg, 10, params)
-  state, ratios = tx.init(params), []
-  for _ in range(5):
-    u, state = tx.update(grads, state, params)
-    dec = np.asarray(u['params']['decoder']['k'])
-    assert np.all(dec < 0)  # the decoder trains from the first step
-    ratios.append(float(np.mean(np.asarray(u['params']['encoder']['k'])
-                                / dec)))
-  np.testing.assert_allclose(ratios, [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)

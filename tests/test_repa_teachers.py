@@ -4,17 +4,17 @@ import jax
 import numpy as np
 import pytest
 
-from vftok import defaults
+import testing_utils
 from vftok import sharding
-from vftok import train_state
+from vftok import training
 from vftok.data import demo
 from vftok.data import pipeline
 from vftok.data import records
-from vftok.models import features
+from vftok.models.pretrained import features
 
 
 def test_records_source_resizes_to_the_decoder_grid():
-  c = defaults.tiny_tokenizer_config()          # 4 x 4 latent grid
+  c = testing_utils.tiny_tokenizer_config()          # 4 x 4 latent grid
   c.model.repa_source, c.model.repa_dim = 'records', 5
   teacher = features.get(c.model)
   const = np.full((2, 3, 2, 2, 5), 0.7, np.float32)
@@ -37,7 +37,7 @@ def test_i3d_keyframes_on_the_fly_equals_the_demo_precomputation():
   clips = rng.integers(0, 256, (2, 9, 32, 32, 3), dtype=np.uint8)
   stored = demo.repa_teacher_fn('i3d:Mixed_3c')(clips)     # [2, 3, 2, 2, 480]
   assert stored.shape == (2, 3, 2, 2, 480) and stored.dtype == np.float16
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.model.latent_size = (4, 4)
   c.model.repa_source, c.model.repa_dim = 'i3d_keyframes', 480
   c.model.repa_teacher_layer = 'Mixed_3c'
@@ -77,16 +77,16 @@ def test_train_step_with_a_dinov2_teacher(tmp_path):
       image_size=28, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
       patch_size=14)).eval().save_pretrained(str(tmp_path / 'dino'),
                                              safe_serialization=True)
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.model.repa_source, c.model.repa_dim = 'dinov2', 32
   c.model.repa_teacher_path = str(tmp_path / 'dino')
   assert features.needs_frames(c.model)
   mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:2])
-  model, tx, schedule = train_state.build(c)
+  task = training.tokenizer_task(c)
   state, shardings = sharding.create_sharded_state(
-      train_state.make_init_fn(model, tx, c.model), jax.random.key(0), mesh)
-  step_fn = train_state.make_train_step(model, tx, schedule, c.model)
-  assert step_fn.teacher.params is not None
+      task.init_fn, jax.random.key(0), mesh)
+  step_fn = training.make_step(task)
+  assert task.extra[0] is not None
   rep = sharding.replicated(mesh)
   step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh),
                                         rep, rep))
@@ -94,7 +94,7 @@ def test_train_step_with_a_dinov2_teacher(tmp_path):
   batch = {'latents': rng.normal(size=(2, 3, 4, 4, 4)).astype(np.float32),
            'repa_frames': rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)}
   state, metrics = step(state, batch, jax.random.key(1),
-                        jax.device_put(step_fn.teacher.params, rep))
+                        jax.device_put(task.extra[0], rep))
   assert np.isfinite(float(metrics['loss_repa']))
   assert -1.0 <= float(metrics['loss_repa']) <= 1.0
   c.model.repa_teacher_path = ''

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 
 import vftok
-from vftok import defaults
+import testing_utils
 from vftok import flow
-from vftok import long_video
+from vftok.api import long_video
 from vftok import sharding
-from vftok import train_state
+from vftok import training
 
 
 def stage2_config():
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.model.decoder_attention = 'full'
   c.model.first_frame_prob = 0.5
   c.optim.freeze = ('encoder',)
@@ -28,8 +28,8 @@ def latents(b=8, t=3, seed=0):
 def test_stage2_keeps_every_encoder_parameter_bit_identical():
   c = stage2_config()
   mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:2])
-  model, tx, schedule = train_state.build(c)
-  init_fn = train_state.make_init_fn(model, tx, c.model)
+  task = training.tokenizer_task(c)
+  init_fn = task.init_fn
   state, shardings = sharding.create_sharded_state(init_fn, jax.random.key(0), mesh)
   before = jax.device_get(state.params)
   # No optimizer state (Adam moments) is allocated for the encoder.
@@ -37,8 +37,7 @@ def test_stage2_keeps_every_encoder_parameter_bit_identical():
   n_enc = sum(np.size(x) for x in jax.tree.leaves(before['params']['encoder']))
   n_all = sum(np.size(x) for x in jax.tree.leaves(before))
   assert n_opt < 2 * (n_all - n_enc) + 16
-  step = jax.jit(train_state.make_train_step(model, tx, schedule, c.model,
-                                             freeze_encoder=True),
+  step = jax.jit(training.make_step(task),
                  in_shardings=(shardings, sharding.batch_sharding(mesh),
                                sharding.replicated(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)))
@@ -59,7 +58,7 @@ def test_freeze_rejects_unknown_module():
   c = stage2_config()
   c.optim.freeze = ('encodr',)
   with pytest.raises(ValueError, match='encodr'):
-    train_state.build(c)
+    training.tokenizer_task(c)
 
 
 def perturbed(tok, scale=0.05, seed=0):
@@ -143,7 +142,7 @@ def test_detokenize_guidance_options(tok):
 
 
 def test_streaming_tokens_equal_batch_tokens():
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   t = vftok.Tokenizer.from_config(c, seed=3)
   x = latents(2, 5, seed=1)
   want = np.asarray(t.tokenize(x))
@@ -187,7 +186,7 @@ def test_long_video_round_trip_keeps_frames_and_chunk_boundaries():
   # chunk's latents are random, the frame count is what is checked).
   chunk_lat = [rng.normal(size=(1, 5, 4, 4, 4)).astype(np.float32) for _ in range(5)]
   tokens = t.tokenize_long(chunk_lat)
-  assert tokens.shape == (1, 21, c.model.registers)   # (81 - 1) / 4 + 1
+  assert tokens.shape == (1, 21, c.model.tokens_per_frame)   # (81 - 1) / 4 + 1
   np.testing.assert_array_equal(tokens[:, 5:9], np.asarray(t.tokenize(chunk_lat[1]))[:, 1:])
   seen = []
 

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vftok.models import bert
-from vftok.models import hf_checkpoint
-from vftok.models import t5
-from vftok.models import text_encoders
+from vftok.models.pretrained import bert
+from vftok.models.pretrained import hf_checkpoint
+from vftok.models.pretrained import t5
+from vftok.models.pretrained import text_encoders
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')

@@ -2,19 +2,19 @@
 import jax
 import numpy as np
 
-from vftok import defaults
+import testing_utils
 from vftok import sharding
-from vftok import train_state
+from vftok import training
 
 
 def run_steps(data, fsdp, n_devices, steps=2):
-  c = defaults.tiny_tokenizer_config()
+  c = testing_utils.tiny_tokenizer_config()
   c.mesh.data, c.mesh.fsdp = data, fsdp
   mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:n_devices])
-  model, tx, schedule = train_state.build(c)
-  init_fn = train_state.make_init_fn(model, tx, c.model)
+  task = training.tokenizer_task(c)
+  init_fn = task.init_fn
   state, shardings = sharding.create_sharded_state(init_fn, jax.random.key(0), mesh)
-  step = jax.jit(train_state.make_train_step(model, tx, schedule, c.model),
+  step = jax.jit(training.make_step(task),
                  in_shardings=(shardings, sharding.batch_sharding(mesh),
                                sharding.replicated(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)))

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import vftok
-from vftok import safe_pickle
+from vftok.models.pretrained import safe_pickle
 from vftok.models.pretrained import vidtok
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'vidtok')

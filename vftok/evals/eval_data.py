@@ -5,6 +5,7 @@ Real clips with RGB frames: the reference set of rFVD / PSNR / SSIM
 """
 import dataclasses
 
+from vftok import training
 from vftok.data import pipeline
 
 
@@ -14,7 +15,7 @@ def eval_batches(config, tok_config, record_fields=pipeline.EVAL_FIELDS):
   config: data_root, eval_pattern, num_clips (-1: all), batch_size;
   record_fields: the record fields each batch carries."""
   # Older workdirs lack data fields added since: they take the defaults.
-  data = pipeline.resolve_saved(tok_config.data, root=config.data_root)
+  data = training.resolve_saved_data(tok_config.data, root=config.data_root)
   if config.eval_pattern:
     data = dataclasses.replace(data, eval_pattern=config.eval_pattern)
   n, ds = pipeline.eval_dataset(data, num_clips=config.num_clips,

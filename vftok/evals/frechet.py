@@ -24,6 +24,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from vftok.models.pretrained import i3d
+
 
 def gaussian_stats(feats) -> Tuple[np.ndarray, np.ndarray]:
   """[N, D] features -> (mean [D], unbiased covariance [D, D]) in float64."""
@@ -158,3 +160,16 @@ class FrechetAccumulator:
 
   def distance(self, other: 'FrechetAccumulator') -> float:
     return frechet_distance(*self.stats(), *other.stats())
+
+
+def fvd(real_feats, fake_feats) -> float:
+  """FVD from I3D features ([N, 400] logits of real and of generated /
+  reconstructed clips): Fréchet distance of their Gaussian fits. rFVD and
+  gFVD differ only in what the second set is."""
+  return frechet_distance_from_features(real_feats, fake_feats)
+
+
+def fvd_from_clips(real_clips, fake_clips, batch_size: int = 8) -> float:
+  """FVD between two sets of [N, F, H, W, 3] clips in [0, 255]."""
+  return fvd(i3d.i3d_features(real_clips, batch_size),
+             i3d.i3d_features(fake_clips, batch_size))

@@ -13,7 +13,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from vftok import api
-from vftok.data import codecs
+from vftok.models import latent_codecs
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.evals import pixels
@@ -23,11 +23,11 @@ from vftok.models import tokenizer as tokenizer_lib
 class Evaluator:
   def __init__(self, config, data, workdir: str, writer):
     self.config, self.workdir, self.writer = config, workdir, writer
-    self.budgets = tokenizer_lib.keep_budgets(config.model.registers)
+    self.budgets = tokenizer_lib.keep_budgets(config.model.tokens_per_frame)
     self.batches = pipeline.make_eval_batches(
         config.data, data, num_clips=config.eval.num_clips,
         batch_size=min(config.eval.num_clips, 8))
-    self.codec = codecs.load_codec(data)
+    self.codec = latent_codecs.load_codec(data)
     self.denormalize = pipeline.make_denormalizer(data)
     self.tok = None
 

@@ -17,42 +17,16 @@ import time
 from typing import Optional
 
 import jax
-from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 
 from vftok import sharding
-from vftok.evals import i3d
+from vftok.models.pretrained import i3d
 
 LAYERS = {'logits': i3d.NUM_CLASSES, 'pool': 1024}
 # Compiled I3D programs shared by every extractor of the process (an eval job
 # and its classifier, repeated runs in one notebook): compiling I3D takes far
 # longer than running it on an eval set of a few dozen clips.
 _EXECUTABLES = {}
-
-
-def data_mesh(devices=None) -> jax.sharding.Mesh:
-  """Pure data-parallel mesh over all devices: evaluation replicates weights
-  (they fit on one device) and splits only the batch."""
-  return sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1}),
-                            devices)
-
-
-def put_global(x: np.ndarray, named_sharding) -> jax.Array:
-  """A host array that every process holds in full -> a global jax.Array.
-
-  make_array_from_callback copies only the shards this process addresses, so
-  the same call serves one process and multi-host runs."""
-  x = np.asarray(x)
-  return jax.make_array_from_callback(x.shape, named_sharding,
-                                      lambda idx: x[idx])
-
-
-def fetch(x: jax.Array) -> np.ndarray:
-  """A (possibly multi-host) global array -> the full host array everywhere."""
-  if getattr(x, 'is_fully_addressable', True):
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -93,7 +67,7 @@ class I3DFeatures:
                        f'(16 is the FVD standard), got num_frames={num_frames}')
     self.layer, self.resolution, self.num_frames = layer, resolution, num_frames
     self.dim = LAYERS[layer]
-    self.mesh = mesh or data_mesh()
+    self.mesh = mesh or sharding.data_mesh()
     n = self.mesh.size
     self.batch_size = -(-max(batch_size, 1) // n) * n
     self._batch = sharding.batch_sharding(self.mesh)
@@ -145,9 +119,9 @@ class I3DFeatures:
     for start in range(0, clips.shape[0], self.batch_size):
       batch = clips[start:start + self.batch_size]
       n = batch.shape[0]
-      out = fn(self._variables, put_global(pad_rows(batch, self.batch_size),
+      out = fn(self._variables, sharding.put_global(pad_rows(batch, self.batch_size),
                                            self._batch))
-      outs.append(fetch(out)[:n])
+      outs.append(sharding.fetch(out)[:n])
     self.seconds += time.perf_counter() - t0
     self.clips += clips.shape[0]
     return np.concatenate(outs).astype(np.float32)

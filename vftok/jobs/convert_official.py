@@ -13,16 +13,15 @@ import jax
 from vftok import api
 from vftok import checkpoint
 from vftok import sharding
-from vftok import train_state
-from vftok.data import records
+from vftok import training
 
 
 def run(config, workdir: str):
   if not config.path:
     raise ValueError('set config.path to a released model.safetensors')
-  if os.path.exists(os.path.join(workdir, api.CONFIG_FILE)):
+  if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
     raise ValueError(f'{workdir} already holds a vftok workdir '
-                     f'({api.CONFIG_FILE}); choose an empty directory')
+                     f'({checkpoint.CONFIG_FILE}); choose an empty directory')
 
   # ---- release -> tokenizer (validates everything first) ---------------------
   tok = api.Tokenizer.from_official(config.path, tuple(config.latent_shape))
@@ -31,13 +30,13 @@ def run(config, workdir: str):
   m = tconfig.model
   logging.info('converted %s: d%d-d%d, widths %d/%d, K=%d, decoder %s',
                config.path, m.enc_depth, m.dec_depth, m.enc_width, m.dec_width,
-               m.registers, m.decoder_attention)
+               m.tokens_per_frame, m.decoder_attention)
 
   # ---- the trainer's state, converted params in place ------------------------
-  model, tx, _ = train_state.build(tconfig)
+  task = training.tokenizer_task(tconfig)
   mesh = sharding.make_mesh(tconfig.mesh, devices=jax.devices()[:1])
   state, shardings = sharding.create_sharded_state(
-      train_state.make_init_fn(model, tx, tconfig.model),
+      task.init_fn,
       jax.random.key(config.seed), mesh)
   params = dict(state.params['params'])
   for part in ('encoder', 'decoder'):
@@ -48,13 +47,10 @@ def run(config, workdir: str):
 
   # ---- checkpoint, then config.json ------------------------------------------
   ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, train_state.CHECKPOINT_DIR), async_save=False)
+      os.path.join(workdir, checkpoint.CHECKPOINT_DIR), async_save=False)
   try:
     ckpt.maybe_save(0, state, force=True)
   finally:
     ckpt.close()
-  if jax.process_index() == 0:
-    with records.atomic_path(os.path.join(workdir, api.CONFIG_FILE)) as tmp:
-      with open(tmp, 'w') as f:
-        f.write(tconfig.to_json(indent=2))
+  checkpoint.write_workdir_config(tconfig, workdir)
   logging.info('wrote %s', workdir)

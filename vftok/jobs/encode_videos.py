@@ -31,6 +31,7 @@ from absl import logging
 import numpy as np
 
 from vftok.data import codecs
+from vftok.models import latent_codecs
 from vftok.data import records
 from vftok.data import shards
 from vftok.data import video_io
@@ -72,7 +73,7 @@ def run(config, workdir: str):
     raise ValueError(f'videos_per_shard={per} must be >= 1')
   num_shards = -(-len(inputs) // per)
   codec_path = CODEC_FILE
-  if config.codec == codecs.VidTokCodec.name:
+  if config.codec == latent_codecs.VidTokCodec.name:
     codec_path = os.path.abspath(os.path.expanduser(config.codec_path))
   plan = shards.check_plan(workdir, dict(
       format='vftok-encode-plan/1', input=config.input, split=config.split,
@@ -117,8 +118,8 @@ def run(config, workdir: str):
 # ---- codec -------------------------------------------------------------------
 
 def _codec(config, workdir, inputs, params, worker) -> codecs.LatentCodec:
-  if config.codec == codecs.VidTokCodec.name:
-    return codecs.get_codec(
+  if config.codec == latent_codecs.VidTokCodec.name:
+    return latent_codecs.get_codec(
         config.codec, config.codec_path,
         clips_per_device=config.vidtok_clips_per_device,
         dtype=config.vidtok_dtype)

@@ -33,7 +33,7 @@ decoder noise from (seed, i); every CFG scale sees the same keys (paired).
 """
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -41,20 +41,22 @@ import jax
 import ml_collections
 import numpy as np
 
+from vftok.api import generator
+from vftok.models import ar_sampling
 from vftok import api
-from vftok import ar_render
-from vftok import ar_sampling
-from vftok import ar_train_state
-from vftok import media
+from vftok import checkpoint
+from vftok import training
+from vftok.models.pretrained import text_encoders
+from vftok.evals import media
 from vftok import sharding
-from vftok.data import codecs
+from vftok.models import latent_codecs
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.evals import budget_plot
 from vftok.evals import class_score
 from vftok.evals import eval_data
 from vftok.evals import frechet
-from vftok.evals import sharded_tokenizer
+from vftok.evals import timing as timing_lib
 from vftok.evals import video_features
 from vftok.models import ar
 
@@ -62,53 +64,23 @@ COLUMNS = ('budget', 'cfg_scale', 'tokens_per_video', 'gfvd', 'class_score',
            'sec_per_video_ar', 'sec_per_video_decode')
 
 
-# ------------------------------------------------------------ conditions ---
-
-def eval_conditions(config, ar_config, mc: ar.ARConfig, captions_of_data
-                    ) -> List[ar_render.Condition]:
-  """Class models: config.classes or every class; text models: config.captions
-  or the captions of the real evaluation clips; else one unconditional row."""
-  classes, captions = tuple(config.classes), tuple(config.captions)
-  if classes and not mc.num_classes:
-    raise ValueError('config.classes given but the AR model is not class-'
-                     'conditioned (model.num_classes = 0)')
-  if captions and not mc.text_dim:
-    raise ValueError('config.captions given but the AR model is not text-'
-                     'conditioned (model.text_dim = 0)')
-  if mc.num_classes:
-    classes = classes or tuple(range(mc.num_classes))
-    bad = [c for c in classes if not 0 <= int(c) < mc.num_classes]
-    if bad:
-      raise ValueError(f'config.classes {bad} are outside [0, '
-                       f'{mc.num_classes})')
-    return ar_render.class_conditions(
-        classes, tuple(ar_config.eval.get('class_names', ())))
-  if mc.text_dim:
-    captions = captions or tuple(dict.fromkeys(captions_of_data()))
-    if not captions:
-      raise ValueError('a text-conditioned model needs config.captions (the '
-                       'evaluation records carry none)')
-    return ar_render.caption_conditions(captions)
-  return [ar_render.Condition('uncond')]
-
-
 # ---------------------------------------------------------------- sampling ---
 
 class ShardedSampler:
   """AR tokens for many conditions, in batches split over `mesh`."""
 
-  def __init__(self, model, params, mesh, batch_size: int, *, num_frames: int,
-               order: str, embed_captions=None, **sampling):
+  def __init__(self, model, params, mesh, batch_size: int, timer, *,
+               num_frames: int, order: str, embed_captions=None, **sampling):
     self.model, self.num_frames, self.order = model, num_frames, order
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self.bs = sharding.batch_sharding(mesh)
     self.params = jax.device_put(params, sharding.replicated(mesh))
     self.embed_captions, self.sampling = embed_captions, sampling
-    self.seconds: Dict = {}
+    self.timer = timer
 
-  def _inputs(self, rows: Sequence[ar_render.Condition]) -> Dict:
+  def _inputs(self, rows: Sequence[generator.Condition]) -> Dict:
     rows = list(rows) + [rows[-1]] * (self.batch_size - len(rows))
-    put = lambda x: video_features.put_global(np.asarray(x), self.bs)
+    put = lambda x: sharding.put_global(np.asarray(x), self.bs)
     if rows[0].class_label is not None:
       return {'class_labels': put(np.asarray([c.class_label for c in rows],
                                              np.int32))}
@@ -117,25 +89,21 @@ class ShardedSampler:
       return {'text_emb': put(emb), 'text_mask': put(mask)}
     return {'batch_size': self.batch_size}
 
-  def __call__(self, rows: Sequence[ar_render.Condition], n: int, seed: int,
+  def __call__(self, rows: Sequence[generator.Condition], n: int, seed: int,
                cfg_scale: float) -> np.ndarray:
-    """-> int32 [len(rows), T, n]; the first call per n compiles (untimed)."""
+    """-> int32 [len(rows), T, n]; timed as `ar/n<n>_cfg<scale>`."""
     out = []
     for b, start in enumerate(range(0, len(rows), self.batch_size)):
       chunk = rows[start:start + self.batch_size]
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), n), b)
-      call = lambda: jax.block_until_ready(ar_sampling.sample(
-          self.model, self.params, key, num_frames=self.num_frames,
+      # One compilation per budget and guided-or-not.
+      tokens = self.timer(
+          f'ar/n{n}_cfg{cfg_scale:g}', ar_sampling.sample, self.model,
+          self.params, key, num_frames=self.num_frames,
           tokens_per_frame_budget=n, order=self.order, cfg_scale=cfg_scale,
-          **self.sampling, **self._inputs(chunk)))
-      if (n, cfg_scale != 1.0) not in self.seconds:  # compile
-        call()
-        self.seconds[(n, cfg_scale != 1.0)] = 0.0
-      t0 = time.perf_counter()
-      tokens = call()
-      self.seconds[(n, cfg_scale)] = (self.seconds.get((n, cfg_scale), 0.0)
-                                      + time.perf_counter() - t0)
-      out.append(video_features.fetch(tokens)[:len(chunk)])
+          compile_key=('ar', n, cfg_scale != 1.0), **self.sampling,
+          **self._inputs(chunk))
+      out.append(sharding.fetch(tokens)[:len(chunk)])
     return np.concatenate(out)
 
 
@@ -189,21 +157,26 @@ def run(config, workdir: str, writer=None) -> Dict:
   if not config.ar_workdir:
     raise ValueError('config.ar_workdir is not set: pass the --workdir of a '
                      'train_ar run')
-  ar_config = api.load_workdir_config(config.ar_workdir)
-  if ar_config.get('job') != 'train_ar':
-    raise ValueError(f'config.ar_workdir={config.ar_workdir!r} holds a '
-                     f"{ar_config.get('job')!r} run, not a train_ar run")
-  mc = ar_train_state.model_config(ar_config)
-  params, ar_step = ar_train_state.restore_params(
-      ar_config, config.ar_workdir, _step(config.ar_step))
+  ar_dir, ar_step = checkpoint.check_workdir(
+      config.ar_workdir, 'train_ar', config.ar_step, field='ar_workdir')
+  ar_config = checkpoint.load_workdir_config(ar_dir)
+  mc = ar.ARConfig.from_config_dict(ar_config.model)
+  params, ar_step = training.restore_params(ar_config, ar_dir, ar_step)
   tok_dir = config.tokenizer_workdir or ar_config.tokenizer.checkpoint
-  tok, tok_step = sharded_tokenizer.restore_tokenizer(
-      tok_dir, config.tokenizer_step)
-  mesh = video_features.data_mesh()
+  mesh = sharding.data_mesh()
+  tok_dir, tok_step = checkpoint.check_workdir(
+      tok_dir, 'train_tokenizer', config.tokenizer_step,
+      field='tokenizer_workdir')
+  tok = api.Tokenizer.from_checkpoint(tok_dir, tok_step, mesh=mesh)
   budgets, scales = _check(config, tok, mc, mesh.size)
 
   data, real, labels, captions = real_clips(config, tok.config)
-  conditions = eval_conditions(config, ar_config, mc, lambda: captions)
+  # Class models: config.classes or every class; text models:
+  # config.captions or the captions of the real evaluation clips.
+  conditions = generator.conditions(
+      mc, classes=config.classes, captions=config.captions,
+      class_names=ar_config.eval.get('class_names', ()),
+      default_captions=lambda: captions)
   rows = [c for c in conditions for _ in range(config.samples_per_condition)]
   classifier = None
   if config.classifier.path and mc.num_classes:
@@ -216,18 +189,20 @@ def run(config, workdir: str, writer=None) -> Dict:
   writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
-  encoder = ar_train_state.load_text_encoder(ar_config)
+  encoder = text_encoders.from_config(ar_config)
+  timer = timing_lib.Timer()
   sampler = ShardedSampler(
-      ar.ARTransformer(mc), params['params'], mesh, config.batch_size,
+      ar.ARTransformer(mc), params['params'], mesh, config.batch_size, timer,
       num_frames=int(tok.latent_shape[0]) // int(tok.config.model.patch_size[0]),
       order=ar_config.order,
-      embed_captions=(ar_train_state.CaptionEmbedder(
+      embed_captions=(text_encoders.CaptionEmbedder(
           encoder, ar_config.text.max_length) if encoder else None),
       temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
-  decoder = sharded_tokenizer.ShardedTokenizer(
-      tok, mesh, config.batch_size, config.seed, config.decode.guidance,
-      config.decode.apg.to_dict())
-  codec = codecs.load_codec(data)
+  d = config.decode
+  decode_args = dict(steps=d.steps, guidance=d.guidance,
+                     guidance_scale=d.guidance_scale,
+                     **{f'apg_{k}': v for k, v in d.apg.items()})
+  codec = latent_codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
   features = video_features.I3DFeatures(
       config.fvd.layer, config.fvd.resolution, config.fvd.num_frames,
@@ -245,17 +220,17 @@ def run(config, workdir: str, writer=None) -> Dict:
   for s in scales:
     for n in budgets:
       tokens = sampler(rows, n, config.seed, s)
-      padded = np.zeros(tokens.shape[:2] + (tok.tokens_per_frame,), np.int32)
-      padded[:, :, :n] = tokens
-      pixels, decoded = [], sum(decoder.seconds.values())
+      pixels, decoded = [], timer.seconds.get(f'detokenize/n{n}', 0.0)
       for start in range(0, len(rows), config.batch_size):
-        chunk = video_features.pad_rows(padded[start:start + config.batch_size],
+        chunk = video_features.pad_rows(tokens[start:start + config.batch_size],
                                         config.batch_size)
-        lat = decoder.detokenize(
-            video_features.put_global(chunk, decoder.bs), n,
-            video_features.pad_rows(ids[start:start + config.batch_size],
-                                    config.batch_size),
-            config.decode.steps, config.decode.guidance_scale)
+        noise = tok.clip_noise(video_features.pad_rows(
+            ids[start:start + config.batch_size], config.batch_size),
+                               config.seed)
+        # Budgets share one compilation: tokens are padded with the mask token.
+        lat = sharding.fetch(timer(f'detokenize/n{n}', tok.detokenize,
+                                   chunk, noise=noise,
+                                   compile_key='detokenize', **decode_args))
         m = min(config.batch_size, len(rows) - start)
         pixels.append(media.to_uint8(codec.decode(denormalize(lat[:m]))))
       pixels = np.concatenate(pixels)
@@ -267,11 +242,11 @@ def run(config, workdir: str, writer=None) -> Dict:
         score = float(np.mean(class_score.true_class_probs(classifier(pixels),
                                                            want)))
         classifier_seconds += time.perf_counter() - t0
-      decoded = sum(decoder.seconds.values()) - decoded
+      decoded = timer.seconds[f'detokenize/n{n}'] - decoded
       results.append(dict(
           budget=n, cfg_scale=s, tokens_per_video=int(tokens[0].size),
           gfvd=gfvd, class_score=score,
-          sec_per_video_ar=sampler.seconds[(n, s)] / len(rows),
+          sec_per_video_ar=timer.seconds[f'ar/n{n}_cfg{s:g}'] / len(rows),
           sec_per_video_decode=decoded / len(rows)))
       if s == scales[0]:
         per = config.grid_samples
@@ -285,7 +260,7 @@ def run(config, workdir: str, writer=None) -> Dict:
       i3d_features=features.seconds_per_clip,
       classifier=(classifier_seconds / (len(rows) * len(results))
                   if classifier is not None else float('nan')),
-      compile_seconds=decoder.compile_seconds + features.compile_seconds,
+      compile_seconds=timer.compile_seconds + features.compile_seconds,
       wall_seconds=time.perf_counter() - t_start)
   info = dict(
       ar_workdir=os.path.abspath(config.ar_workdir), ar_step=ar_step,
@@ -365,7 +340,7 @@ def _write(workdir, result, conditions, grids, writer):
                f"{info['ar_step']}: {len(info['conditions'])} conditions x "
                f"{info['samples_per_condition']} samples"))
   scale = result['rows'][0]['cfg_scale']
-  ar_render.write_outputs(workdir, f'samples_cfg{scale:g}', conditions,
+  generator.write_outputs(workdir, f'samples_cfg{scale:g}', conditions,
                           grids, formats=())
   print('\n' + text, flush=True)
   for r in result['rows']:

@@ -40,9 +40,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from vftok import media
+from vftok.evals import media
 from vftok import sharding
-from vftok.data import codecs
+from vftok.models import latent_codecs
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.evals import budget_plot
@@ -51,7 +51,9 @@ from vftok.evals import eval_data
 from vftok.evals import frechet
 from vftok.evals import pixels
 from vftok.evals import reconstruction
-from vftok.evals import sharded_tokenizer
+from vftok import api
+from vftok import checkpoint
+from vftok.evals import timing as timing_lib
 from vftok.evals import video_features
 from vftok.models import tokenizer as tokenizer_lib
 
@@ -82,18 +84,20 @@ def _check(config, registers: int, devices: int):
 def run(config, workdir: str, writer=None) -> Dict:
   """Runs the sweep; -> {'info', 'rows', 'codec', 'timing'} (sweep.json)."""
   t_start = time.perf_counter()
-  tok, step = sharded_tokenizer.restore_tokenizer(config.checkpoint, config.step)
-  mesh = video_features.data_mesh()
+  mesh = sharding.data_mesh()
+  path, step = checkpoint.check_workdir(config.checkpoint, 'train_tokenizer',
+                                        config.step)
+  tok = api.Tokenizer.from_checkpoint(path, step, mesh=mesh)
   budgets, settings = _check(config, tok.tokens_per_frame, mesh.size)
   data, n, batches = eval_data.eval_batches(config, tok.config)
-  codec = codecs.load_codec(data)
+  codec = latent_codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
   os.makedirs(workdir, exist_ok=True)
   writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
-  model = sharded_tokenizer.ShardedTokenizer(tok, mesh, config.batch_size, config.seed,
-                           config.guidance, config.apg.to_dict())
+  timer = timing_lib.Timer()
+  apg = {f'apg_{k}': v for k, v in config.apg.items()}
   features = video_features.I3DFeatures(
       config.fvd.layer, config.fvd.resolution, config.fvd.num_frames,
       config.batch_size, mesh)
@@ -113,12 +117,12 @@ def run(config, workdir: str, writer=None) -> Dict:
     acc.setdefault(key, {}).setdefault(name, []).append(np.asarray(value))
 
   def score(key, px, frames, labels):
-    m = metrics_fn(video_features.put_global(
+    m = metrics_fn(sharding.put_global(
         video_features.pad_rows(px, config.batch_size), bs),
-        video_features.put_global(
+        sharding.put_global(
             video_features.pad_rows(frames, config.batch_size), bs))
     for name in ('psnr', 'ssim'):
-      add(key, name, video_features.fetch(m[name])[:len(px)])
+      add(key, name, sharding.fetch(m[name])[:len(px)])
     add(key, 'feats', features(px))
     if classifier is not None:
       add(key, 'class', class_score.true_class_probs(classifier(px), labels))
@@ -127,12 +131,13 @@ def run(config, workdir: str, writer=None) -> Dict:
   for b, batch in enumerate(batches):
     frames, labels = batch['frames'], batch['label']
     nb = frames.shape[0]
-    ids = np.arange(start, start + config.batch_size)
+    noise = tok.clip_noise(np.arange(start, start + config.batch_size),
+                           config.seed)
     start += nb
     if classifier is not None:
       class_score.check_labels(labels, len(classifier.class_names))
-    tokens = model.tokenize(video_features.pad_rows(batch['latents'],
-                                                    config.batch_size))
+    tokens = sharding.fetch(timer('tokenize', tok.tokenize, video_features.pad_rows(
+        batch['latents'], config.batch_size)))
     add('original', 'feats', features(frames))
     if classifier is not None:
       add('original', 'class',
@@ -145,7 +150,12 @@ def run(config, workdir: str, writer=None) -> Dict:
       grid['rows'] = [frames, codec_px]
     for g, s in settings:
       for k in budgets:
-        lat = model.detokenize(tokens, k, ids, s, g)[:nb]
+        # Budgets share one compilation: tokens are padded to K with the
+        # mask token.
+        lat = sharding.fetch(timer(
+            f'detokenize/g{g}_s{s}/k{k}', tok.detokenize, tokens[:, :, :k],
+            steps=s, guidance_scale=g, guidance=config.guidance, noise=noise,
+            compile_key=('detokenize', g, s), **apg))[:nb]
         t0 = time.perf_counter()
         px = media.to_uint8(codec.decode(denormalize(lat)))
         codec_seconds += time.perf_counter() - t0
@@ -173,7 +183,7 @@ def run(config, workdir: str, writer=None) -> Dict:
   for g, s in settings:
     for k in budgets:
       row = dict(budget=k, guidance=g, steps=s, **summarize((g, s, k)))
-      row['sec_per_clip_detokenize'] = model.seconds[
+      row['sec_per_clip_detokenize'] = timer.seconds[
           f'detokenize/g{g}_s{s}/k{k}'] / n
       rows.append(row)
   ceiling = summarize('codec')
@@ -181,13 +191,13 @@ def run(config, workdir: str, writer=None) -> Dict:
     ceiling['class_score_original'] = float(
         np.mean(np.concatenate(acc['original']['class'])))
   timing = {
-      'tokenize': model.seconds['tokenize'] / n,
+      'tokenize': timer.seconds['tokenize'] / n,
       **{f'detokenize_g{g}_s{s}': sum(
-          model.seconds[f'detokenize/g{g}_s{s}/k{k}'] for k in budgets)
+          timer.seconds[f'detokenize/g{g}_s{s}/k{k}'] for k in budgets)
          / (n * len(budgets)) for g, s in settings},
       'i3d_features': features.seconds_per_clip,
       'codec_decode': codec_seconds / (n * (len(settings) * len(budgets) + 1)),
-      'compile_seconds': model.compile_seconds + features.compile_seconds,
+      'compile_seconds': timer.compile_seconds + features.compile_seconds,
       'wall_seconds': time.perf_counter() - t_start,
   }
   guidance = config.guidance

@@ -23,9 +23,12 @@ from absl import logging
 import jax
 import numpy as np
 
+from vftok import sharding
 from vftok import api
-from vftok import ar_render
-from vftok import ar_train_state
+from vftok.api import generator
+from vftok import checkpoint
+from vftok import training
+from vftok.models.pretrained import text_encoders
 from vftok.data import records
 from vftok.models import ar
 
@@ -34,45 +37,25 @@ def _step(value):
   return None if value is None or int(value) < 0 else int(value)
 
 
-def conditions_of(config, ar_config, mc: ar.ARConfig):
-  """Captions / classes from the config, else the AR run's eval prompts."""
-  captions, classes = tuple(config.captions), tuple(config.classes)
-  if captions and not mc.text_dim:
-    raise ValueError('captions given but the AR model is not text-'
-                     'conditioned (model.text_dim = 0)')
-  if classes and not mc.num_classes:
-    raise ValueError('classes given but the AR model is not class-'
-                     'conditioned (model.num_classes = 0)')
-  bad = [c for c in classes if not 0 <= int(c) < mc.num_classes]
-  if bad:
-    raise ValueError(f'classes {bad} are outside [0, {mc.num_classes})')
-  e = ar_config.eval
-  if mc.text_dim:
-    captions = captions or tuple(e.captions)
-    if not captions:
-      raise ValueError('a text-conditioned model needs config.captions')
-    return ar_render.caption_conditions(captions)
-  if mc.num_classes:
-    classes = classes or tuple(e.classes) or tuple(
-        range(min(mc.num_classes, e.max_classes)))
-    return ar_render.class_conditions(classes, tuple(e.get('class_names',
-                                                           ())))
-  return [ar_render.Condition('uncond')]
-
-
 def run(config, workdir: str, writer=None) -> Dict:
   """-> the report written to <workdir>/<prefix>.json."""
   del writer  # results go to files
   os.makedirs(workdir, exist_ok=True)
-  ar_config = api.load_workdir_config(config.ar_workdir)
-  mc = ar_train_state.model_config(ar_config)
-  params, step = ar_train_state.restore_params(ar_config, config.ar_workdir,
-                                               _step(config.ar_step))
-  params = ar_render.single_device(params)
+  ar_dir, step = checkpoint.check_workdir(
+      config.ar_workdir, 'train_ar', config.ar_step, field='ar_workdir')
+  ar_config = checkpoint.load_workdir_config(ar_dir)
+  mc = ar.ARConfig.from_config_dict(ar_config.model)
+  params, step = training.restore_params(ar_config, ar_dir, step)
+  params = sharding.single_device(params)
   model = ar.ARTransformer(mc)
-  conditions = conditions_of(config, ar_config, mc)
-  encoder = ar_train_state.load_text_encoder(ar_config)
-  embed = (ar_train_state.CaptionEmbedder(encoder, ar_config.text.max_length)
+  e = ar_config.eval  # default: the AR run's own evaluation prompts
+  conditions = generator.conditions(
+      mc, classes=config.classes, captions=config.captions,
+      class_names=e.get('class_names', ()), default_captions=e.captions,
+      default_classes=tuple(e.classes) or tuple(
+          range(min(mc.num_classes, e.max_classes))))
+  encoder = text_encoders.from_config(ar_config)
+  embed = (text_encoders.CaptionEmbedder(encoder, ar_config.text.max_length)
            if encoder is not None else None)
 
   tok_dir = config.tokenizer_workdir or ar_config.tokenizer.checkpoint
@@ -90,7 +73,7 @@ def run(config, workdir: str, writer=None) -> Dict:
     raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
                      f'the AR vocabulary only {mc.vocab_size}')
 
-  sample = lambda use_kv_cache: ar_render.sample_tokens(
+  sample = lambda use_kv_cache: generator.sample_tokens(
       model, params['params'], conditions, budgets, config.samples,
       seed=config.seed, num_frames=num_frames, order=ar_config.order,
       embed_captions=embed, cfg_scale=config.cfg_scale,
@@ -112,12 +95,12 @@ def run(config, workdir: str, writer=None) -> Dict:
         if not np.array_equal(again[n], tokens[n]) and use_cache:
           raise AssertionError('sampling is not deterministic given the seed')
 
-  decoder = ar_render.Decoder(tok, ar_render.latent_data(ar_config, tok),
+  decoder = generator.Decoder(tok, generator.latent_data(ar_config, tok),
                               config.decode_steps, config.decode_guidance,
                               config.seed)
-  pixels = ar_render.decode_all(decoder, tokens)
+  pixels = generator.decode_all(decoder, tokens)
   prefix = config.prefix
-  paths = ar_render.write_outputs(workdir, prefix, conditions, pixels,
+  paths = generator.write_outputs(workdir, prefix, conditions, pixels,
                                   fps=config.fps,
                                   formats=tuple(config.formats))
   with records.atomic_path(os.path.join(workdir, f'{prefix}.npz')) as tmp:

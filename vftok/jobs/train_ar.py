@@ -18,36 +18,37 @@ on first use) and the paper's 2.29B model. Everything written to the workdir:
   samples_<step>.npz     the sampled tokens
 
 Text conditioning: captions (the records' `caption`) are encoded on the host
-by the frozen, pluggable text encoder (config.text; models/text_encoders.py)
-per batch, with a per-caption cache, and enter the jitted step as text_emb
-[B, Lt, D] + text_mask [B, Lt]. (Token records have no embedding field: the
-record schema, data/records.py, holds only tokens and scalars.)
+by the frozen, pluggable text encoder (config.text;
+models/pretrained/text_encoders.py) per batch, with a per-caption cache, and
+enter the jitted step as text_emb [B, Lt, D] + text_mask [B, Lt]. With
+config.text.source='records' the embeddings come precomputed from the token
+records instead (tokenize_dataset with config.text_encoder stores them).
 """
 import os
 import time
 
 from absl import logging
-from clu import periodic_actions
 import jax
 import ml_collections
 import numpy as np
 
-from vftok import api
-from vftok import ar_render
-from vftok import ar_train_state
-from vftok import checkpoint
 from vftok import sharding
+from vftok import training
+from vftok.api import generator
+from vftok.api import tokenizer as tokenizer_api
 from vftok.data import pipeline
 from vftok.data import records
+from vftok.data import tokens as token_records_lib
 from vftok.models import ar
 from vftok.models import layers
+from vftok.models.pretrained import text_encoders
 
 
 def run(config, workdir: str, writer=None):
   """Trains until config.train.total_steps (resuming if the workdir has a
   checkpoint); returns the final train state."""
-  writer = api.start_workdir(config, workdir, writer)
-  mc = ar_train_state.model_config(config)
+  writer = training.start_workdir(config, workdir, writer)
+  mc = ar.ARConfig.from_config_dict(config.model)
 
   # ---- mesh ------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -70,90 +71,35 @@ def run(config, workdir: str, writer=None):
   bad_records = pipeline.bad_record_counter(config.data, pattern,
                                             jax.process_count())
   batch_sharding = sharding.batch_sharding(mesh)
-  encoder = ar_train_state.load_text_encoder(config)
-  embed = (ar_train_state.CaptionEmbedder(encoder, config.text.max_length,
-                                          config.text.cache_size)
+  encoder = text_encoders.from_config(config)
+  embed = (text_encoders.CaptionEmbedder(encoder, config.text.max_length,
+                                         config.text.cache_size)
            if encoder is not None else None)
 
   # ---- model -----------------------------------------------------------------
-  model, tx, schedule = ar_train_state.build(config)
-  init_fn = ar_train_state.make_init_fn(model, tx)
+  task = training.ar_task(config)
 
   # ---- shard: state created sharded, never whole on one device -------------
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state, state_shardings = sharding.create_sharded_state(init_fn, init_rng,
-                                                         mesh)
+  state, state_shardings, step_rng = training.create_state(task, config.seed,
+                                                          mesh)
   _log_param_counts(state.params, writer)
 
   # ---- step ------------------------------------------------------------------
-  step_fn = ar_train_state.make_train_step(
-      model, tx, schedule, order=config.order,
-      cond_dropout=float(config.cond_dropout))
-  train_step = jax.jit(
-      step_fn,
-      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
-
-  # ---- restore ---------------------------------------------------------------
-  ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, ar_train_state.CHECKPOINT_DIR),
-      keep=config.train.keep_checkpoints,
-      save_every=config.train.checkpoint_every)
-  restored, start = ckpt.restore(checkpoint.abstract_like(state),
-                                 data_iter=train_iter)
-  if restored is not None:
-    state = restored
-    logging.info('resumed from step %d', start)
-  guard = checkpoint.PreemptionGuard()
+  train_step = training.jit_step(task, state_shardings, mesh, step_rng)
+  next_batch = lambda: pipeline.global_batch(
+      host_batch(bad_records(next(train_iter)), mc, budget, embed),
+      batch_sharding)
 
   # ---- evals -----------------------------------------------------------------
-  sampler = Sampler(config, workdir, writer, model, embed, num_frames, budget)
+  sampler = Sampler(config, workdir, writer, task.model, embed, num_frames,
+                    budget)
 
-  # ---- loop ------------------------------------------------------------------
-  total = config.train.total_steps
-  tokens_per_step = gbs * num_frames * budget
-  report = periodic_actions.ReportProgress(num_train_steps=total,
-                                           writer=writer)
-  step = start
-  t_last, step_last = time.time(), step
-  try:
-    while step < total:
-      ckpt.check()  # a failed background save stops training here
-      batch = host_batch(bad_records(next(train_iter)), mc, budget, embed)
-      state, metrics = train_step(
-          state, pipeline.global_batch(batch, batch_sharding), step_rng)
-      step += 1
-      report(step)
-      if step % config.train.log_every == 0 or step == total:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        dt = time.time() - t_last
-        metrics['steps_per_sec'] = (step - step_last) / dt
-        metrics['tokens_per_sec'] = metrics['steps_per_sec'] * tokens_per_step
-        metrics.update(bad_records.metrics())
-        writer.write_scalars(step, metrics)
-        t_last, step_last = time.time(), step
-        if not np.isfinite(metrics['loss']):
-          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}')
-      stop = guard.should_stop(step)
-      ckpt.maybe_save(step, state, data_iter=train_iter,
-                      force=stop or step == total)
-      if stop:
-        logging.warning('preempted: checkpoint written at step %d, exiting',
-                        step)
-        break
-      every = config.train.eval_every
-      if every > 0 and (step % every == 0 or step == total):
-        with report.timed('eval'):
-          sampler.run(step, state.params)
-        t_last = time.time()  # sampling time is not training throughput
-    ckpt.wait()
-  finally:
-    guard.close()
-    ckpt.close()  # quiet after a failed save (already raised)
-    writer.flush()
-  return state
+  # ---- restore + loop --------------------------------------------------------
+  return training.run_loop(
+      config, workdir, writer, state=state, train_step=train_step,
+      train_iter=train_iter, next_batch=next_batch, evaluate=sampler.run,
+      per_step={'tokens_per_sec': gbs * num_frames * budget},
+      extra_metrics=bad_records.metrics)
 
 
 # ---- data --------------------------------------------------------------------
@@ -180,22 +126,22 @@ def token_records(config, workdir: str) -> str:
 
 
 def tokenize_demo(config, out_dir: str, tokenizer=None):
-  """The embedded demo set's training clips -> token records in out_dir,
-  through jobs/tokenize_dataset.py (its normalisation, sharding, manifest)."""
-  from vftok.jobs import tokenize_dataset  # pylint: disable=g-import-not-at-top
+  """The embedded demo set's training clips -> token records in out_dir
+  (data/tokens.py: the normalisation, sharding and manifest of
+  tokenize_dataset)."""
   if not config.tokenizer.checkpoint:
     raise ValueError("data.kind='demo_tokens' needs config.tokenizer."
                      'checkpoint: a trained tokenizer workdir')
   t0 = time.time()
   tok = tokenizer or load_tokenizer(config)
-  latents = ar_render.latent_data(config, tok)
+  latents = generator.latent_data(config, tok)
   tcfg = ml_collections.ConfigDict(dict(
       job='tokenize_dataset', input=latents.train_pattern,
       tokenizer_workdir=config.tokenizer.checkpoint,
       tokenizer_step=int(config.tokenizer.step), stats_from='', normalize='',
       split='train', batch_size=32, worker_index=0, worker_count=1,
       finalize=False, log_every_s=30.0))
-  manifest = tokenize_dataset.run(tcfg, out_dir, tokenizer=tok)
+  manifest = token_records_lib.tokenize_records(tcfg, out_dir, tok)
   logging.info('demo set tokenized in %.1fs: %d records in %s',
                time.time() - t0, manifest['counts']['train'], out_dir)
   return manifest
@@ -203,7 +149,8 @@ def tokenize_demo(config, out_dir: str, tokenizer=None):
 
 def load_tokenizer(config):
   step = None if config.tokenizer.step < 0 else int(config.tokenizer.step)
-  return api.Tokenizer.from_checkpoint(config.tokenizer.checkpoint, step)
+  return tokenizer_api.Tokenizer.from_checkpoint(config.tokenizer.checkpoint,
+                                                step)
 
 
 def _check_records(config, mc: ar.ARConfig, pattern: str):
@@ -278,34 +225,27 @@ class Sampler:
     if len(self.budgets) < len(e.budgets):
       logging.warning('eval.budgets %s: only %s fit the %d trained tokens '
                       'per frame', tuple(e.budgets), self.budgets, budget)
-    if mc.text_dim:
-      self.conditions = ar_render.caption_conditions(e.captions)
-    elif mc.num_classes:
-      classes = list(e.classes) or list(range(min(mc.num_classes,
-                                                  e.max_classes)))
-      self.conditions = ar_render.class_conditions(
-          classes, tuple(e.get('class_names', ())))
-    else:
-      self.conditions = [ar_render.Condition('uncond')]
-    if not self.conditions and config.train.eval_every > 0:
-      raise ValueError('a text-conditioned model samples config.eval.'
-                       'captions during training: set them (or '
-                       'train.eval_every=0)')
+    self.conditions = []
+    if config.train.eval_every > 0:  # samples config.eval's prompts
+      self.conditions = generator.conditions(
+          mc, classes=e.classes, captions=e.captions,
+          class_names=e.get('class_names', ()), field='config.eval',
+          default_classes=range(min(mc.num_classes, e.max_classes)))
     self.decoder = None
 
   def _decoder(self):
     if self.decoder is None and self.config.tokenizer.checkpoint:
       e = self.config.eval
       tok = load_tokenizer(self.config)
-      self.decoder = ar_render.Decoder(
-          tok, ar_render.latent_data(self.config, tok), e.decode_steps,
+      self.decoder = generator.Decoder(
+          tok, generator.latent_data(self.config, tok), e.decode_steps,
           e.decode_guidance, self.config.seed)
     return self.decoder
 
   def run(self, step: int, params):
     e = self.config.eval
-    tokens, seconds = ar_render.sample_tokens(
-        self.model, ar_render.single_device(params['params']),
+    tokens, seconds = generator.sample_tokens(
+        self.model, sharding.single_device(params['params']),
         self.conditions, self.budgets, e.samples_per_condition,
         seed=self.config.seed + step, num_frames=self.num_frames,
         order=self.config.order, embed_captions=self.embed,
@@ -325,8 +265,8 @@ class Sampler:
         np.savez(f, **{f'n{n}': t for n, t in tokens.items()})
     decoder = self._decoder()
     if decoder is not None:
-      pixels = ar_render.decode_all(decoder, tokens)
-      paths = ar_render.write_outputs(
+      pixels = generator.decode_all(decoder, tokens)
+      paths = generator.write_outputs(
           self.workdir, f'samples_{step}', self.conditions, pixels,
           fps=e.fps, formats=tuple(e.formats))
       logging.info('wrote %s', paths)

@@ -18,8 +18,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from vftok.data import codecs
-from vftok.data import pipeline
+from vftok import training
+from vftok.models import latent_codecs
 from vftok.data import records
 from vftok.evals import class_score
 from vftok.evals import video_features
@@ -59,8 +59,8 @@ def run(config, workdir: str) -> Dict[str, float]:
   # Data fields the config leaves out (e.g. the demo build's REPA teacher)
   # take the tokenizer defaults, so the demo set found is the one training
   # builds and uses.
-  data = pipeline.resolve_saved(config.data)
-  codec = codecs.load_codec(data)
+  data = training.resolve_saved_data(config.data)
+  codec = latent_codecs.load_codec(data)
   train = balanced(records.read_records(data.train_pattern),
                    config.max_clips_per_class)
   held = [ex for ex in records.read_records(data.eval_pattern)

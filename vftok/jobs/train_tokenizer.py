@@ -1,4 +1,5 @@
-"""Trains a VideoFlexTok tokenizer (stage 1): the one script, in phases.
+"""Trains a VideoFlexTok tokenizer (stage 1, or stage 2 with a frozen encoder
+and config.train.init_from): the one script, in phases.
 
     mesh -> data -> model -> shard -> step -> restore -> evals -> loop
 
@@ -10,28 +11,21 @@ config differs. Everything written to the workdir:
   recon_<step>.png       reconstructions at token budgets 1, 2, 4, ..., K
   psnr_<step>.md         PSNR per token budget
 """
-import os
-import time
-
 from absl import logging
-from clu import periodic_actions
 import jax
-import numpy as np
 
-from vftok import api
-from vftok import checkpoint
 from vftok import sharding
-from vftok import train_state
+from vftok import training
 from vftok.data import pipeline
 from vftok.evals import reconstruction
-from vftok.models import features
 from vftok.models import layers
+from vftok.models.pretrained import features
 
 
 def run(config, workdir: str, writer=None):
   """Trains until config.train.total_steps (resuming if the workdir has a
   checkpoint); returns the final train state."""
-  writer = api.start_workdir(config, workdir, writer)
+  writer = training.start_workdir(config, workdir, writer)
 
   # ---- mesh ------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -42,7 +36,7 @@ def run(config, workdir: str, writer=None):
                      f'the {mesh.size} devices of the mesh')
 
   # ---- data ------------------------------------------------------------------
-  data = pipeline.resolve(config.data)
+  data = training.resolve_data(config.data)
   train_iter = pipeline.make_train_iterator(
       config.data, data, process_index=jax.process_index(),
       process_count=jax.process_count(),
@@ -52,120 +46,41 @@ def run(config, workdir: str, writer=None):
   batch_sharding = sharding.batch_sharding(mesh)
 
   # ---- model -----------------------------------------------------------------
-  model, tx, schedule = train_state.build(config)
-  init_fn = train_state.make_init_fn(model, tx, config.model)
+  task = training.tokenizer_task(config)
+  stage2 = 'encoder' in tuple(config.optim.get('freeze', ()))
+  if stage2 and not config.train.get('init_from'):
+    raise ValueError('the encoder is frozen (stage 2) but config.train.init_from '
+                     'names no stage-1 workdir to start from')
 
   # ---- shard: state created sharded, never whole on one device -----------------
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state, state_shardings = sharding.create_sharded_state(init_fn, init_rng, mesh)
+  state, state_shardings, step_rng = training.create_state(task, config.seed,
+                                                          mesh)
   _log_param_counts(state.params, writer)
 
   # ---- step ------------------------------------------------------------------
-  step_fn = train_state.make_train_step(
-      model, tx, schedule, config.model,
-      freeze_encoder='encoder' in tuple(config.optim.get('freeze', ())))
-  # The frozen REPA teacher's weights (if any) are replicated once and passed
-  # to every step as an argument.
-  teacher_params = jax.device_put(step_fn.teacher.params,
-                                  sharding.replicated(mesh))
-  train_step = jax.jit(
-      step_fn,
-      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh),
-                    sharding.replicated(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+  train_step = training.jit_step(task, state_shardings, mesh, step_rng)
+  next_batch = lambda: pipeline.global_batch(bad_records(next(train_iter)),
+                                             batch_sharding)
 
-  # ---- restore ---------------------------------------------------------------
-  ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, train_state.CHECKPOINT_DIR), keep=config.train.keep_checkpoints,
-      save_every=config.train.checkpoint_every)
-  restored, start = ckpt.restore(
-      checkpoint.abstract_like(state), data_iter=train_iter)
-  if restored is not None:
-    state = restored
-    logging.info('resumed from step %d', start)
-  elif 'encoder' in tuple(config.optim.get('freeze', ())) and not config.train.get('init_from'):
-    raise ValueError('the encoder is frozen (stage 2) but config.train.init_from '
-                     'names no stage-1 workdir to start from')
-  elif config.train.get('init_from'):
-    # Stage 2 starts from the stage-1 params (fresh optimizer, step 0); on
-    # resume the stage-2 checkpoint above wins.
-    state = state.replace(params=train_state.init_params_from(
-        config.train.init_from, state.params, mesh))
+  # ---- restore: a fresh stage 2 starts from the stage-1 params (fresh
+  # optimizer, step 0); on resume the stage-2 checkpoint wins ------------------
+  def fresh_start(state):
+    if not config.train.get('init_from'):
+      return state
     logging.info('params initialised from %s', config.train.init_from)
+    return state.replace(params=training.init_params_from(
+        config.train.init_from, state.params, mesh))
 
   # ---- evals -----------------------------------------------------------------
   evaluator = reconstruction.Evaluator(config, data, workdir, writer)
-  guard = checkpoint.PreemptionGuard()
 
   # ---- loop ------------------------------------------------------------------
-  total = config.train.total_steps
-  latent_frames_per_step = config.data.global_batch_size * config.model.latent_frames
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
-  step = start
-  if step >= total:
-    _report_finished(workdir, step, total)
-  t_last, step_last = time.time(), step
-  try:
-    while step < total:
-      ckpt.check()  # a failed background save stops training here
-      host = bad_records(next(train_iter))
-      batch = pipeline.global_batch(host, batch_sharding)
-      state, metrics = train_step(state, batch, step_rng, teacher_params)
-      step += 1
-      report(step)
-      if step % config.train.log_every == 0 or step == total:
-        metrics = jax.device_get(metrics)
-        dt = time.time() - t_last
-        metrics['steps_per_sec'] = (step - step_last) / dt
-        metrics['latent_frames_per_sec'] = metrics['steps_per_sec'] * latent_frames_per_step
-        metrics.update(bad_records.metrics())
-        writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
-        _log_progress(step, total, metrics)
-        t_last, step_last = time.time(), step
-        if not np.isfinite(metrics['loss']):
-          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}')
-      stop = guard.should_stop(step)
-      ckpt.maybe_save(step, state, data_iter=train_iter,
-                      force=stop or step == total)
-      if stop:
-        logging.warning('preempted: checkpoint written at step %d, exiting', step)
-        break
-      if step % config.train.eval_every == 0 or step == total:
-        with report.timed('eval'):
-          evaluator.run(step, state.params)
-        # steps/s measures training: the evaluation's time is not in it.
-        t_last = time.time()
-    ckpt.wait()
-    if step == total and step > start:
-      logging.info('done: %d steps; workdir %s', step, workdir)
-  finally:
-    guard.close()
-    ckpt.close()  # quiet after a failed save (already raised)
-    writer.flush()
-  return state
-
-
-def _log_progress(step, total, metrics):
-  """One console line per log_every: step, losses, speed and ETA."""
-  rate = float(metrics['steps_per_sec'])
-  eta = (total - step) / rate if rate > 0 else 0.0
-  losses = '  '.join(f'{k[len("loss_"):]} {float(v):.4f}'
-                     for k, v in sorted(metrics.items()) if k.startswith('loss_'))
-  logging.info('step %d/%d  loss %.4f (%s)  %.2f steps/s  ETA %dm%02ds', step,
-               total, float(metrics['loss']), losses, rate, eta // 60, eta % 60)
-
-
-def _report_finished(workdir, step, total):
-  """A re-run of a finished run: say so and show its last table."""
-  logging.info('already trained: the workdir is at step %d of '
-               'config.train.total_steps=%d (raise it to train on)', step, total)
-  table = os.path.join(workdir, f'psnr_{step}.md')
-  if os.path.exists(table):
-    with open(table) as f:
-      print(f'\nReconstruction PSNR at step {step} ({table}):\n{f.read()}',
-            flush=True)
+  per_step = config.data.global_batch_size * config.model.latent_frames
+  return training.run_loop(
+      config, workdir, writer, state=state, train_step=train_step,
+      train_iter=train_iter, next_batch=next_batch, evaluate=evaluator.run,
+      fresh_start=fresh_start, per_step={'latent_frames_per_sec': per_step},
+      extra_metrics=bad_records.metrics, finished_table='psnr_{step}.md')
 
 
 def _log_param_counts(params, writer):

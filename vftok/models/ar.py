@@ -27,19 +27,24 @@ cross-attention in every block (4 * width^2 each), which fixes both choices.
 Decoding: `decode` processes a chunk of positions starting at `start` against
 a fixed-length KV cache in the flax 'cache' collection (created by the first
 call, which also caches the cross-attention keys / values of the text), so a
-`lax.fori_loop` over positions compiles once. See vftok/ar_sampling.py.
+`lax.fori_loop` over positions compiles once. See vftok/models/ar_sampling.py.
 """
-import dataclasses
 import math
-from typing import Dict, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+import optax
 
 from vftok.models import layers
+from vftok.models import token_order
+from vftok.models.ar_config import analytic_param_counts as analytic_param_counts
+from vftok.models.ar_config import ARConfig as ARConfig
+from vftok.models.ar_config import config_dict as config_dict
+from vftok.models.ar_config import PAPER_C2V_DEPTHS as PAPER_C2V_DEPTHS
+from vftok.models.ar_config import PAPER_T2V_DEPTHS as PAPER_T2V_DEPTHS
 from vftok.models.layers import dense
 
 # Top-level parameters outside the "non-embedding" count: lookup tables, the
@@ -48,78 +53,6 @@ from vftok.models.layers import dense
 # it excluded D = 20 N reproduces Table 7's token counts to 3 digits).
 EMBEDDING_PARAMS = ('token_embed', 'frame_embed', 'level_embed', 'class_embed',
                     'sos', 'text_null', 'text_proj', 'text_norm', 'head')
-PAPER_C2V_DEPTHS = (10, 12, 16, 20, 24, 30, 36)   # Table 6
-PAPER_T2V_DEPTHS = (12, 20, 30, 42)               # Table 7
-
-
-@dataclasses.dataclass(frozen=True)
-class ARConfig:
-  depth: int = 16
-  width: int = 0              # 0: 64 * depth
-  heads: int = 0              # 0: depth (head_dim 64)
-  vocab_size: int = 64000
-  seq_len: int = 1280         # max sequence = default KV-cache length
-  num_frames: int = 5         # rows of the latent-frame position table
-  tokens_per_frame: int = 256  # rows of the coarse-to-fine position table (K)
-  num_classes: int = 0        # 0: no class conditioning
-  text_dim: int = 0           # 0: no text cross-attention
-  cross_attn_every: int = 1   # cross-attention in blocks i % every == 0
-  dropout: float = 0.0        # FFN, attention-probability and projection
-  dtype: str = 'float32'      # compute dtype; params stay float32
-  mlp_multiple_of: int = 64   # SwiGLU hidden width rounding (see mlp_hidden)
-  remat: str = 'none'         # training only: layers.REMAT_POLICIES
-
-  def __post_init__(self):
-    if not self.width:
-      object.__setattr__(self, 'width', 64 * self.depth)
-    if not self.heads:
-      object.__setattr__(self, 'heads', self.depth)
-    if self.width % self.heads:
-      raise ValueError(f'width {self.width} not divisible by heads '
-                       f'{self.heads}')
-    if self.dtype not in ('float32', 'bfloat16'):
-      raise ValueError(f'dtype must be float32 or bfloat16, got {self.dtype}')
-
-  @property
-  def head_dim(self) -> int:
-    return self.width // self.heads
-
-  @property
-  def mlp_hidden(self) -> int:
-    # LLaMA's 2/3 * 4 * width keeps SwiGLU (3 matrices) at the 8 * width^2 of
-    # a ratio-4 MLP. LLaMA rounds up to 256, which is +5% for d10 (1707 ->
-    # 1792) and breaks Table 6; 64 keeps every paper size within 1% (exact
-    # when depth % 3 == 0) and still tiles on accelerators.
-    m = self.mlp_multiple_of
-    return m * math.ceil(int(8 * self.width / 3) / m)
-
-  @property
-  def compute_dtype(self):
-    return layers.optional_dtype(self.dtype)
-
-  def has_cross_attn(self, block: int) -> bool:
-    every = self.cross_attn_every
-    return bool(self.text_dim) and every > 0 and block % every == 0
-
-  @classmethod
-  def from_config_dict(cls, cd) -> 'ARConfig':
-    """From an ml_collections ConfigDict (or dict); None means default."""
-    items = dict(cd.items()) if hasattr(cd, 'items') else dict(cd)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(items) - names
-    if unknown:
-      raise ValueError(f'unknown AR config fields: {sorted(unknown)}')
-    return cls(**{k: v for k, v in items.items() if v is not None})
-
-
-def config_dict(depth: int = 16, **overrides) -> ml_collections.ConfigDict:
-  """The ConfigDict form of ARConfig (width / heads 0 = derived from depth)."""
-  fields = dataclasses.asdict(ARConfig(depth=depth))
-  fields.update(width=0, heads=0)
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
-
-
 def build(config) -> 'ARTransformer':
   if not isinstance(config, ARConfig):
     config = ARConfig.from_config_dict(config)
@@ -130,81 +63,6 @@ def _rms_norm(name, dtype):
   return nn.RMSNorm(epsilon=1e-6, dtype=dtype, name=name,
                     scale_init=nn.with_logical_partitioning(
                         nn.initializers.ones_init(), ('norm',)))
-
-
-def _attend(q, k, v, *, mask=None, is_causal=False, rate=0.0,
-            deterministic=True):
-  """[B, Lq, H, D] attention; dropout on the probabilities when training.
-
-  jax.nn.dot_product_attention has no dropout, so the (rare) training-with-
-  attention-dropout case spells softmax out; both paths mask identically.
-  Call only inside a compact method: the Dropout binds to that module.
-  """
-  if deterministic or rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
-  logits = logits / np.sqrt(q.shape[-1])
-  if is_causal:
-    causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
-    mask = causal if mask is None else mask & causal
-  if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1)
-  probs = nn.Dropout(rate)(probs, deterministic=False)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
-
-
-class SelfAttention(nn.Module):
-  config: ARConfig
-
-  @nn.compact
-  def __call__(self, x, start, decode: bool, cache_len: int, deterministic):
-    c, dt = self.config, self.config.compute_dtype
-    proj = lambda n: dense((c.heads, c.head_dim),
-                           ('embed', 'heads', 'head_dim'), n, dt)(x)
-    q, k, v = proj('query'), proj('key'), proj('value')
-    if decode:
-      b, chunk = x.shape[:2]
-      shape = (b, cache_len, c.heads, c.head_dim)
-      ck = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
-      cv = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
-      ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, start, 0, 0))
-      cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, start, 0, 0))
-      # Slots past the query position hold zeros or stale keys: masked out.
-      q_pos = start + jnp.arange(chunk)
-      mask = jnp.arange(cache_len)[None, :] <= q_pos[:, None]
-      out = _attend(q, ck.value, cv.value, mask=mask[None, None])
-    else:
-      out = _attend(q, k, v, is_causal=True, rate=c.dropout,
-                    deterministic=deterministic)
-    return dense(c.width, ('heads', 'head_dim', 'embed'), 'out', dt,
-                 in_axis=(-2, -1))(out)
-
-
-class CrossAttention(nn.Module):
-  """Attention to the text context; in decode mode its keys are cached."""
-  config: ARConfig
-
-  @nn.compact
-  def __call__(self, x, ctx, ctx_mask, decode: bool, deterministic):
-    c, dt = self.config, self.config.compute_dtype
-    proj = lambda n, y: dense((c.heads, c.head_dim),
-                              ('embed', 'heads', 'head_dim'), n, dt)(y)
-    q = proj('query', x)
-    if decode:
-      if ctx is None and not self.has_variable('cache', 'cached_key'):
-        raise ValueError('the first decode call must build the text cache')
-      # The initialisers run on the first call only; later steps reuse K/V.
-      cached = lambda name, fn: self.variable('cache', name, fn).value
-      k = cached('cached_key', lambda: proj('key', ctx))
-      v = cached('cached_value', lambda: proj('value', ctx))
-      mask = cached('cached_mask', lambda: ctx_mask)
-    else:
-      k, v, mask = proj('key', ctx), proj('value', ctx), ctx_mask
-    out = _attend(q, k, v, mask=mask[:, None, None, :], rate=c.dropout,
-                  deterministic=deterministic or decode)
-    return dense(c.width, ('heads', 'head_dim', 'embed'), 'out', dt,
-                 in_axis=(-2, -1))(out)
 
 
 class SwiGLU(nn.Module):
@@ -228,11 +86,20 @@ class Block(nn.Module):
     c, dt = self.config, self.config.compute_dtype
     # Projection dropout: on each residual branch's output projection.
     drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=deterministic)
-    x = x + drop(SelfAttention(c, name='attn')(
-        _rms_norm('norm1', dt)(x), start, decode, cache_len, deterministic))
+    attn = lambda cls, name: cls(
+        c.width, c.head_dim, dt, layers.attention_implementation(
+            c.attention_impl), qk_norm=False,
+        scale=1.0 / math.sqrt(c.head_dim), dropout_rate=c.dropout, name=name)
+    h = _rms_norm('norm1', dt)(x)
+    h = (attn(layers.Attention, 'attn')(h, cache=(start, cache_len))
+         if decode else
+         attn(layers.Attention, 'attn')(h, is_causal=True,
+                                         deterministic=deterministic))
+    x = x + drop(h)
     if self.cross:
-      x = x + drop(CrossAttention(c, name='cross_attn')(
-          _rms_norm('norm_cross', dt)(x), ctx, ctx_mask, decode, deterministic))
+      x = x + drop(attn(layers.CrossAttention, 'cross_attn')(
+          _rms_norm('norm_cross', dt)(x), ctx, ctx_mask, decode=decode,
+          deterministic=deterministic))
     return x + drop(SwiGLU(c, name='mlp')(_rms_norm('norm2', dt)(x),
                                           deterministic))
 
@@ -388,32 +255,69 @@ def scaling_params(params) -> int:
       params, lambda p, _: _top_name(p) == 'head')
 
 
-def analytic_param_counts(config: ARConfig) -> Dict[str, int]:
-  """The counts of `count_params` / `scaling_params` without building."""
-  c, w = config, config.width
-  block = 4 * w * w + 3 * w * c.mlp_hidden + 2 * w
-  cross = sum(c.has_cross_attn(i) for i in range(c.depth))
-  non_emb = c.depth * block + cross * (4 * w * w + w) + w
-  head = w * c.vocab_size
-  emb = (c.vocab_size + c.num_frames + c.tokens_per_frame + 1) * w
-  emb += (c.num_classes + 1) * w if c.num_classes else 0
-  # text_null, text_proj, text_norm
-  emb += (w + c.text_dim * w + w) if c.text_dim else 0
-  return dict(non_embedding=non_emb, head=head, scaling=non_emb + head,
-              total=non_emb + head + emb)
-
-
 def abstract_params(config: ARConfig):
   """Parameter ShapeDtypeStructs via jax.eval_shape (nothing allocated),
   boxed with their logical axis names (sharding.unbox strips them)."""
-  model = ARTransformer(config)
+  args, kwargs = dummy_inputs(config)
+  init = lambda r: ARTransformer(config).init(r, *args, **kwargs)
+  return jax.eval_shape(init, jax.random.key(0))['params']
+
+
+# ---- training loss -------------------------------------------------------------
+
+def dummy_inputs(config: ARConfig):
+  """(args, kwargs) of a minimal forward that creates every parameter."""
   t = min(config.num_frames, 2)
-  fi, ti = np.arange(t, dtype=np.int32), np.zeros(t, np.int32)
+  args = (jnp.zeros((1, t), jnp.int32), np.arange(t, dtype=np.int32),
+          np.zeros(t, np.int32))
   kwargs = {}
   if config.num_classes:
     kwargs['class_labels'] = jnp.zeros((1,), jnp.int32)
   if config.text_dim:
     kwargs['text_emb'] = jnp.zeros((1, 2, config.text_dim))
     kwargs['text_mask'] = jnp.ones((1, 2), bool)
-  init = lambda r: model.init(r, jnp.zeros((1, t), jnp.int32), fi, ti, **kwargs)
-  return jax.eval_shape(init, jax.random.key(0))['params']
+  return args, kwargs
+
+
+def sequence_loss(logits, seq, num_frames: int, order: str):
+  """-> (mean cross-entropy, accuracy, mean cross-entropy per level [n])."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, seq)
+  correct = (jnp.argmax(logits, -1) == seq).astype(jnp.float32)
+  n = seq.shape[1] // num_frames
+  per_level = token_order.from_sequence(ce, num_frames, n, order).mean((0, 1))
+  return ce.mean(), correct.mean(), per_level
+
+
+def loss_fn(model: 'ARTransformer', params, batch, rng, *,
+            order: str = 'time_first', cond_dropout: float = 0.1):
+  """Next-token cross-entropy over the [T, n] token grid laid out in `order`
+  (time-first by default) -> (loss, metrics). The condition (class label or
+  caption mask) is replaced by the null one w.p. `cond_dropout`, so the same
+  model learns the unconditional branch classifier-free guidance needs.
+
+  batch: tokens int32 [B, T, n]; label int32 [B] (class models; < 0 is the
+  null class); text_emb float [B, Lt, D] + text_mask bool [B, Lt] (text).
+  """
+  mc = model.config
+  tokens = batch['tokens']
+  _, t, n = tokens.shape
+  seq = token_order.to_sequence(tokens, order)
+  frame_index, token_index = token_order.positions(t, n, order)
+  cond_rng, dropout_rng = jax.random.split(rng)
+  labels = mask = None
+  if mc.num_classes:
+    labels = batch['label']
+    labels = jnp.where(labels < 0, mc.num_classes, labels)
+  if mc.text_dim:
+    mask = batch['text_mask']
+  if cond_dropout > 0 and (labels is not None or mask is not None):
+    labels, mask = drop_condition(cond_rng, cond_dropout, mc,
+                                  class_labels=labels, text_mask=mask)
+  logits = model.apply(params, seq, frame_index, token_index,
+                       class_labels=labels, text_emb=batch.get('text_emb'),
+                       text_mask=mask, train=True,
+                       rngs={'dropout': dropout_rng})
+  loss, accuracy, per_level = sequence_loss(logits, seq, t, order)
+  return loss, dict(loss=loss, accuracy=accuracy,
+                    loss_first_token=per_level[0],
+                    loss_last_token=per_level[-1])

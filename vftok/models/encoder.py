@@ -40,7 +40,6 @@ class Encoder(nn.Module):
   # a high lr z runs into tanh saturation and every clip gets one token
   # within tens of steps; a scale < 1 keeps z in FSQ's working range (demo).
   readout_scale: float = 1.0
-  register_init_std: float = 0.02
   pos_init_std: float = 0.02        # learned patch position embedding
   mlp_ratio: float = 4.0
   remat: str = 'none'               # layers.REMAT_POLICIES
@@ -74,8 +73,7 @@ class Encoder(nn.Module):
                              self.pos_kind)
     x = x + pos.reshape(t, n, self.width).astype(self.dtype)
     regs = layers.learned('registers', (self.max_frames, k, self.width),
-                          (None, 'registers', 'embed'), self,
-                          self.register_init_std)
+                          (None, 'registers', 'embed'), self, 0.02)
     regs = jax.lax.dynamic_slice_in_dim(regs, frame_offset, t, axis=0)
     regs = jnp.broadcast_to(regs.astype(self.dtype), (b, t, k, self.width))
     self.sow('intermediates', 'patches_in', x)

@@ -55,37 +55,125 @@ def attention_scale(head_dim: int) -> float:
   return 8.0 / head_dim
 
 
+def attend(q, k, v, *, mask=None, is_causal: bool = False,
+           scale: Optional[float] = None, implementation: Optional[str] = None,
+           dropout: Optional[Callable] = None):
+  """The one attention core of vftok (encoder, decoder, REPA head, AR):
+  q [B, Lq, H, D], k / v [B, Lk, H, D] -> [B, Lq, H, D].
+
+  mask: bool, broadcastable to [B, H, Lq, Lk]; scale: None = 1/sqrt(D);
+  implementation: jax.nn.dot_product_attention's (None: XLA's choice, 'xla',
+  'cudnn'). dropout: applied to the probabilities (training with attention
+  dropout, AR only): dot_product_attention has none, so that case spells
+  the softmax out; both paths mask identically.
+  """
+  if dropout is None:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                        is_causal=is_causal, scale=scale,
+                                        implementation=implementation)
+  scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) * scale
+  if is_causal:
+    causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
+    mask = causal if mask is None else mask & causal
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = dropout(jax.nn.softmax(logits, axis=-1))
+  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
+
+
 class Attention(nn.Module):
+  """Self-attention for every model: the tokenizer's (QK-LayerNorm, scale
+  8 / head_dim, a static [Lq, Lk] mask, an optional streaming KV prefix) and
+  the AR model's (qk_norm=False, scale 1/sqrt(D), causal, attention dropout,
+  a fixed-size KV cache for decoding)."""
   width: int
   head_dim: int
   dtype: Dtype = jnp.float32
-  implementation: Optional[str] = None   # jax.nn.dot_product_attention's
+  implementation: Optional[str] = None   # see attend
+  qk_norm: bool = True
+  scale: Optional[float] = None          # None: attention_scale(head_dim)
+  dropout_rate: float = 0.0
+
+  def _project(self, x, name):
+    heads = self.width // self.head_dim
+    return dense((heads, self.head_dim), ('embed', 'heads', 'head_dim'), name,
+                 self.dtype)(x)
+
+  def _output(self, out):
+    return dense(self.width, ('heads', 'head_dim', 'embed'), 'out', self.dtype,
+                 in_axis=(-2, -1))(out)
+
+  def _scale(self):
+    return attention_scale(self.head_dim) if self.scale is None else self.scale
 
   @nn.compact
-  def __call__(self, x, mask, kv_prefix=None):
+  def __call__(self, x, mask=None, kv_prefix=None, *, is_causal=False,
+               deterministic=True, cache=None):
     """mask: bool [Lq, Lk] (static, or traced when streaming).
 
     kv_prefix: (keys, values) [B, Lp, heads, head_dim] of earlier tokens
     (streaming with a KV cache); they precede x's own keys, `mask` covers
     [Lq, Lp + Lq], and the call then also returns x's (keys, values).
+    cache: (start, cache_len) for decoding with a fixed-size cache in the
+    'cache' collection (x holds slots start .. start + Lq - 1; causal).
     """
-    heads = self.width // self.head_dim
-    proj = lambda n: dense((heads, self.head_dim), ('embed', 'heads', 'head_dim'),
-                           n, self.dtype)(x)
-    q, k, v = proj('query'), proj('key'), proj('value')
-    q, k = layer_norm(q), layer_norm(k)   # QK-norm per head
+    q, k, v = (self._project(x, n) for n in ('query', 'key', 'value'))
+    if self.qk_norm:
+      q, k = layer_norm(q), layer_norm(k)   # QK-norm per head
+    if cache is not None:
+      start, cache_len = cache
+      shape = (x.shape[0], cache_len) + k.shape[2:]
+      ck = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
+      cv = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
+      ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, start, 0, 0))
+      cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, start, 0, 0))
+      # Slots past the query position hold zeros or stale keys: masked out.
+      q_pos = start + jnp.arange(x.shape[1])
+      mask = jnp.arange(cache_len)[None, :] <= q_pos[:, None]
+      return self._output(attend(q, ck.value, cv.value, mask=mask[None, None],
+                                 scale=self._scale(),
+                                 implementation=self.implementation))
     k_all, v_all = k, v
     if kv_prefix is not None:
       k_all = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)
       v_all = jnp.concatenate([kv_prefix[1].astype(v.dtype), v], axis=1)
-    # Mask broadcast over batch and heads.
-    out = jax.nn.dot_product_attention(q, k_all, v_all,
-                                       mask=jnp.asarray(mask)[None, None],
-                                       scale=attention_scale(self.head_dim),
-                                       implementation=self.implementation)
-    out = dense(self.width, ('heads', 'head_dim', 'embed'), 'out', self.dtype,
-                in_axis=(-2, -1))(out)
+    dropout = None
+    if self.dropout_rate > 0 and not deterministic:
+      dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=False)
+    out = attend(q, k_all, v_all,
+                 mask=None if mask is None else jnp.asarray(mask)[None, None],
+                 is_causal=is_causal, scale=self._scale(),
+                 implementation=self.implementation, dropout=dropout)
+    out = self._output(out)
     return out if kv_prefix is None else (out, (k, v))
+
+
+class CrossAttention(Attention):
+  """Attention from x to a context (the AR model's text); when decoding, the
+  context's keys / values are computed once and cached."""
+
+  @nn.compact
+  def __call__(self, x, context, context_mask, *, decode=False,
+               deterministic=True):
+    q = self._project(x, 'query')
+    if decode:
+      if context is None and not self.has_variable('cache', 'cached_key'):
+        raise ValueError('the first decode call must build the text cache')
+      # The initialisers run on the first call only; later steps reuse K/V.
+      cached = lambda name, fn: self.variable('cache', name, fn).value
+      k = cached('cached_key', lambda: self._project(context, 'key'))
+      v = cached('cached_value', lambda: self._project(context, 'value'))
+      context_mask = cached('cached_mask', lambda: context_mask)
+    else:
+      k, v = self._project(context, 'key'), self._project(context, 'value')
+    dropout = None
+    if self.dropout_rate > 0 and not (deterministic or decode):
+      dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=False)
+    out = attend(q, k, v, mask=context_mask[:, None, None, :],
+                 scale=self._scale(), implementation=self.implementation,
+                 dropout=dropout)
+    return self._output(out)
 
 
 def swiglu_hidden(width: int, mlp_ratio: float) -> int:

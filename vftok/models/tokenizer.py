@@ -65,7 +65,7 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
   grid = grid_hw(m)
   speed = dict(remat=m.remat,
                attention_impl=layers.attention_implementation(m.attention_impl))
-  common = dict(head_dim=m.head_dim, registers=m.registers,
+  common = dict(head_dim=m.head_dim, registers=m.tokens_per_frame,
                 patch_size=tuple(m.patch_size), grid_hw=grid,
                 pos_max_size=m.pos_max_size, pos_kind=m.pos_kind,
                 mlp_ratio=m.mlp_ratio, dtype=dtype, **speed)
@@ -93,7 +93,7 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
 def dummy_inputs(model_config, batch=1):
   m = model_config
   lat = jnp.zeros((batch, m.latent_frames, *m.latent_size, m.latent_channels))
-  return (lat, lat, jnp.zeros((batch,)), jnp.ones((batch, m.registers), bool))
+  return (lat, lat, jnp.zeros((batch,)), jnp.ones((batch, m.tokens_per_frame), bool))
 
 
 def keep_budgets(registers: int):
@@ -144,7 +144,7 @@ def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
   x = batch['latents'].astype(jnp.float32)
   b, frames = x.shape[:2]
   r_keep, r_t, r_eps, r_q, r_first, r_u, r_c1, r_c2 = jax.random.split(rng, 8)
-  keep = sample_keep(r_keep, b, m.registers, m.nested_dropout)
+  keep = sample_keep(r_keep, b, m.tokens_per_frame, m.nested_dropout)
   uncond = jax.random.bernoulli(r_u, m.uncond_prob, (b,))
   t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift)
   eps = jax.random.normal(r_eps, x.shape)

@@ -213,7 +213,7 @@ def model_config(config: dict) -> Dict[str, Any]:
   names['enc_registers'] = n
   _require(reg['n_min'] == reg['n_max'], enc.field(n, 'n_min'), reg['n_min'],
            'a fixed register count (n_min == n_max)')
-  out['registers'], out['max_frames'] = int(reg['n_max']), int(reg['t_max'])
+  out['tokens_per_frame'], out['max_frames'] = int(reg['n_max']), int(reg['t_max'])
   n, pk = enc.find('BlockWiseSequenceInterleavePacker')
   _require(list(pk['input_list_read_keys']) == [pos['write_key'],
                                                 reg['registers_write_key']],

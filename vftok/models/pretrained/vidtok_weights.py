@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vftok import safe_pickle
-from vftok.models import hf_checkpoint
+from vftok.models.pretrained import safe_pickle
+from vftok.models.pretrained import hf_checkpoint
 from vftok.models.pretrained import vidtok_net
 
 CheckpointError = hf_checkpoint.CheckpointError

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vftok import ar_sampling
-from vftok import media
-from vftok.data import codecs
+from vftok import training
+from vftok.models import ar_sampling
+from vftok.evals import media
+from vftok.models import latent_codecs
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.evals import reconstruction
@@ -47,15 +48,40 @@ def caption_conditions(captions: Sequence[str]) -> List[Condition]:
           for i, c in enumerate(captions)]
 
 
-def single_device(params):
-  """Replicated params -> one copy on the first local device: sampling a
-  few videos on every data-parallel replica would only repeat the work.
-  Sharded (FSDP) params stay as they are (every device takes part)."""
-  leaves = jax.tree.leaves(params)
-  if all(getattr(x, 'sharding', None) is None or x.sharding.is_fully_replicated
-         for x in leaves):
-    return jax.device_put(params, jax.local_devices()[0])
-  return params
+def conditions(mc, *, classes: Sequence[int] = (),
+               captions: Sequence[str] = (), class_names: Sequence[str] = (),
+               default_classes=(), default_captions=(), field: str = 'config'
+               ) -> List[Condition]:
+  """The rows to sample for AR model config `mc`: one per class (class
+  models), one per caption (text models), else one unconditional row.
+
+  classes / captions (`field`.classes / .captions) are checked against the
+  model; when empty, the defaults are used (a sequence, or a callable that
+  returns one: e.g. the captions of the evaluation clips); a class model
+  without either samples every class.
+  """
+  classes, captions = tuple(classes), tuple(captions)
+  if classes and not mc.num_classes:
+    raise ValueError(f'{field}.classes given but the AR model is not class-'
+                     'conditioned (model.num_classes = 0)')
+  if captions and not mc.text_dim:
+    raise ValueError(f'{field}.captions given but the AR model is not text-'
+                     'conditioned (model.text_dim = 0)')
+  given = lambda d: tuple(d() if callable(d) else d)
+  if mc.num_classes:
+    classes = classes or given(default_classes) or tuple(
+        range(mc.num_classes))
+    bad = [c for c in classes if not 0 <= int(c) < mc.num_classes]
+    if bad:
+      raise ValueError(f'{field}.classes {bad} are outside [0, '
+                       f'{mc.num_classes})')
+    return class_conditions(classes, tuple(class_names))
+  if mc.text_dim:
+    captions = captions or tuple(dict.fromkeys(given(default_captions)))
+    if not captions:
+      raise ValueError(f'a text-conditioned model needs {field}.captions')
+    return caption_conditions(captions)
+  return [Condition('uncond')]
 
 
 def sample_tokens(model, params, conditions: Sequence[Condition],
@@ -115,7 +141,7 @@ def latent_data(ar_config, tokenizer) -> pipeline.Data:
                          if codec_path else '',
                          tok_data.get('normalize', 'global'))
   d = ar_config.data
-  return pipeline.resolve_saved(
+  return training.resolve_saved_data(
       tok_data, root=d.get('root'),
       demo_repa_teacher=d.get('demo_repa_teacher'))
 
@@ -126,7 +152,7 @@ class Decoder:
   def __init__(self, tokenizer, data: pipeline.Data, steps: int = 25,
                guidance_scale: float = 1.0, seed: int = 0):
     self.tokenizer = tokenizer
-    self.codec = codecs.load_codec(data)
+    self.codec = latent_codecs.load_codec(data)
     self.denormalize = pipeline.make_denormalizer(data)
     self.steps, self.guidance_scale, self.seed = steps, guidance_scale, seed
 

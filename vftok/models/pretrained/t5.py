@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vftok.models import hf_checkpoint
+from vftok.models.pretrained import hf_checkpoint
 from vftok.models.layers import dense
 
 Dtype = Any

@@ -9,7 +9,6 @@ count, non-finite latents or out-of-range token ids raise one ValueError that
 names the problem.
 """
 import functools
-import json
 import os
 from typing import Optional
 
@@ -19,43 +18,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vftok import checkpoint
 from vftok import flow
-from vftok import long_video
+from vftok.api import long_video
+from vftok.api import streaming
 from vftok import sharding as sharding_lib
+from vftok import training
 from vftok.models import fsq
 from vftok.models import layers
 from vftok.models import tokenizer as tokenizer_lib
 from vftok.models.pretrained import official
-
-CONFIG_FILE = 'config.json'
-
-
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a training run (tokenizer or AR) wrote into its
-  workdir."""
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise ValueError(f'{workdir} is not a vftok workdir: no {CONFIG_FILE}')
-  with open(config_path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def start_workdir(config, workdir: str, writer=None):
-  """A training job's first step: the workdir with the resolved config in it
-  (written once, by process 0, atomically) -> the metric writer (CLU:
-  TensorBoard + logs on process 0, logs only elsewhere) unless one is given."""
-  # pylint: disable=g-import-not-at-top
-  from clu import metric_writers  # imports TensorFlow: only for jobs
-  from vftok.data import records
-  # pylint: enable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with records.atomic_path(os.path.join(workdir, CONFIG_FILE)) as tmp:
-      with open(tmp, 'w') as f:
-        f.write(config.to_json(indent=2))
-  return writer or metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-
 
 def official_config(release, path: str,
                     latent_shape=None) -> ml_collections.ConfigDict:
@@ -76,23 +48,44 @@ def official_config(release, path: str,
       int(v) for v in latent_shape[1:])
   m.first_frame_prob = 0.0
   m.repa_source = 'dinov2'          # the release carries no REPA head
-  config.train.compute_dtype = 'float32'
+  config.model.dtype = 'float32'
   config.data.normalize = 'none'    # released models take raw VAE latents
   config.official = ml_collections.ConfigDict(
       {'source': os.path.abspath(path)})
   return config
 
 
-class Tokenizer:
-  """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K]."""
+def clip_noise(seed: int, ids, shape):
+  """Initial decoder noise per clip: clip i gets normal(fold_in(key(seed), i))
+  of `shape`, so a clip decodes alike in any batch, order or device count."""
+  key = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
+                                              shape))(ids)
 
-  def __init__(self, config: ml_collections.ConfigDict, params, vae=None):
+
+class Tokenizer:
+  """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K].
+
+  mesh (optional): run on a device mesh, the batch split over every device
+  (params replicated, unless already laid out on that mesh, e.g. by
+  from_official(mesh=...)); inputs may be host arrays that every process
+  holds in full, outputs are global arrays (sharding.fetch gathers them).
+  One front-end for notebooks and the sharded evaluation jobs.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, params, vae=None,
+               mesh=None):
     self.config = config
+    self.mesh = mesh
+    if mesh is not None and not all(
+        getattr(getattr(x, 'sharding', None), 'mesh', None) == mesh
+        for x in jax.tree.leaves(params)):
+      params = jax.device_put(params, sharding_lib.replicated(mesh))
     self.params = params
     self.vae = vae  # a vftok.VidTok for encode_video / decode_video
     m = config.model
     self.model = tokenizer_lib.build(
-        m, layers.optional_dtype(config.train.get('compute_dtype')))
+        m, layers.optional_dtype(config.model.dtype))
     self.levels = tuple(m.fsq_levels)
 
   # ---- construction -------------------------------------------------------
@@ -105,12 +98,16 @@ class Tokenizer:
     return cls(config, nn.meta.unbox(variables))
 
   @classmethod
-  def from_checkpoint(cls, path: str, step: Optional[int] = None) -> 'Tokenizer':
-    """path: a training workdir (holds config.json and checkpoints/)."""
-    from vftok import train_state  # the trainer's state layout
-    config = load_workdir_config(path)
-    params = train_state.restore_params(config, path, step)
-    return cls(config, params)
+  def from_checkpoint(cls, path: str, step: Optional[int] = None,
+                      field: str = 'checkpoint', mesh=None) -> 'Tokenizer':
+    """path: a train_tokenizer workdir (holds config.json and checkpoints/);
+    step: None for the latest. A bad path raises one ValueError naming
+    `config.<field>` and what is wrong with it."""
+    path, step = checkpoint.check_workdir(
+        path, 'train_tokenizer', -1 if step is None else step, field)
+    config = checkpoint.load_workdir_config(path)
+    params, _ = training.restore_params(config, path, step)
+    return cls(config, params, mesh=mesh)
 
   @classmethod
   def from_official(cls, path: str, latent_shape=None, mesh=None
@@ -140,7 +137,7 @@ class Tokenizer:
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           abstract, shardings)
     params = official.convert_tensors(path, release, abstract, put)
-    tok = cls(config, {'params': params})
+    tok = cls(config, {'params': params}, mesh=mesh)
     if official.has_vae_tensors(path):  # the release ships VidTok inside
       from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
       tok.vae = vidtok.VidTok.load(path)
@@ -154,7 +151,7 @@ class Tokenizer:
 
   @property
   def tokens_per_frame(self) -> int:
-    return self.config.model.registers
+    return self.config.model.tokens_per_frame
 
   def _check_latents(self, latents):
     latents = np.asarray(latents)
@@ -182,9 +179,27 @@ class Tokenizer:
                                 method=tokenizer_lib.VideoFlexTok.encode)
     return fsq.codes_to_indices(codes, self.levels)
 
+  def _put(self, x):
+    """A host array (every process holds all of it) -> the batch split over
+    the mesh; unchanged without a mesh or when already a jax.Array."""
+    if self.mesh is None or x is None or isinstance(x, jax.Array):
+      return x
+    return sharding_lib.put_global(np.asarray(x),
+                                   sharding_lib.batch_sharding(self.mesh))
+
   def tokenize(self, latents) -> jax.Array:
     """float latents [B, T, H, W, C] -> int32 tokens [B, T, K]."""
-    return self._encode(self.params, self._check_latents(latents))
+    return self._encode(self.params, self._put(self._check_latents(latents)))
+
+  def clip_noise(self, ids, seed: int = 0) -> jax.Array:
+    """Initial noise [len(ids), T, H, W, C] for detokenize(noise=...): per
+    clip id (clip_noise), split over the mesh like the batch."""
+    ids = self._put(np.asarray(ids, np.int32))
+    fn = functools.partial(clip_noise, seed, shape=self.latent_shape)
+    if self.mesh is None:
+      return jax.jit(fn)(ids)
+    return jax.jit(fn, out_shardings=sharding_lib.batch_sharding(self.mesh))(
+        ids)
 
   def decode_latents(self, params, codes, keep, noise, steps: int, guidance,
                      time_shift: float, first_frame=None):
@@ -279,13 +294,15 @@ class Tokenizer:
     shape = (b, t * pt, *self.latent_shape[1:])
     if noise is None:
       noise = jax.random.normal(jax.random.key(seed), shape)
-    else:
+    elif not isinstance(noise, jax.Array):  # a global array stays on device
       noise = np.asarray(noise, np.float32)
-      if noise.shape != shape:
-        raise ValueError(f'noise must be [B, T, H, W, C] = {shape}, got '
-                         f'{noise.shape}')
-    return self._decode(self.params, codes, keep, steps, g, shift, noise,
-                        first_frame)
+    if tuple(noise.shape) != shape:
+      raise ValueError(f'noise must be [B, T, H, W, C] = {shape}, got '
+                       f'{tuple(noise.shape)}')
+    return self._decode(self.params, self._put(np.asarray(codes)),
+                        self._put(None if keep is None else np.asarray(keep)),
+                        steps, g, shift, self._put(noise),
+                        self._put(first_frame))
 
   def _check_first_frame(self, frame, batch: int):
     frame = np.asarray(frame, np.float32)
@@ -377,21 +394,18 @@ class Tokenizer:
 
   # ---- streaming and long videos -------------------------------------------
   def stream(self, batch: int = 1, max_frames: Optional[int] = None
-             ) -> 'streaming.TokenStream':
+             ) -> streaming.TokenStream:
     """A streaming tokenizer: push one latent frame at a time, get its K
     tokens (identical to `tokenize` on the whole clip; see streaming.py)."""
-    from vftok import streaming
     max_frames = max_frames or self.config.model.max_frames
     return streaming.TokenStream(self, batch, max_frames)
 
   def tokenize_long(self, chunk_latents):
     """Latents of a long video's overlapping chunks -> tokens [B, F, K]; see
     long_video.py (F = latent frames of the whole video)."""
-    from vftok import long_video
     return long_video.tokenize_long(self, chunk_latents)
 
   def detokenize_long(self, tokens, reencode_last_frame, **kwargs):
     """tokens [B, F, k] of `tokenize_long` -> per-chunk latents; chunk i > 0 is
     decoded conditioned on chunk i - 1's last decoded frame. See long_video.py."""
-    from vftok import long_video
     return long_video.detokenize_long(self, tokens, reencode_last_frame, **kwargs)

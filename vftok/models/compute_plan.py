@@ -18,14 +18,14 @@ The paper's rule for the text-to-video sweep:
   * Learning rate 1.024 / width (Tables 6-7: 1.6e-3 at d10 ... 4.4e-4 at d36),
     warmup 2.5% of the training tokens.
 
-Usage:  python -m vftok.compute_plan --flops=1e20 [--tokens_per_video=1280]
+Usage:  python -m vftok.models.compute_plan --flops=1e20 [--tokens_per_video=1280]
 """
 import argparse
 import dataclasses
 import math
 from typing import Optional, Sequence
 
-from vftok.models import ar
+from vftok.models import ar_config as ar
 
 TOKENS_PER_PARAM = 20.0
 BATCH_TOKENS_SCALE = 1.28e5      # batch = sqrt(D / this), see above

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vftok.models import hf_checkpoint
+from vftok.models.pretrained import hf_checkpoint
 from vftok.models.layers import dense
-from vftok.models.t5 import ACTIVATIONS, check_tree
+from vftok.models.pretrained.t5 import ACTIVATIONS, check_tree
 
 Dtype = Any
 

@@ -41,12 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vftok.evals import frechet
 # The restricted unpickler lives in vftok.safe_pickle (shared with the VidTok
 # checkpoint reader); these names stay importable from here.
-from vftok.safe_pickle import NumpyOnlyUnpickler  # pylint: disable=unused-import
-from vftok.safe_pickle import safe_load_numpy_pickle
-from vftok.safe_pickle import UnsafePickleError  # pylint: disable=unused-import
+from vftok.models.pretrained.safe_pickle import safe_load_numpy_pickle
 
 RESOLUTION = 224
 MIN_FRAMES = 9
@@ -286,16 +283,3 @@ def i3d_features(clips, batch_size: int = 8, layer: str = 'logits',
         :batch_size - pad])
   return np.concatenate(outs, axis=0) if outs else np.zeros(
       (0, NUM_CLASSES if layer == 'logits' else 1024), np.float32)
-
-
-def fvd(real_feats, fake_feats) -> float:
-  """FVD from I3D features ([N, 400] logits of real and of generated /
-  reconstructed clips): Fréchet distance of their Gaussian fits. rFVD and
-  gFVD differ only in what the second set is."""
-  return frechet.frechet_distance_from_features(real_feats, fake_feats)
-
-
-def fvd_from_clips(real_clips, fake_clips, batch_size: int = 8) -> float:
-  """FVD between two sets of [N, F, H, W, 3] clips in [0, 255]."""
-  return fvd(i3d_features(real_clips, batch_size),
-             i3d_features(fake_clips, batch_size))

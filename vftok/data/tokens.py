@@ -1,0 +1,176 @@
+"""Token records: latent records -> the AR model's input (tokens uint16
+[T / time patch, K] per clip with the latent record's label, caption and
+source, optionally caption embeddings), written as shards.
+
+Phases: plan (one output shard per input file) -> tokenize this worker's
+unfinished shards -> finalize (manifest.json, when all are done). Latents
+are normalised exactly as the tokenizer's trainer normalised them
+(pipeline.Data with the tokenizer config's data.normalize) with the mean /
+std of `stats_from` (default: the input records' manifest.json). Sharding,
+resume and the worker split follow data/shards.py, as in encode_videos. The
+tokenizer is passed in: data/ imports no model (jobs/tokenize_dataset.py
+loads it).
+"""
+import os
+import time
+
+from absl import logging
+from array_record.python import array_record_module
+import numpy as np
+
+from vftok.data import pipeline
+from vftok.data import records
+from vftok.data import shards
+
+FORMAT = 'vftok-token-records/1'
+
+
+def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
+                     text_encoder=None):
+  """Tokenizes this worker's shards of config.input into `workdir`;
+  finalizes if every shard is done -> the manifest (None while shards remain).
+
+  tokenizer: an api.Tokenizer (anything with tokenize / levels / latent_shape
+  / tokens_per_frame / config); tokenizer_step: the step it was loaded at (for
+  the plan); text_encoder: a models/pretrained/text_encoders.TextEncoder
+  whose caption embeddings are stored beside the tokens, so the AR trainer
+  (config.text.source='records') needs no text model per step."""
+  os.makedirs(workdir, exist_ok=True)
+  if config.finalize:
+    return finalize(workdir)
+  worker, workers = shards.resolve_worker(config)
+
+  # ---- inputs, normalisation and plan ----------------------------------------
+  paths = records.expand(config.input) if config.input else []
+  if not paths:
+    raise ValueError(f'config.input={config.input!r} matches no latent '
+                     'record files')
+  stats_dir = config.stats_from or os.path.dirname(paths[0])
+  manifest = records.read_manifest(stats_dir)
+  normalize = config.normalize or tokenizer.config.data.get('normalize',
+                                                            'global')
+  data = pipeline.Data('', '', manifest, normalize=normalize)
+  mean, std = data.latent_mean, data.latent_std
+  if mean is None and normalize != 'none':
+    raise ValueError(f'{stats_dir}/manifest.json has no latent_mean / '
+                     'latent_std to normalise with')
+  levels = tuple(int(x) for x in tokenizer.levels)
+  vocab = int(np.prod(levels))
+  if vocab > 1 << 16:
+    raise ValueError(f'{vocab} codes do not fit the uint16 token records')
+  t, h, w, c = tokenizer.latent_shape
+  shape = manifest.get('latent_shape')
+  if shape and list(shape[1:]) != [h, w, c]:
+    raise ValueError(f'the records hold latents {shape}; the tokenizer '
+                     f'expects [T, {h}, {w}, {c}]')
+  n = len(paths)
+  tok_dir = config.tokenizer_workdir
+  plan = shards.check_plan(workdir, dict(
+      format='vftok-tokenize-plan/1', input=config.input, split=config.split,
+      num_shards=n, inputs=[os.path.basename(p) for p in paths],
+      tokenizer=dict(workdir=tok_dir, step=(
+          config.tokenizer_step if config.tokenizer_step >= 0 or not tok_dir
+          else tokenizer_step), fsq_levels=list(levels),
+                     tokens_per_frame=tokenizer.tokens_per_frame,
+                     time_patch=tokenizer.config.model.patch_size[0]),
+      normalize=normalize, latent_mean=mean, latent_std=std,
+      stats_from=stats_dir, vocab_size=vocab,
+      text_encoder=config.get('text_encoder', ''),
+      text_path=config.get('text_path', ''),
+      text_max_length=config.get('text_max_length', 64)),
+      ignore=('input', 'stats_from'))
+  todo = [s for s in shards.assigned(n, worker, workers)
+          if not shards.is_done(workdir, shards.shard_name(config.split, s, n))]
+  logging.info('%d latent files -> %d token shards; worker %d/%d: %d to do',
+               n, n, worker, workers, len(todo))
+
+  # ---- tokenize --------------------------------------------------------------
+  progress = shards.Progress(f'worker {worker}/{workers}', 'clips',
+                             config.log_every_s)
+  for s in todo:
+    _tokenize_shard(config, workdir, paths[s], tokenizer, mean, std, s, n,
+                    progress, text_encoder)
+  if todo:
+    progress.log(f'{len(todo)} shards done')
+
+  # ---- finalize --------------------------------------------------------------
+  if shards.collect(workdir, config.split, n)[1]:
+    logging.info('shards still to do by other workers; the last worker to '
+                 'finish (or --config.finalize=True) writes manifest.json')
+    return None
+  return finalize(workdir, plan)
+
+
+def _read_chunks(path: str, size: int):
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    total = reader.num_records()
+    for i in range(0, total, size):
+      yield [records.deserialize(b)
+             for b in reader.read(i, min(i + size, total))]
+  finally:
+    reader.close()
+
+
+def _tokenize_shard(config, workdir, path, tokenizer, mean, std, s, n,
+                    progress, text_encoder=None):
+  name = shards.shard_name(config.split, s, n)
+  shards.remove_stale(workdir, name)
+  t0 = time.time()
+  b = config.batch_size
+  shapes = set()
+
+  def examples():
+    for chunk in _read_chunks(path, b):
+      lat = np.stack([ex['latents'] for ex in chunk]).astype(np.float32)
+      if mean is not None:  # normalize='none': raw latents, as the release
+        lat = (lat - mean) / std
+      # A fixed batch shape: one compilation for the whole run.
+      pad = np.zeros((b - len(lat),) + lat.shape[1:], np.float32)
+      ids = np.asarray(tokenizer.tokenize(np.concatenate([lat, pad])))
+      ids = ids[:len(chunk)].astype(np.uint16)
+      text = [None] * len(chunk)
+      if text_encoder is not None:
+        emb, mask = text_encoder.encode([ex['caption'] for ex in chunk],
+                                        config.text_max_length)
+        text = list(zip(np.asarray(emb).astype(np.float16),
+                        np.asarray(mask).astype(np.uint8)))
+      for ex, tok, tx in zip(chunk, ids, text):
+        shapes.add(tok.shape)
+        out = dict(tokens=tok, label=int(ex['label']),
+                   caption=ex['caption'], source=ex['source'])
+        if tx is not None:
+          out['text_emb'], out['text_mask'] = tx
+        yield out
+      progress.add(len(chunk), name)
+
+  count = records.write_token_records(os.path.join(workdir, name), examples())
+  shards.commit(workdir, name, dict(
+      shard=s, input=os.path.basename(path), records=count,
+      tokens_shapes=sorted(list(x) for x in shapes),
+      seconds=round(time.time() - t0, 3)))
+
+
+def finalize(workdir: str, plan=None):
+  """Merges the shard stats into manifest.json -> the manifest."""
+  plan = plan or shards.read_plan(workdir)
+  split, n = plan['split'], plan['num_shards']
+  stats = shards.require_all(workdir, split, n)
+  shapes = sorted({tuple(x) for st in stats for x in st['tokens_shapes']})
+  manifest = dict(
+      format=FORMAT, split=split,
+      counts={split: sum(st['records'] for st in stats)}, shards={split: n},
+      pattern=shards.shard_pattern(split),
+      tokens_shape=list(shapes[0]) if len(shapes) == 1 else
+      [list(x) for x in shapes],
+      tokens_dtype='uint16', vocab_size=plan['vocab_size'],
+      fields={split: ['tokens', 'label', 'caption', 'source'] + (
+          ['text_emb', 'text_mask'] if plan.get('text_encoder') else [])},
+      text_encoder=plan.get('text_encoder', ''),
+      tokenizer=plan['tokenizer'], normalize=plan['normalize'],
+      latent_mean=plan['latent_mean'], latent_std=plan['latent_std'],
+      inputs=plan['inputs'])
+  records.write_manifest(workdir, manifest)
+  logging.info('%s: %d token records in %d shards', workdir,
+               manifest['counts'][split], n)
+  return manifest

@@ -1,0 +1,329 @@
+"""Training, for the tokenizer (stage 1 and 2) and the AR generator alike:
+the train state, the pure step, restore, and the one training loop.
+
+A `Task` holds what differs between the two (model, optimizer, init, loss);
+everything else is shared:
+
+  * the step is a pure function (state, batch, rng, *extra) -> (state,
+    metrics); jobs jit it with explicit shardings and donate the state. Its
+    RNG is fold_in(rng, step), so a resumed run draws the same noise, time,
+    dropout and condition-dropout samples as an uninterrupted one;
+  * `run_loop`: restore (or a fresh start), then step / log / checkpoint /
+    evaluate until config.train.total_steps, with the preemption guard and
+    the checkpointer released however it ends; steps/s counts training only.
+"""
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Dict, Optional
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vftok import checkpoint
+from vftok import defaults
+from vftok import optim
+from vftok import sharding
+from vftok.data import pipeline
+from vftok.models import ar
+from vftok.models import layers
+from vftok.models import tokenizer
+from vftok.models.pretrained import features
+
+CHECKPOINT_DIR = checkpoint.CHECKPOINT_DIR
+
+# Parameters a stage-2 decoder adds to its stage-1 source: the learned prefix
+# token of given conditioning frames starts from its fresh init.
+ADDED_IN_STAGE2 = ('prefix_token',)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Task:
+  """What the tokenizer and AR trainers do differently."""
+  model: Any
+  tx: optax.GradientTransformation
+  schedule: Callable
+  init_fn: Callable    # rng -> TrainState whose leaves keep logical-axis boxes
+  loss_fn: Callable    # (params, batch, rng, *extra) -> (loss, metrics)
+  extra: tuple = ()    # the step's extra arguments (the REPA teacher's weights)
+
+
+def _init_fn(model, tx, args, kwargs=None) -> Callable:
+  def init(rng):
+    params = model.init(rng, *args, **(kwargs or {}))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+  return init
+
+
+def tokenizer_task(config) -> Task:
+  """Stage 1, or stage 2 when config.optim.freeze holds 'encoder' (no
+  backward pass through the encoder; the optimizer freezes it too)."""
+  m = config.model
+  model = tokenizer.build(m, layers.optional_dtype(m.dtype))
+  dummies = tokenizer.dummy_inputs(m)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *dummies)
+  base = None
+  if config.optim.mup_base_width:
+    base_model = tokenizer.build(m, width_override=config.optim.mup_base_width)
+    base = jax.eval_shape(base_model.init, jax.random.key(0), *dummies)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.total_steps,
+                                      abstract, base)
+  freeze_encoder = 'encoder' in tuple(config.optim.get('freeze', ()))
+  # The frozen REPA teacher's weights (if any) enter every step as an
+  # argument rather than as constants baked into the executable.
+  teacher = features.get(m)
+
+  def loss_fn(params, batch, rng, teacher_params=None):
+    return tokenizer.loss_fn(model, params, batch, rng, m,
+                             lambda b: teacher.apply(teacher_params, b),
+                             freeze_encoder)
+
+  return Task(model, tx, schedule, _init_fn(model, tx, dummies), loss_fn,
+              (teacher.params,))
+
+
+def ar_task(config) -> Task:
+  mc = ar.ARConfig.from_config_dict(config.model)
+  model = ar.ARTransformer(mc)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.total_steps,
+                                      {'params': ar.abstract_params(mc)})
+  args, kwargs = ar.dummy_inputs(mc)
+  order = config.get('order', 'time_first')
+  cond_dropout = float(config.get('cond_dropout', 0.1))
+  loss_fn = lambda params, batch, rng: ar.loss_fn(
+      model, params, batch, rng, order=order, cond_dropout=cond_dropout)
+  return Task(model, tx, schedule, _init_fn(model, tx, args, kwargs), loss_fn)
+
+
+def task_for(config) -> Task:
+  """The task of a training config (or of a training workdir's config)."""
+  job = config.get('job', 'train_tokenizer')
+  if job == 'train_ar':
+    return ar_task(config)
+  if job == 'train_tokenizer':
+    return tokenizer_task(config)
+  raise ValueError(f'config.job={job!r} is not a training job')
+
+
+def make_step(task: Task) -> Callable:
+  """-> step(state, batch, rng, *task.extra) -> (state, metrics)."""
+  def train_step(state: TrainState, batch, rng, *extra):
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, rng, *extra)
+    updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                   lr=task.schedule(state.step))
+    return TrainState(step=state.step + 1, params=params,
+                      opt_state=opt_state), metrics
+  return train_step
+
+
+def create_state(task: Task, seed: int, mesh):
+  """-> (the train state, created already sharded over `mesh`; its
+  shardings; the rng of the steps)."""
+  init_rng, step_rng = jax.random.split(jax.random.key(seed))
+  state, shardings = sharding.create_sharded_state(task.init_fn, init_rng, mesh)
+  return state, shardings, step_rng
+
+
+def jit_step(task: Task, state_shardings, mesh, rng) -> Callable:
+  """make_step jitted with explicit shardings (batch split over every
+  device, the rest replicated) and the state donated -> step(state, batch),
+  closed over the rng and the task's extra arguments (put on every device
+  once rather than baked into the executable)."""
+  rep = sharding.replicated(mesh)
+  extra = jax.device_put(task.extra, rep)
+  jitted = jax.jit(
+      make_step(task),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep)
+      + (rep,) * len(extra),
+      out_shardings=(state_shardings, rep), donate_argnums=0)
+  return lambda state, batch: jitted(state, batch, rng, *extra)
+
+
+# ---- restore -------------------------------------------------------------------
+
+def restore_params(config, workdir: str, step: Optional[int] = None,
+                   mesh=None):
+  """-> ({'params': ...}, step) of a training workdir (tokenizer or AR,
+  trained with `config`); step None: the latest. mesh: restore sharded over it by the params' logical axes (a
+  stage-2 run starting from stage 1 on a pod); default: the first device."""
+  task = task_for(config)
+  if mesh is None:
+    mesh = sharding.data_mesh(jax.devices()[:1])
+  return checkpoint.restore_params(os.path.join(workdir, CHECKPOINT_DIR),
+                                   task.init_fn, mesh, step)
+
+
+def init_params_from(workdir: str, params, mesh):
+  """Params of the run in `workdir`, checked against and laid out like
+  `params` (the new run's; same architecture, e.g. stage 1 -> stage 2, which
+  may add only the ADDED_IN_STAGE2 parameters: those keep `params`' values)."""
+  src, _ = restore_params(checkpoint.load_workdir_config(workdir), workdir,
+                          mesh=mesh)
+  key = jax.tree_util.keystr
+  flat_src = {key(p): a for p, a in jax.tree_util.tree_leaves_with_path(src)}
+  flat_new = jax.tree_util.tree_leaves_with_path(params)
+  added = [key(p) for p, _ in flat_new if key(p) not in flat_src]
+  dropped = set(flat_src) - {key(p) for p, _ in flat_new}
+  if dropped or any(not k.endswith(tuple(f"['{n}']" for n in ADDED_IN_STAGE2))
+                    for k in added):
+    raise ValueError(f'train.init_from={workdir!r}: its model has different '
+                     'parameters than this config (different architecture: '
+                     f'{sorted(dropped)[:1] or added[:1]})')
+  out = []
+  for path, b in flat_new:
+    a = flat_src.get(key(path), b)
+    if a.shape != b.shape:
+      raise ValueError(f'train.init_from={workdir!r}: parameter {key(path)} '
+                       f'has shape {a.shape}, this config expects {b.shape}')
+    out.append(jax.device_put(a, b.sharding))
+  return jax.tree.unflatten(jax.tree.structure(params), out)
+
+
+# ---- data and workdir ----------------------------------------------------------
+
+def resolve_data(data_config) -> pipeline.Data:
+  """config.data -> pipeline.Data, building the demo set (with its REPA
+  teacher features) on first use."""
+  return pipeline.resolve_patterns(data_config,
+                                   teacher_factory=features.demo_teacher)
+
+
+def resolve_saved_data(data_config, **overrides) -> pipeline.Data:
+  """Resolves a data config saved by an earlier run (a workdir's config.json)
+  or given in part by a job's config: fields it lacks take the current
+  tokenizer defaults, so older workdirs still find their data and a job finds
+  the demo set that training builds; non-empty `overrides` replace fields."""
+  fields = defaults.tokenizer_config().data.to_dict()
+  fields.update(data_config.to_dict())
+  fields.update({k: v for k, v in overrides.items() if v})
+  return resolve_data(ml_collections.ConfigDict(fields))
+
+
+def start_workdir(config, workdir: str, writer=None):
+  """A training job's first step: the resolved config written into the
+  workdir -> the metric writer (CLU: TensorBoard + logs on process 0, logs
+  only elsewhere) unless one is given."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  # TensorFlow: jobs only
+  checkpoint.write_workdir_config(config, workdir)
+  return writer or metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+
+
+# ---- the loop ------------------------------------------------------------------
+
+def run_loop(config, workdir: str, writer, *, state, train_step: Callable,
+             train_iter, next_batch: Callable[[], Any],
+             evaluate: Optional[Callable[[int, Any], Any]] = None,
+             fresh_start: Optional[Callable[[Any], Any]] = None,
+             per_step: Optional[Dict[str, float]] = None,
+             extra_metrics: Callable[[], Dict[str, float]] = dict,
+             finished_table: str = ''):
+  """Restores the latest checkpoint (else `fresh_start(state)`) and trains to
+  config.train.total_steps -> the final state.
+
+  train_step(state, batch) -> (state, metrics); next_batch() -> the global
+  batch (it reads `train_iter`, whose position is checkpointed with the
+  state); evaluate(step, params) every config.train.eval_every steps (its
+  time is not in steps/s); per_step: name -> count per step, logged per
+  second (e.g. tokens); finished_table: a workdir file printed when a
+  finished run is re-run ('{step}' is replaced).
+  """
+  t = config.train
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                 keep=t.keep_checkpoints,
+                                 save_every=t.checkpoint_every)
+  guard = None
+  try:
+    restored, start = ckpt.restore(checkpoint.abstract_like(state),
+                                   data_iter=train_iter)
+    if restored is not None:
+      state = restored
+      logging.info('resumed from step %d', start)
+    elif fresh_start is not None:
+      state = fresh_start(state)
+    guard = checkpoint.PreemptionGuard()
+    total, step = t.total_steps, start
+    if step >= total:
+      _report_finished(workdir, step, total, finished_table)
+    report = _progress_reporter(total, writer)
+    t_last, step_last = time.time(), step
+    while step < total:
+      ckpt.check()  # a failed background save stops training here
+      state, metrics = train_step(state, next_batch())
+      step += 1
+      report(step)
+      if step % t.log_every == 0 or step == total:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics['steps_per_sec'] = (step - step_last) / (time.time() - t_last)
+        for name, count in (per_step or {}).items():
+          metrics[name] = metrics['steps_per_sec'] * count
+        metrics.update(extra_metrics())
+        writer.write_scalars(step, metrics)
+        _log_progress(step, total, metrics)
+        t_last, step_last = time.time(), step
+        if not np.isfinite(metrics['loss']):
+          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}')
+      stop = guard.should_stop(step)
+      ckpt.maybe_save(step, state, data_iter=train_iter,
+                      force=stop or step == total)
+      if stop:
+        logging.warning('preempted: checkpoint written at step %d, exiting',
+                        step)
+        break
+      every = t.eval_every
+      if evaluate is not None and every > 0 and (step % every == 0
+                                                 or step == total):
+        with report.timed('eval'):
+          evaluate(step, state.params)
+        t_last = time.time()  # steps/s measures training, not evaluation
+    ckpt.wait()
+    if step == total and step > start:
+      logging.info('done: %d steps; workdir %s', step, workdir)
+  finally:
+    if guard is not None:
+      guard.close()
+    ckpt.close()  # quiet after a failed save (already raised)
+    writer.flush()
+  return state
+
+
+def _progress_reporter(total: int, writer):
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  return periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+
+
+def _log_progress(step, total, metrics):
+  """One console line per log_every: step, losses, speed and ETA."""
+  rate = float(metrics['steps_per_sec'])
+  eta = (total - step) / rate if rate > 0 else 0.0
+  losses = '  '.join(f'{k[len("loss_"):]} {float(v):.4f}'
+                     for k, v in sorted(metrics.items()) if k.startswith('loss_'))
+  logging.info('step %d/%d  loss %.4f (%s)  %.2f steps/s  ETA %dm%02ds', step,
+               total, float(metrics['loss']), losses, rate, eta // 60, eta % 60)
+
+
+def _report_finished(workdir, step, total, table_pattern: str):
+  """A re-run of a finished run: say so and show its last table."""
+  logging.info('already trained: the workdir is at step %d of '
+               'config.train.total_steps=%d (raise it to train on)', step, total)
+  table = os.path.join(workdir, table_pattern.format(step=step))
+  if table_pattern and os.path.exists(table):
+    with open(table) as f:
+      print(f'\nResults at step {step} ({table}):\n{f.read()}', flush=True)
