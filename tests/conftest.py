@@ -6,3 +6,11 @@ if _FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
                              _FLAG).strip()
 os.environ['JAX_PLATFORMS'] = 'cpu'
+
+
+def pytest_configure(config):
+  # Registered (not deselected): `pytest -q tests` runs them; `-m "not e2e"`
+  # leaves out the slow end-to-end runs (notebooks, multi-process jobs).
+  config.addinivalue_line(
+      'markers', 'e2e: end-to-end runs of whole jobs or notebooks in '
+      'subprocesses (minutes)')

@@ -28,7 +28,18 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics '
                                'and pictures are written.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() first (TPU pods, '
-    'SLURM, multi-node GPU): one process per host.')
+    'SLURM, multi-node GPU): one process per host. Without the three flags '
+    'below JAX auto-detects the cluster (TPU metadata, SLURM, Open MPI).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'With --distributed: host:port of process '
+    "0's coordination service (e.g. 127.0.0.1:1234 for several processes on "
+    'one machine); default: auto-detected.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --distributed: how many processes in all; '
+    'default: auto-detected.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --distributed: this process\'s index in '
+    '[0, num_processes); default: auto-detected.')
 _LOG_LIBRARIES = flags.DEFINE_bool(
     'log_libraries', False, "Also show the INFO logs of libraries (Orbax's "
     "checkpoint internals, JAX's backend probing, CLU's metric lines); off: "
@@ -63,15 +74,37 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _LOG_LIBRARIES.value:
     quiet_libraries()
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value,
+                         _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   if config.job not in JOBS:
     raise app.UsageError(f'unknown job {config.job!r}; choose from {JOBS}')
-  logging.info('JAX %s: %d processes, devices %s', jax.__version__,
-               jax.process_count(), jax.devices())
+  # An unsupported storage URL fails here, not after the data is built.
+  from vftok.data import paths  # pylint: disable=g-import-not-at-top
+  try:
+    paths.check_config_paths(config, _WORKDIR.value)
+  except paths.UnsupportedPathError as e:
+    sys.exit(f'FATAL {e}')
+  logging.info('JAX %s: process %d of %d, devices %s', jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices())
   run_job(importlib.import_module(f'vftok.jobs.{config.job}'), config,
           _WORKDIR.value)
+
+
+def initialize_distributed(distributed: bool, coordinator_address=None,
+                           num_processes=None, process_id=None):
+  """jax.distributed.initialize() for --distributed; explicit values win
+  over JAX's cluster auto-detection (needed where there is no cluster
+  environment, e.g. several processes on one machine). On CPU the processes'
+  collectives go through gloo (JAX's default CPU collectives)."""
+  given = {k: v for k, v in (('coordinator_address', coordinator_address),
+                             ('num_processes', num_processes),
+                             ('process_id', process_id)) if v is not None}
+  if not distributed:
+    if given:
+      raise app.UsageError(f'--{next(iter(given))} needs --distributed')
+    return
+  jax.distributed.initialize(**given)
 
 
 def run_job(job, config, workdir: str):

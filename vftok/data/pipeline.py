@@ -1,8 +1,8 @@
 """Grain input pipeline over latent records (records.py schema).
 
     ArrayRecord files -> MapDataset.source -> shuffle(seed) -> repeat
-      -> [process_index::process_count] -> map(deserialize, normalise)
-      -> batch(global / processes) -> to_iter_dataset -> [mp_prefetch]
+      -> map(deserialize, normalise) -> batch(global / processes)
+      -> [process_index::process_count] -> to_iter_dataset -> [mp_prefetch]
 
 Every step before `to_iter_dataset` is index-based, so the iterator's state is
 a position: `get_state()` / `set_state()` (and the Orbax args from
@@ -348,9 +348,13 @@ def _shuffled_batches(paths, data_config, prepare, process_index,
                          skip=bool(data_config.get('skip_bad_records', False)))
   ds = grain.MapDataset.source(source)
   ds = ds.shuffle(seed=data_config.shuffle_seed).repeat()
-  ds = ds[process_index::process_count]
-  ds = ds.map(prepare)
+  ds = ds.map(prepare)  # lazy: runs only on the records this process reads
   ds = ds.batch(gbs // process_count, drop_remainder=True)
+  # Process p takes blocks p, p + P, ... of b = gbs / P consecutive records,
+  # so global batch k (the processes' blocks in order) is records
+  # [k gbs, (k + 1) gbs), the single-process batch: same data, same loss
+  # curve, whatever the process count.
+  ds = ds[process_index::process_count]
   # Threads overlap record reads with the step; order stays deterministic.
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=min(8, os.cpu_count() or 1),

@@ -1,0 +1,73 @@
+"""Storage paths: an unsupported URL scheme fails at startup with one line
+naming the field and the scheme; gs:// workdirs pass, gs:// data patterns are
+refused with the mount advice; local paths (the stand-in for a mounted bucket)
+pass and train as usual."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vftok.data import paths
+
+from testing_utils import load_config
+from testing_utils import ROOT
+
+
+@pytest.mark.parametrize('url', ['s3://bucket/runs/a', 'hdfs://nn/runs/a',
+                                 'http://host/runs/a', 'file:///tmp/a'])
+def test_unsupported_workdir_scheme(url):
+  scheme = url.split(':')[0]
+  with pytest.raises(paths.UnsupportedPathError,
+                     match=rf"^workdir='{url}': URL scheme {scheme}:// is not "
+                     r'supported here \(supported: local or mounted paths, '
+                     r'gs://\)$'):
+    paths.check_config_paths(load_config('demo'), url)
+
+
+def test_data_and_read_fields():
+  c = load_config('demo')
+  paths.check_config_paths(c, '/tmp/run')            # local: fine
+  paths.check_config_paths(c, 'gs://bucket/run')     # gs:// workdir: fine
+  c.data.kind, c.data.train_pattern = 'records', 's3://b/train-*.array_record'
+  with pytest.raises(paths.UnsupportedPathError,
+                     match=r"config.data.train_pattern='s3://b/train-\*"
+                     r"\.array_record': URL scheme s3://"):
+    paths.check_config_paths(c, '/tmp/run')
+  c.data.train_pattern = 'gs://b/train-*.array_record'
+  with pytest.raises(paths.UnsupportedPathError,
+                     match=r'train_pattern=.*gs:// is not supported here \(the '
+                     r'ArrayRecord reader opens local files only: mount'):
+    paths.check_config_paths(c, 'gs://bucket/run')
+  c.data.train_pattern = '/mnt/gcs/b/train-*.array_record'  # gcsfuse mount
+  c.train.init_from = 'gs://b/stage1'
+  with pytest.raises(paths.UnsupportedPathError,
+                     match=r"config.train.init_from='gs://b/stage1'.*config"
+                     r'\.json is read with plain file I/O'):
+    paths.check_config_paths(c, '/tmp/run')
+  ar = load_config('ar_demo')
+  ar.tokenizer.checkpoint = 'HDFS://nn/tok'
+  with pytest.raises(paths.UnsupportedPathError,
+                     match=r'config.tokenizer.checkpoint=.*hdfs://'):
+    paths.check_config_paths(ar, '/tmp/run')
+  assert paths.scheme('C:/data') == '' and paths.scheme('tfds:ucf101') == ''
+
+
+def test_main_rejects_at_startup(tmp_path):
+  """Before any data is built or anything compiled: one FATAL line."""
+  r = subprocess.run(
+      [sys.executable, '-m', 'vftok.main', '--config=configs/demo.py',
+       '--workdir=s3://bucket/run', f'--config.data.root={tmp_path}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'PYTHONPATH': ROOT})
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1] == (
+      "FATAL workdir='s3://bucket/run': URL scheme s3:// is not supported "
+      'here (supported: local or mounted paths, gs://)')
+  assert not os.listdir(tmp_path)  # the demo set was not built
+  r = subprocess.run(
+      [sys.executable, '-m', 'vftok.main', '--config=configs/demo.py',
+       f'--workdir={tmp_path}/w', '--coordinator_address=127.0.0.1:1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'PYTHONPATH': ROOT})
+  assert r.returncode != 0 and '--coordinator_address needs --distributed' in r.stderr
