@@ -72,6 +72,7 @@ def test_a_directory_without_config_is_not_a_workdir(tmp_path):
     vftok.Tokenizer.from_checkpoint(str(tmp_path))
 
 
+@pytest.mark.e2e
 def test_unknown_config_key_is_rejected(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'vftok.main', '--config=configs/demo.py',

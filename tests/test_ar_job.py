@@ -39,6 +39,8 @@ from testing_utils import load_config
 from testing_utils import tiny_tmpfs
 from testing_utils import truncate_largest_file
 
+pytestmark = pytest.mark.e2e  # whole jobs / scripts: see tests/conftest.py
+
 T, K, LEVELS = 5, 4, (4, 4, 4)   # the tiny tokenizer: 64 codes
 VOCAB = int(np.prod(LEVELS))
 CAPTIONS = ('red ball', 'blue sky', 'green tree', 'a cat')
@@ -422,6 +424,6 @@ def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
       eval_ar.run(c, str(tmp_path / 'bad'))
   c = e.copy_and_resolve_references()
   c.ar_workdir = str(demo_ar[0].parent.parent)
-  with pytest.raises(ValueError, match='not a vftok workdir'):
+  with pytest.raises(ValueError, match='is not a train_ar workdir'):
     eval_ar.run(c, str(tmp_path / 'bad'))
   assert not (tmp_path / 'bad').exists()   # nothing half-written

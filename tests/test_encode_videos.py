@@ -34,6 +34,8 @@ from vftok.data import tokens as token_records
 
 from testing_utils import load_config
 
+pytestmark = pytest.mark.e2e  # whole jobs / scripts: see tests/conftest.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (relative path, frames, fps, width, height); 'short' has too few frames.
 VIDEOS = (('a/v0.mp4', 40, 24, 64, 48), ('a/v1.mp4', 30, 30, 48, 64),

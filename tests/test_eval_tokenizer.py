@@ -31,6 +31,8 @@ from vftok.jobs import eval_tokenizer
 
 from testing_utils import load_config
 
+pytestmark = pytest.mark.e2e  # whole jobs / scripts: see tests/conftest.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLIPS = 4
 GUIDANCE = (1.0, 2.0)

@@ -15,6 +15,7 @@ import scipy.linalg
 
 from vftok.evals import frechet
 from vftok.models.pretrained import i3d
+from vftok.models.pretrained import safe_pickle
 from vftok.evals import pixels
 
 
@@ -130,7 +131,7 @@ def test_unpickler_refuses_non_numpy_globals(tmp_path):
                         (pickle.dumps(print, protocol=4), 'builtins.print'),
                         (pickle.dumps({'a': np.arange(2), 'f': eval},
                                       protocol=4), 'builtins.eval')):
-    with pytest.raises(i3d.UnsafePickleError, match=name) as err:
+    with pytest.raises(safe_pickle.UnsafePickleError, match=name) as err:
       i3d.safe_load_numpy_pickle(io.BytesIO(payload))
     assert 'refused global' in str(err.value)
   # Through a file path too, as load_variables reads it.
@@ -140,7 +141,7 @@ def test_unpickler_refuses_non_numpy_globals(tmp_path):
     i3d.safe_load_numpy_pickle(str(path))
   # Object arrays need no extra global but are refused as well.
   obj = pickle.dumps(np.array([1, 'a'], dtype=object), protocol=4)
-  with pytest.raises(i3d.UnsafePickleError, match='dtype object'):
+  with pytest.raises(safe_pickle.UnsafePickleError, match='dtype object'):
     i3d.safe_load_numpy_pickle(io.BytesIO(obj))
 
 

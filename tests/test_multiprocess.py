@@ -179,9 +179,9 @@ def test_process_blocks_make_the_single_process_batch(tmp_path):
   process order, are the single-process global batch, record for record."""
   sys.path.insert(0, TESTS)
   from test_ar_job import write_synthetic_records  # pylint: disable=g-import-not-at-top
-  from vftok import ar_defaults  # pylint: disable=g-import-not-at-top
+  from vftok import defaults  # pylint: disable=g-import-not-at-top
   from vftok.data import pipeline  # pylint: disable=g-import-not-at-top
-  c = ar_defaults.ar_config(1).data
+  c = defaults.ar_config(1).data
   c.train_pattern = write_synthetic_records(str(tmp_path), n=40)
   c.global_batch_size = 8
   one = pipeline.make_token_iterator(c)

@@ -7,7 +7,6 @@ import pytest
 import testing_utils
 from vftok import sharding
 from vftok import training
-from vftok.data import demo
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.models.pretrained import features
@@ -35,7 +34,7 @@ def test_records_source_resizes_to_the_decoder_grid():
 def test_i3d_keyframes_on_the_fly_equals_the_demo_precomputation():
   rng = np.random.default_rng(0)
   clips = rng.integers(0, 256, (2, 9, 32, 32, 3), dtype=np.uint8)
-  stored = demo.repa_teacher_fn('i3d:Mixed_3c')(clips)     # [2, 3, 2, 2, 480]
+  stored = features.demo_teacher('i3d:Mixed_3c')(clips)     # [2, 3, 2, 2, 480]
   assert stored.shape == (2, 3, 2, 2, 480) and stored.dtype == np.float16
   c = testing_utils.tiny_tokenizer_config()
   c.model.latent_size = (4, 4)

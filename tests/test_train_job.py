@@ -21,6 +21,8 @@ from testing_utils import Recorder
 from testing_utils import load_config
 from testing_utils import truncate_largest_file
 
+pytestmark = pytest.mark.e2e  # whole jobs / scripts: see tests/conftest.py
+
 
 def e2e_config(data_root):
   c = load_config('demo')

@@ -393,7 +393,7 @@ CHECKPOINT_DIR = 'checkpoints'  # <workdir>/checkpoints/<step>/
 def write_workdir_config(config, workdir: str) -> None:
   """Writes the resolved config into the workdir (process 0, atomically)."""
   from vftok.data import records  # pylint: disable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
+  records.makedirs(workdir)
   if jax.process_index() == 0:
     with records.atomic_path(os.path.join(workdir, CONFIG_FILE)) as tmp:
       with open(tmp, 'w') as f:
@@ -404,12 +404,11 @@ def load_workdir_config(workdir: str):
   """The resolved config a run (tokenizer or AR) wrote into its workdir."""
   import json  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(config_path):
+  config_path = epath.Path(workdir) / CONFIG_FILE   # local or gs://
+  if not config_path.exists():
     raise ValueError(f'{workdir} is not a vftok workdir: no {CONFIG_FILE}')
   try:
-    with open(config_path) as f:
-      fields = json.load(f)
+    fields = json.loads(config_path.read_text())
   except ValueError as e:
     raise ValueError(f'{config_path} is not a readable JSON config: {e}'
                      ) from None
@@ -441,9 +440,9 @@ def upgrade_config(fields: dict) -> dict:
 
 def finished_steps(workdir: str) -> List[int]:
   """Steps with a finished checkpoint in the workdir, ascending."""
-  d = os.path.join(workdir, CHECKPOINT_DIR)
-  return sorted(int(s) for s in (os.listdir(d) if os.path.isdir(d) else [])
-                if s.isdigit())
+  d = epath.Path(workdir) / CHECKPOINT_DIR
+  return sorted(int(s.name) for s in (d.iterdir() if d.is_dir() else [])
+                if s.name.isdigit())
 
 
 def check_workdir(path: str, job: str, step: int = -1,
@@ -456,14 +455,15 @@ def check_workdir(path: str, job: str, step: int = -1,
     raise ValueError(f'config.{field} is not set: pass --config.{field}=DIR, '
                      f'the --workdir of a {job} run (it holds {CONFIG_FILE} '
                      f'and {CHECKPOINT_DIR}/)')
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
+  if '://' not in path:  # gs:// workdirs are read through etils.epath
+    path = os.path.abspath(os.path.expanduser(path))
+  if not epath.Path(path).is_dir():
     raise ValueError(f'config.{field}={path!r} does not exist or is not a '
                      'directory')
-  if not os.path.exists(os.path.join(path, CONFIG_FILE)):
+  if not (epath.Path(path) / CONFIG_FILE).exists():
     hint = ''
     for up in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-      if os.path.exists(os.path.join(up, CONFIG_FILE)):
+      if (epath.Path(up) / CONFIG_FILE).exists():
         hint = f'; did you mean the workdir {up!r}?'
         break
     raise ValueError(f'config.{field}={path!r} is not a {job} workdir: it has '

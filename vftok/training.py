@@ -68,9 +68,11 @@ def _init_fn(model, tx, args, kwargs=None) -> Callable:
   return init
 
 
-def tokenizer_task(config) -> Task:
+def tokenizer_task(config, teacher: bool = True) -> Task:
   """Stage 1, or stage 2 when config.optim.freeze holds 'encoder' (no
-  backward pass through the encoder; the optimizer freezes it too)."""
+  backward pass through the encoder; the optimizer freezes it too).
+  teacher=False: no REPA teacher is loaded (restoring params needs only the
+  state's layout; the loss then cannot run)."""
   m = config.model
   model = tokenizer.build(m, layers.optional_dtype(m.dtype))
   dummies = tokenizer.dummy_inputs(m)
@@ -84,6 +86,8 @@ def tokenizer_task(config) -> Task:
   freeze_encoder = 'encoder' in tuple(config.optim.get('freeze', ()))
   # The frozen REPA teacher's weights (if any) enter every step as an
   # argument rather than as constants baked into the executable.
+  if not teacher:
+    return Task(model, tx, schedule, _init_fn(model, tx, dummies), None)
   teacher = features.get(m)
 
   def loss_fn(params, batch, rng, teacher_params=None):
@@ -108,13 +112,13 @@ def ar_task(config) -> Task:
   return Task(model, tx, schedule, _init_fn(model, tx, args, kwargs), loss_fn)
 
 
-def task_for(config) -> Task:
+def task_for(config, teacher: bool = True) -> Task:
   """The task of a training config (or of a training workdir's config)."""
   job = config.get('job', 'train_tokenizer')
   if job == 'train_ar':
     return ar_task(config)
   if job == 'train_tokenizer':
-    return tokenizer_task(config)
+    return tokenizer_task(config, teacher)
   raise ValueError(f'config.job={job!r} is not a training job')
 
 
@@ -163,7 +167,7 @@ def restore_params(config, workdir: str, step: Optional[int] = None,
   """-> ({'params': ...}, step) of a training workdir (tokenizer or AR,
   trained with `config`); step None: the latest. mesh: restore sharded over it by the params' logical axes (a
   stage-2 run starting from stage 1 on a pod); default: the first device."""
-  task = task_for(config)
+  task = task_for(config, teacher=False)
   if mesh is None:
     mesh = sharding.data_mesh(jax.devices()[:1])
   return checkpoint.restore_params(os.path.join(workdir, CHECKPOINT_DIR),

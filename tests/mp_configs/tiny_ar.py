@@ -1,11 +1,11 @@
 """The AR trainer at test size (as tests/test_ar_job.py's tiny_ar) on token
 records: `--config=tests/mp_configs/tiny_ar.py:PATTERN` (64-code tokens,
 5 frames x 4 tokens, 4 classes)."""
-from vftok import ar_defaults
+from vftok import defaults
 
 
 def get_config(pattern):
-  c = ar_defaults.ar_config(1)
+  c = defaults.ar_config(1)
   m = c.model
   m.depth, m.width, m.heads = 1, 32, 2
   m.vocab_size, m.num_frames, m.tokens_per_frame, m.seq_len = 64, 5, 4, 20

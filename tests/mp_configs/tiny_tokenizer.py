@@ -17,7 +17,7 @@ def get_config(data_root):
   c.data.resolution = 32
   c.data.global_batch_size = 8
   m = c.model
-  m.latent_size, m.patch_size, m.registers = (4, 4), (1, 1, 1), 4
+  m.latent_size, m.patch_size, m.tokens_per_frame = (4, 4), (1, 1, 1), 4
   m.enc_depth = m.dec_depth = 1
   m.enc_width = m.dec_width = 32
   m.head_dim = 16

@@ -184,7 +184,7 @@ def write_outputs(directory: str, prefix: str,
   every sample); <prefix>_n<n>.<fmt>: per budget, the animated grid of
   conditions (rows) x samples (columns), enlarged `scale` x;
   <prefix>.txt: the conditions of the rows. -> the written paths."""
-  os.makedirs(directory, exist_ok=True)
+  records.makedirs(directory)
   budgets = sorted(pixels)
   rows, labels = [], []
   for i, cond in enumerate(conditions):

@@ -3,16 +3,18 @@
 What works (README "Cloud storage"):
   * workdir: a local or mounted path, or `gs://bucket/dir`. On gs:// the
     Orbax checkpoints go straight to the bucket (etils.epath + TensorStore's
-    GCS driver) and so do the TensorBoard events (TensorFlow's gfile); the
-    small side files (config.json, recon_*.png, psnr_*.md, AR samples, the
-    demo token cache) are written with plain file I/O, i.e. under a local
-    directory literally named `gs:`. For a workdir readable as a whole (e.g.
-    by Tokenizer.from_checkpoint) mount the bucket (gcsfuse) and pass the
-    mounted path.
-  * data patterns (ArrayRecord): local or mounted paths only. The reader
-    (array_record via Grain) opens files by local path and records.expand
-    globs the local filesystem, so `gs://` patterns are rejected here rather
-    than reported later as "matches no files"; mount the bucket (gcsfuse).
+    GCS driver), the TensorBoard events through TensorFlow's gfile, and the
+    side files (config.json, recon_*.png, psnr_*.md, sweep tables, AR
+    samples) through data/records.atomic_path (a local temp file copied to
+    the bucket once whole). Workdirs read back (init_from,
+    tokenizer.checkpoint, ...) may be gs:// too: config.json and the
+    checkpoint list are read through etils.epath.
+  * data (ArrayRecord patterns, the demo set's root, and the output of the
+    jobs that write records: encode_videos, tokenize_dataset): local or
+    mounted paths only. The reader (array_record via Grain) and the writer
+    open files by local path and records.expand globs the local filesystem,
+    so `gs://` is rejected here rather than reported later as "matches no
+    files"; mount the bucket (gcsfuse).
 Any other scheme (s3://, hdfs://, http://, ...) is rejected for every field.
 """
 import re
@@ -26,7 +28,9 @@ WORKDIR_SCHEMES = ('gs',)
 DATA_FIELDS = ('data.train_pattern', 'data.eval_pattern', 'data.root',
                'data.token_cache', 'input')
 READ_FIELDS = ('train.init_from', 'tokenizer.checkpoint', 'checkpoint',
-                  'ar_workdir', 'tokenizer_workdir')
+               'ar_workdir', 'tokenizer_workdir')
+# Jobs whose workdir receives ArrayRecord files (a data output).
+RECORD_JOBS = ('encode_videos', 'tokenize_dataset')
 
 
 class UnsupportedPathError(ValueError):
@@ -40,10 +44,8 @@ def scheme(path: str) -> str:
 
 
 _GS_HINTS = {
-    'data': 'the ArrayRecord reader opens local files only: mount the bucket '
-            '(e.g. gcsfuse) and pass the mounted path',
-    'read': 'its config.json is read with plain file I/O: mount the bucket '
-            '(e.g. gcsfuse) and pass the mounted path',
+    'data': 'ArrayRecord files are read and written by local path only: '
+            'mount the bucket (e.g. gcsfuse) and pass the mounted path',
 }
 
 
@@ -76,7 +78,8 @@ def _get(config, dotted: str):
 def config_paths(config, workdir: str) -> List[Tuple[str, str, str]]:
   """-> [(field, path, kind)] of every storage path the job reads or writes
   that is set; kind: 'workdir', 'data' or 'read' (a workdir read back)."""
-  out = [('workdir', workdir, 'workdir')]
+  job = _get(config, 'job')
+  out = [('workdir', workdir, 'data' if job in RECORD_JOBS else 'workdir')]
   for fields, kind in ((DATA_FIELDS, 'data'), (READ_FIELDS, 'read')):
     for f in fields:
       v = _get(config, f)
@@ -90,4 +93,5 @@ def check_config_paths(config, workdir: str) -> None:
   """Fails fast (before any data is built or model compiled) on a workdir or
   data path with a URL scheme the job cannot use; see the module docstring."""
   for field, path, kind in config_paths(config, workdir):
-    check_path(field, path, WORKDIR_SCHEMES if kind == 'workdir' else (), kind)
+    check_path(field, path,
+               WORKDIR_SCHEMES if kind in ('workdir', 'read') else (), kind)

@@ -36,10 +36,13 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import struct
+import tempfile
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from array_record.python import array_record_module
+from etils import epath
 import numpy as np
 
 MAGIC = b'VFTK1'
@@ -181,10 +184,34 @@ def validate_token_example(ex: Dict[str, Any], channels=None):
   _validate_scalars(ex)
 
 
+def is_url(path) -> bool:
+  """'gs://bucket/x' and the like (written through etils.epath)."""
+  return '://' in str(path)
+
+
+def makedirs(path: str) -> None:
+  """A workdir, local or on an object store (gs://)."""
+  if is_url(path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
   """Yields a temp path beside `path`, renamed to `path` if the block
-  succeeds and removed if it fails: readers never see a half-written file."""
+  succeeds and removed if it fails: readers never see a half-written file.
+  For a URL (gs://) the temp file is local and copied to `path` once the
+  block succeeds (an object store writes an object whole or not at all)."""
+  if is_url(path):
+    local = tempfile.mkdtemp(prefix='vftok-')
+    try:
+      tmp = os.path.join(local, os.path.basename(str(path)))
+      yield tmp
+      epath.Path(tmp).copy(epath.Path(path), overwrite=True)
+    finally:
+      shutil.rmtree(local, ignore_errors=True)
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp-{os.getpid()}'
   try:

@@ -185,7 +185,7 @@ def run(config, workdir: str, writer=None) -> Dict:
     if len(classifier.class_names) != mc.num_classes:
       raise ValueError(f'the classifier knows {len(classifier.class_names)} '
                        f'classes, the AR model {mc.num_classes}')
-  os.makedirs(workdir, exist_ok=True)
+  records.makedirs(workdir)
   writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 

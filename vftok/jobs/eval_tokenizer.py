@@ -92,7 +92,7 @@ def run(config, workdir: str, writer=None) -> Dict:
   data, n, batches = eval_data.eval_batches(config, tok.config)
   codec = latent_codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
-  os.makedirs(workdir, exist_ok=True)
+  records.makedirs(workdir)
   writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 

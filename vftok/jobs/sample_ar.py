@@ -40,7 +40,7 @@ def _step(value):
 def run(config, workdir: str, writer=None) -> Dict:
   """-> the report written to <workdir>/<prefix>.json."""
   del writer  # results go to files
-  os.makedirs(workdir, exist_ok=True)
+  records.makedirs(workdir)
   ar_dir, step = checkpoint.check_workdir(
       config.ar_workdir, 'train_ar', config.ar_step, field='ar_workdir')
   ar_config = checkpoint.load_workdir_config(ar_dir)

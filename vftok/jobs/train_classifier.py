@@ -55,7 +55,7 @@ def decode(codec, latents) -> np.ndarray:
 
 
 def run(config, workdir: str) -> Dict[str, float]:
-  os.makedirs(workdir, exist_ok=True)
+  records.makedirs(workdir)
   # Data fields the config leaves out (e.g. the demo build's REPA teacher)
   # take the tokenizer defaults, so the demo set found is the one training
   # builds and uses.
