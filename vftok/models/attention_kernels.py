@@ -258,8 +258,9 @@ def _pallas_gpu(q, k, v, mask, scale, bq, bk, interpret, num_warps=4,
   full, part = block_kinds(mask, bq, bk)
   row_tab, nf_row = _pack(full, part)
   col_tab, nf_col = _pack(full.T, part.T)
-  row_tab, col_tab = jnp.asarray(row_tab), jnp.asarray(col_tab)
-  mask_i8 = jnp.asarray(m.astype(np.int8))
+  # NumPy constants, made jax arrays inside the traced functions: a
+  # custom_vjp function may not close over values of an enclosing trace.
+  mask_i8 = m.astype(np.int8)
   kw = dict(scale=scale, bq=bq, bk=bk)
   call = functools.partial(pl.pallas_call, interpret=interpret,
                            compiler_params=_compiler_params(num_warps,
@@ -279,7 +280,8 @@ def _pallas_gpu(q, k, v, mask, scale, bq, bk, interpret, num_warps=4,
         out_specs=[tile(bq), row(bq)],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((b, h, lq_p), jnp.float32)],
-        name='block_sparse_attention_fwd')(row_tab, q, k, v, mask_i8)
+        name='block_sparse_attention_fwd')(
+            jnp.asarray(row_tab), q, k, v, jnp.asarray(mask_i8))
     return o, lse
 
   @jax.custom_vjp
@@ -299,8 +301,8 @@ def _pallas_gpu(q, k, v, mask, scale, bq, bk, interpret, num_warps=4,
         in_specs=[tab_spec(row_tab), tile(bq), whole(lk_p), whole(lk_p),
                   mask_spec, tile(bq), row(bq), row(bq)],
         out_specs=tile(bq), out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        name='block_sparse_attention_dq')(row_tab, q, k, v, mask_i8, do, lse,
-                                           delta)
+        name='block_sparse_attention_dq')(
+            jnp.asarray(row_tab), q, k, v, jnp.asarray(mask_i8), do, lse, delta)
     dk, dv = call(
         functools.partial(_dkv_kernel, nf=nf_col, **kw), grid=(nk, b, h),
         in_specs=[tab_spec(col_tab), whole(lq_p), tile(bk), tile(bk),
@@ -308,8 +310,8 @@ def _pallas_gpu(q, k, v, mask, scale, bq, bk, interpret, num_warps=4,
         out_specs=[tile(bk), tile(bk)],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                    jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        name='block_sparse_attention_dkv')(col_tab, q, k, v, mask_i8, do, lse,
-                                            delta)
+        name='block_sparse_attention_dkv')(
+            jnp.asarray(col_tab), q, k, v, jnp.asarray(mask_i8), do, lse, delta)
     return dq, dk, dv
 
   fn.defvjp(fn_fwd, fn_bwd)
