@@ -80,30 +80,16 @@ _COMPILE_ONLY = flags.DEFINE_bool('compile_only', False,
                                   'Memory and FLOPs from XLA only; run nothing.')
 _PEAK = flags.DEFINE_float('peak_tflops', 0.0,
                            'Per-device peak TFLOP/s of the compute dtype, for '
-                           'MFU (0: from PEAK_TFLOPS by device kind).')
+                           'MFU (0: flops.PEAK_TFLOPS by device kind).')
 _MARKDOWN = flags.DEFINE_string('markdown', '', 'Append result rows to this '
                                 'markdown file (benchmarks/device_check.sh).')
 
 GiB = 2 ** 30
-# Dense peak TFLOP/s per device (vendor datasheets): (bf16, float32). The
-# float32 figure is what XLA's default precision runs at (TF32 on NVIDIA).
-PEAK_TFLOPS = {
-    'H100': (989.0, 494.0), 'H200': (989.0, 494.0), 'H800': (989.0, 494.0),
-    'A100': (312.0, 156.0), 'L4': (121.0, 60.0), 'B200': (2250.0, 1100.0),
-    'TPU v4': (275.0, 275.0), 'TPU v5 lite': (197.0, 197.0),
-    'TPU v5e': (197.0, 197.0), 'TPU v5p': (459.0, 459.0),
-    'TPU v6 lite': (918.0, 918.0), 'TPU v6e': (918.0, 918.0),
-}
 
 
 def peak_tflops(device, dtype: str) -> float:
-  if _PEAK.value:
-    return _PEAK.value
-  kind = device.device_kind
-  for name, (bf16, f32) in PEAK_TFLOPS.items():
-    if name.lower() in kind.lower():
-      return bf16 if dtype == 'bfloat16' else f32
-  return 0.0   # unknown (CPU): no MFU
+  """--peak_tflops, else the table's figure for this device (0: unknown)."""
+  return _PEAK.value or flops_lib.peak_tflops(device.device_kind, dtype)
 
 
 def _flops(compiled) -> float:
@@ -264,7 +250,7 @@ def bench(config, mesh, policy: str, impl: str, label: str, rows: list):
              mfu_model=model_flops / dt / 1e12 / peak if peak else None,
              mfu_xla=xla_flops / dt / 1e12 / peak if peak else None)
   line = (f'{label} remat={policy:5s} {dt * 1e3:9.1f} ms/step | '
-          f'{w.per_step / dt:9.1f} {w.unit}/s, '
+          f'{w.per_step / dt:9.1f} {w.unit}/s | '
           f'{w.tokens / dt / n:10.1f} tokens/s/device | '
           f'{xla_flops / dt / 1e12:7.2f} TFLOP/s/device (XLA)')
   if peak:
@@ -323,7 +309,9 @@ def main(argv):
       config = base.copy_and_resolve_references()
       if stage == '2':
         config = _stage2(config)
-      config.model.attention_impl = impl
+      if impl or 'attention_impl' in config.model:
+        # (AR configs get the key once the AR model reads it.)
+        config.model.attention_impl = impl
       label = ('AR' if ar_job else f'stage {stage}') + f' {impl or "default"}'
       try:
         b = _BATCH.value or largest_batch(config, mesh)

@@ -24,6 +24,25 @@ from vftok.models import layers
 from vftok.models import masks
 
 
+# Dense peak TFLOP/s per device (vendor datasheets): (bf16, float32). The
+# float32 figure is what XLA's default precision runs at (TF32 on NVIDIA).
+PEAK_TFLOPS = {
+    'H100': (989.0, 494.0), 'H200': (989.0, 494.0), 'H800': (989.0, 494.0),
+    'A100': (312.0, 156.0), 'L4': (121.0, 60.0), 'B200': (2250.0, 1100.0),
+    'TPU v4': (275.0, 275.0), 'TPU v5 lite': (197.0, 197.0),
+    'TPU v5e': (197.0, 197.0), 'TPU v5p': (459.0, 459.0),
+    'TPU v6 lite': (918.0, 918.0), 'TPU v6e': (918.0, 918.0),
+}
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float:
+  """Peak dense TFLOP/s of a device kind in a compute dtype; 0 if unknown."""
+  for name, (bf16, f32) in PEAK_TFLOPS.items():
+    if name.lower() in device_kind.lower():
+      return bf16 if dtype == 'bfloat16' else f32
+  return 0.0
+
+
 def matmul(tokens: int, d_in: int, d_out: int) -> float:
   return 2.0 * tokens * d_in * d_out
 
