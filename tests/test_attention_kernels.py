@@ -1,7 +1,9 @@
 """Every fused attention path equals the XLA reference, outputs and gradients
 (w.r.t. q, k, v), for each of vftok's masks; the Pallas kernels run in
-interpret mode on CPU (VFTOK_KERNELS_ON_DEVICE=1 runs them compiled, on a GPU
-or TPU: benchmarks/device_check.sh).
+interpret mode on CPU. VFTOK_KERNELS_ON_DEVICE=1 runs them compiled on the
+accelerator instead (Pallas GPU on a GPU, splash on a TPU, plus cuDNN in
+bf16 on a GPU); pytest must then skip tests/conftest.py, which forces the
+CPU: `pytest --noconftest` (benchmarks/device_check.sh).
 
 Tolerances: float32 inputs, |fused - xla| <= 2e-5 + 1e-4 |xla| on CPU (seen:
 ~2e-6; the kernels' online softmax sums in a different order); compiled on a
@@ -19,6 +21,12 @@ from vftok.models import masks
 
 ON_DEVICE = os.environ.get('VFTOK_KERNELS_ON_DEVICE') == '1'
 INTERPRET = not ON_DEVICE
+PLATFORM = {'pallas_gpu': 'gpu', 'splash': 'tpu', 'cudnn': 'gpu'}
+
+
+def _skip_unless_runnable(impl):
+  if ON_DEVICE and jax.default_backend() != PLATFORM[impl]:
+    pytest.skip(f'{impl} runs on {PLATFORM[impl]}, not {jax.default_backend()}')
 TOL = dict(atol=2e-3, rtol=1e-2) if ON_DEVICE else dict(atol=2e-5, rtol=1e-4)
 
 
@@ -57,6 +65,7 @@ def _inputs(length, head_dim, batch=2, heads=2, seed=0):
 
 @pytest.mark.parametrize('impl,name', CASES)
 def test_kernel_matches_xla(impl, name):
+  _skip_unless_runnable(impl)
   cfg = PATHS[impl]
   mask, causal = mask_cases(*cfg['layout'])[name]
   length = cfg['layout'][0] * sum(cfg['layout'][1:])
@@ -76,6 +85,27 @@ def test_kernel_matches_xla(impl, name):
   got = run(impl, block_q=cfg['block'], interpret=INTERPRET)
   for what, g, w in zip(('out', 'dq', 'dk', 'dv'), got, want):
     np.testing.assert_allclose(g, w, err_msg=f'{impl} {name} {what}', **TOL)
+
+
+@pytest.mark.parametrize('name', ['ar_causal', 'decoder_stage2_full'])
+def test_cudnn_matches_xla_on_gpu(name):
+  """cuDNN (bf16 only) for the masks it expresses; 2e-2 is bf16's rounding
+  of outputs and gradients."""
+  if not ON_DEVICE:
+    pytest.skip('cuDNN needs an NVIDIA GPU (VFTOK_KERNELS_ON_DEVICE=1)')
+  _skip_unless_runnable('cudnn')
+  mask, causal = mask_cases(2, 64, 64)[name]
+  q, k, v, dout = (x.astype(jnp.bfloat16) for x in _inputs(256, 64))
+
+  def run(which):
+    f = lambda q, k, v: ak.attention(q, k, v, mask=mask, is_causal=causal,
+                                     scale=8.0 / 64, impl=which)
+    out, vjp = jax.vjp(jax.jit(f), q, k, v)
+    return (out, *vjp(dout))
+
+  for g, w in zip(run('cudnn'), run('xla')):
+    np.testing.assert_allclose(np.asarray(g, np.float32),
+                               np.asarray(w, np.float32), atol=2e-2, rtol=2e-2)
 
 
 def test_tiles_are_skipped():
