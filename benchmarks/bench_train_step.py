@@ -5,7 +5,7 @@ device, per attention kernel and remat policy.
       --config=configs/tokenizer_k600.py --per_device_batch=4 \
       --remat=none,dots,full [--compile_only] [--steps=10] \
       [--stages=1,2] [--attention_impl=xla,pallas_gpu] \
-      [--peak_tflops=989] [--markdown=table.md]
+      [--peak_tflops=989] [--markdown=rows.md]
 
 --stages (tokenizer configs): 1 = the config as given; 2 = the decoder
 fine-tuning of defaults.decoder_finetune (encoder frozen and forward only,
@@ -13,7 +13,9 @@ full decoder attention). --attention_impl: the `model.attention_impl` values
 to compare (vftok/models/attention_kernels.py; default: the config's); a
 value the model cannot build yet is reported as skipped. --per_device_batch=0
 searches the largest power of two whose compiled memory (two compiles, linear
-in the batch) fits 85% of the device's memory.
+in the batch) fits 85% of the device's memory, with the first
+--attention_impl, and keeps it for the others (same batch: a fair
+comparison).
 
 For each `model.remat` policy the jitted train step that `vftok.main` runs
 for the config's job (train_tokenizer, or train_ar for configs/ar_*.py;
@@ -229,7 +231,7 @@ def bench(config, mesh, policy: str, impl: str, label: str, rows: list):
              xla_tflop=xla_flops / 1e12, model_tflop=model_flops / 1e12,
              mem_gib=compiled_bytes(compiled) / GiB)
   if _COMPILE_ONLY.value:
-    rows.append(row)
+    emit(row, rows)
     return
 
   state, _ = sharding.create_sharded_state(w.init_fn, rng, mesh)
@@ -260,22 +262,32 @@ def bench(config, mesh, policy: str, impl: str, label: str, rows: list):
            f' ({"device" if "peak_bytes_in_use" in stats else "compiled"})'
            f' | loss {float(metrics["loss"]):.4f}')
   print(line, flush=True)
-  rows.append(row)
+  emit(row, rows)
 
 
-def markdown(rows) -> str:
+MD_HEADER = ('| run | remat | batch/dev | ms/step | tokens/s/dev | TFLOP/step '
+             '(analytic / XLA) | MFU analytic | MFU XLA | peak GiB |\n'
+             '|---|---|---|---|---|---|---|---|---|\n')
+
+
+def markdown_row(r) -> str:
   pct = lambda v: '' if v is None else f'{v:.1%}'
-  out = ['| run | remat | batch/dev | ms/step | tokens/s/dev | TFLOP/step '
-         '(analytic / XLA) | MFU analytic | MFU XLA | peak GiB |',
-         '|---|---|---|---|---|---|---|---|---|']
-  for r in rows:
-    out.append(
-        f"| {r['what']} | {r['remat']} | {r['batch']} | "
-        f"{r.get('ms', float('nan')):.1f} | {r.get('tokens_s', float('nan')):.0f}"
-        f" | {r['model_tflop']:.3f} / {r['xla_tflop']:.3f} | "
-        f"{pct(r.get('mfu_model'))} | {pct(r.get('mfu_xla'))} | "
-        f"{r['mem_gib']:.2f} |")
-  return '\n'.join(out) + '\n'
+  return (f"| {r['what']} | {r['remat']} | {r['batch']} | "
+          f"{r.get('ms', float('nan')):.1f} | "
+          f"{r.get('tokens_s', float('nan')):.0f} | {r['model_tflop']:.3f} / "
+          f"{r['xla_tflop']:.3f} | {pct(r.get('mfu_model'))} | "
+          f"{pct(r.get('mfu_xla'))} | {r['mem_gib']:.2f} |\n")
+
+
+def emit(row, rows):
+  """Keeps a result; with --markdown also appends it at once (a run cut off
+  by a time limit keeps the rows it finished)."""
+  rows.append(row)
+  if _MARKDOWN.value:
+    new = not os.path.exists(_MARKDOWN.value) or not os.path.getsize(
+        _MARKDOWN.value)
+    with open(_MARKDOWN.value, 'a') as f:
+      f.write((MD_HEADER if new else '') + markdown_row(row))
 
 
 def describe(config) -> str:
@@ -305,6 +317,7 @@ def main(argv):
         f'{dict(mesh.shape)}; {describe(base)}', flush=True)
   rows = []
   for stage in stages:
+    batch = _BATCH.value   # 0: searched with the first impl, kept for the rest
     for impl in impls:
       config = base.copy_and_resolve_references()
       if stage == '2':
@@ -312,9 +325,12 @@ def main(argv):
       if impl or 'attention_impl' in config.model:
         # (AR configs get the key once the AR model reads it.)
         config.model.attention_impl = impl
-      label = ('AR' if ar_job else f'stage {stage}') + f' {impl or "default"}'
+      m = config.model
+      label = (f'AR d{ar_train_state.model_config(config).depth}' if ar_job
+               else f'd{m.enc_depth}-d{m.dec_depth} stage {stage}'
+               ) + f' {impl or "default"}'
       try:
-        b = _BATCH.value or largest_batch(config, mesh)
+        b = batch = batch or largest_batch(config, mesh)
         config.data.global_batch_size = b * n
         print(f'{label}: global batch {b * n}', flush=True)
         for policy in _REMAT.value:
@@ -322,12 +338,7 @@ def main(argv):
       except (ValueError, NotImplementedError) as e:
         # A kernel the model cannot build (yet), or a mask it cannot express.
         print(f'{label}: skipped: {type(e).__name__}: {e}', flush=True)
-  table = markdown(rows)
-  print(table, flush=True)
-  if _MARKDOWN.value:
-    with open(_MARKDOWN.value, 'a') as f:
-      f.write(f'\n{jax.devices()[0].device_kind}, {describe(base)}\n\n'
-              + table)
+  print(MD_HEADER + ''.join(markdown_row(r) for r in rows), flush=True)
 
 
 if __name__ == '__main__':

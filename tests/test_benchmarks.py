@@ -37,7 +37,7 @@ def test_ar_step_runs_and_reports_throughput():
                    out), out
   # MFU against the analytic and XLA's FLOPs, and the markdown summary row.
   assert re.search(r'MFU [0-9.]+% \(analytic\), [0-9.]+% \(XLA\)', out), out
-  assert re.search(r'\| AR default \| dots \| 2 \|', out), out
+  assert re.search(r'\| AR d4 default \| dots \| 2 \|', out), out
 
 
 def test_inference_bench_reports_clips_per_second():
