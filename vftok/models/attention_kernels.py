@@ -360,8 +360,8 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, scale: float,
   """softmax(scale q k^T + mask) v.
 
   q [B, Lq, H, D], k and v [B, Lk, H, D]; mask: static NumPy bool [Lq, Lk]
-  (any impl), a traced bool broadcastable to [B, H, Lq, Lk] ('xla' / '' only),
-  or None; is_causal: also hide keys after the query (Lq == Lk).
+  (any impl), a traced bool [Lq, Lk] or broadcastable to [B, H, Lq, Lk]
+  ('xla' / '' only), or None; is_causal: also hide keys after the query (Lq == Lk).
   impl: see the module docstring; block_q / block_k: the fused kernels' tiles;
   interpret: run Pallas kernels in interpret mode (CPU tests).
   """
@@ -370,7 +370,7 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, scale: float,
                   head_dim=q.shape[-1])
   lq, lk = q.shape[1], k.shape[1]
   if impl in ('', 'xla'):
-    if isinstance(mask, np.ndarray):
+    if mask is not None and jnp.ndim(mask) == 2:  # [Lq, Lk]: all b, h
       mask = jnp.asarray(mask, bool)[None, None]
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=is_causal, scale=scale,
