@@ -272,9 +272,10 @@ MD_HEADER = ('| run | remat | batch/dev | ms/step | tokens/s/dev | TFLOP/step '
 
 def markdown_row(r) -> str:
   pct = lambda v: '' if v is None else f'{v:.1%}'
+  num = lambda k, fmt: format(r[k], fmt) if k in r else ''  # compile-only: ''
   return (f"| {r['what']} | {r['remat']} | {r['batch']} | "
-          f"{r.get('ms', float('nan')):.1f} | "
-          f"{r.get('tokens_s', float('nan')):.0f} | {r['model_tflop']:.3f} / "
+          f"{num('ms', '.1f')} | "
+          f"{num('tokens_s', '.0f')} | {r['model_tflop']:.3f} / "
           f"{r['xla_tflop']:.3f} | {pct(r.get('mfu_model'))} | "
           f"{pct(r.get('mfu_xla'))} | {r['mem_gib']:.2f} |\n")
 
