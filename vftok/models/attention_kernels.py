@@ -49,6 +49,9 @@ DEFAULT_BLOCKS = {'splash': 128, 'pallas_gpu': 64}
 # Finite "minus infinity": exp(NEG - NEG) stays finite (masked lanes are then
 # zeroed explicitly), where -inf would give NaN.
 NEG = -0.7 * float(np.finfo(np.float32).max)
+# A squeezed block dimension: pl.squeezed in current jax (None is its older
+# spelling, deprecated there).
+_SQ = getattr(pl, 'squeezed', None)
 
 
 # --------------------------------------------------------------------------
@@ -140,7 +143,7 @@ def _pack(full: np.ndarray, part: np.ndarray):
   """Per row: [n_full, n_partial, full block ids..., partial block ids...],
   padded to a power-of-two width (Triton block shapes)."""
   nf, npart = max(int(full.sum(1).max()), 1), max(int(part.sum(1).max()), 1)
-  width = int(pl.next_power_of_2(2 + nf + npart))
+  width = 1 << (1 + nf + npart).bit_length()   # next power of two >= 2+nf+np
   tab = np.zeros((full.shape[0], width), np.int32)
   for r in range(full.shape[0]):
     f, p = np.flatnonzero(full[r]), np.flatnonzero(part[r])
@@ -265,11 +268,17 @@ def _pallas_gpu(q, k, v, mask, scale, bq, bk, interpret, num_warps=4,
   call = functools.partial(pl.pallas_call, interpret=interpret,
                            compiler_params=_compiler_params(num_warps,
                                                             num_stages))
-  tile = lambda n: pl.BlockSpec((None, n, None, d), lambda i, bi, hi: (bi, i, hi, 0))
-  whole = lambda n: pl.BlockSpec((None, n, None, d), lambda i, bi, hi: (bi, 0, hi, 0))
-  row = lambda n: pl.BlockSpec((None, None, n), lambda i, bi, hi: (bi, hi, i))
-  whole_row = lambda n: pl.BlockSpec((None, None, n), lambda i, bi, hi: (bi, hi, 0))
-  tab_spec = lambda t: pl.BlockSpec((None, t.shape[1]), lambda i, bi, hi: (i, 0))
+  # Grid (tile i, batch bi, head hi); "whole" specs give the kernel the full
+  # sequence of one (batch, head), which it slices by the block table.
+  tile = lambda n: pl.BlockSpec((_SQ, n, _SQ, d),
+                                lambda i, bi, hi: (bi, i, hi, 0))
+  whole = lambda n: pl.BlockSpec((_SQ, n, _SQ, d),
+                                 lambda i, bi, hi: (bi, 0, hi, 0))
+  row = lambda n: pl.BlockSpec((_SQ, _SQ, n), lambda i, bi, hi: (bi, hi, i))
+  whole_row = lambda n: pl.BlockSpec((_SQ, _SQ, n),
+                                     lambda i, bi, hi: (bi, hi, 0))
+  tab_spec = lambda t: pl.BlockSpec((_SQ, t.shape[1]),
+                                    lambda i, bi, hi: (i, 0))
   mask_spec = pl.BlockSpec((lq_p, lk_p), lambda i, bi, hi: (0, 0))
 
   def forward(q, k, v):
