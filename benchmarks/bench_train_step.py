@@ -101,12 +101,6 @@ def _flops(compiled) -> float:
   return float((cost or {}).get('flops', float('nan')))
 
 
-def _stage2(config):
-  """The decoder fine-tuning of a stage-1 config (defaults.decoder_finetune)."""
-  config = defaults.decoder_finetune(config)
-  return config
-
-
 class Workload:
   """What a job's step needs: the model, its init and step functions, batch
   shapes, extra step arguments and the unit of throughput."""
@@ -321,8 +315,8 @@ def main(argv):
     batch = _BATCH.value   # 0: searched with the first impl, kept for the rest
     for impl in impls:
       config = base.copy_and_resolve_references()
-      if stage == '2':
-        config = _stage2(config)
+      if stage == '2':   # encoder frozen, full decoder attention
+        config = defaults.decoder_finetune(config)
       if impl or 'attention_impl' in config.model:
         # (AR configs get the key once the AR model reads it.)
         config.model.attention_impl = impl
@@ -339,6 +333,9 @@ def main(argv):
       except (ValueError, NotImplementedError) as e:
         # A kernel the model cannot build (yet), or a mask it cannot express.
         print(f'{label}: skipped: {type(e).__name__}: {e}', flush=True)
+      except RuntimeError as e:   # XLA's: out of memory, a kernel failing
+        print(f'{label}: failed: {type(e).__name__}: {str(e)[:500]}',
+              flush=True)
   print(MD_HEADER + ''.join(markdown_row(r) for r in rows), flush=True)
 
 
