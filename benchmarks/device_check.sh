@@ -115,8 +115,8 @@ step 60 train-ar-d12 "$PY" benchmarks/bench_train_step.py --remat=dots \
   echo
   grep -E '(passed|failed|error)' "$LOG" | tail -n 3 || true
   echo
-  echo "Skipped runs:"
-  grep -E 'skipped:|SKIP|rc=124|rc=137' "$LOG" || echo "none"
+  echo "Skipped or failed runs:"
+  grep -E 'skipped:|failed:|SKIP|rc=124|rc=137' "$LOG" || echo "none"
 } > "$REPORT"
 log "wrote $REPORT"
 cat "$REPORT"
