@@ -4,11 +4,16 @@ depend on them).
   PYTHONPATH=. python benchmarks/bench_inference.py --config=configs/tokenizer_k600.py
       [--official=tests/fixtures/official/model.safetensors --latent_shape=3,4,6]
       [--batch 1] [--steps 2] [--repeats 3] [--dtype float32]
+      [--attention_impl xla,pallas_gpu] [--peak_tflops 989] [--markdown F]
 
-Prints the compile time, then seconds for `tokenize` and for one Euler step of
-`detokenize` (with guidance: a conditional and a null-condition forward),
-medians of --repeats after a warm-up, and clips/s for a whole 40-step APG
-detokenize at that rate.
+Per `model.attention_impl` (vftok/models/attention_kernels.py; default: the
+config's; one the model cannot build yet is reported as skipped): the compile
+time, then seconds for `tokenize` and for one Euler step of `detokenize`
+(with guidance: a conditional and a null-condition forward), medians of
+--repeats after a warm-up; tokenize clips/s, detokenize clips/s for a whole
+40-step APG decode at that rate, and the achieved TFLOP/s (and MFU with a
+known peak) of the analytic count (vftok/models/flops.py, attention at the
+kernel's density).
 """
 import argparse
 import importlib.util
@@ -18,6 +23,7 @@ import jax
 import numpy as np
 
 import vftok
+from vftok.models import flops
 
 
 def load_config(path):
@@ -37,6 +43,42 @@ def timed(fn, repeats):
   return float(np.median(times))
 
 
+def peak_tflops(args) -> float:
+  return args.peak_tflops or flops.peak_tflops(jax.devices()[0].device_kind,
+                                               args.dtype)
+
+
+def bench_impl(tok, impl, args, x, name):
+  """Tokenize and detokenize speed of one attention implementation."""
+  m = tok.config.model
+  t0 = time.perf_counter()
+  tokens = jax.block_until_ready(tok.tokenize(x))
+  compile_tok = time.perf_counter() - t0
+  s_tok = timed(lambda: tok.tokenize(x), args.repeats)
+  detok = lambda: tok.detokenize(tokens, steps=args.steps, guidance='apg',
+                                 guidance_scale=25.0)
+  t0 = time.perf_counter()
+  jax.block_until_ready(detok())
+  compile_detok = time.perf_counter() - t0
+  s_detok = timed(detok, args.repeats) / args.steps
+  tok_clips, detok_clips = args.batch / s_tok, args.batch / (40 * s_detok)
+  f_tok = flops.tokenize(m, impl) * args.batch / s_tok / 1e12
+  f_detok = flops.detokenize_step(m, impl) * args.batch / s_detok / 1e12
+  peak = peak_tflops(args)
+  mfu = lambda f: f' = {f / peak:.1%} MFU' if peak else ''
+  label = f'[{impl or "default"}]'
+  print(f'{label} compile: tokenize {compile_tok:.1f} s, detokenize '
+        f'{compile_detok:.1f} s')
+  print(f'{label} tokenize: {s_tok:.3f} s per call ({tok_clips:.2f} clips/s,'
+        f' {f_tok:.3f} TFLOP/s analytic{mfu(f_tok)})')
+  print(f'{label} detokenize: {s_detok:.3f} s per Euler step with guidance '
+        f'(2 forwards); a 40-step APG decode: {40 * s_detok:.1f} s '
+        f'({detok_clips:.3f} clips/s, {f_detok:.3f} TFLOP/s analytic'
+        f'{mfu(f_detok)})', flush=True)
+  return (f'| {name} | {impl or "default"} | {args.batch} | {tok_clips:.2f} |'
+          f' {detok_clips:.3f} | {f_tok:.2f} / {f_detok:.2f} |')
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--config', default='configs/tokenizer_k600.py')
@@ -48,6 +90,10 @@ def main():
                  help='Euler steps timed (per-step time is reported)')
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--attention_impl', default=None,
+                 help="comma-separated model.attention_impl values")
+  p.add_argument('--peak_tflops', type=float, default=0.0)
+  p.add_argument('--markdown', default='', help='append result rows here')
   args = p.parse_args()
   if args.official:
     shape = (tuple(int(v) for v in args.latent_shape.split(','))
@@ -66,21 +112,28 @@ def main():
         f'{name}: d{m.enc_depth}-d{m.dec_depth}, widths {m.enc_width}/'
         f'{m.dec_width}, K={m.tokens_per_frame}, latents {tok.latent_shape}, batch '
         f'{args.batch}, {args.dtype}')
-  t0 = time.perf_counter()
-  tokens = jax.block_until_ready(tok.tokenize(x))
-  compile_tok = time.perf_counter() - t0
-  s_tok = timed(lambda: tok.tokenize(x), args.repeats)
-  detok = lambda: tok.detokenize(tokens, steps=args.steps, guidance='apg',
-                                 guidance_scale=25.0)
-  t0 = time.perf_counter()
-  jax.block_until_ready(detok())
-  compile_detok = time.perf_counter() - t0
-  s_detok = timed(detok, args.repeats) / args.steps
-  print(f'compile: tokenize {compile_tok:.1f} s, detokenize {compile_detok:.1f} s')
-  print(f'tokenize: {s_tok:.3f} s per call ({args.batch / s_tok:.2f} clips/s)')
-  print(f'detokenize: {s_detok:.3f} s per Euler step with guidance '
-        f'(2 forwards); a 40-step APG decode: {40 * s_detok:.1f} s '
-        f'({args.batch / (40 * s_detok):.3f} clips/s)')
+  impls = (args.attention_impl.split(',') if args.attention_impl is not None
+           else [m.get('attention_impl', '') or ''])
+  rows = ['| model | attention | batch | tokenize clips/s | detokenize clips/s '
+          '(40 APG steps) | TFLOP/s tok / detok |', '|---|---|---|---|---|---|']
+  for impl in impls:
+    try:
+      if impl != (m.get('attention_impl', '') or ''):
+        if args.official:
+          raise ValueError('--attention_impl applies to --config models only')
+        c = tok.config.copy_and_resolve_references()
+        c.model.attention_impl = impl
+        tok_i = vftok.Tokenizer.from_config(c, seed=0)
+      else:
+        tok_i = tok
+      rows.append(bench_impl(tok_i, impl, args, x, name))
+    except (ValueError, NotImplementedError) as e:
+      print(f'[{impl}] skipped: {type(e).__name__}: {e}', flush=True)
+  print('\n'.join(rows))
+  if args.markdown:
+    with open(args.markdown, 'a') as f:
+      f.write(f'\n{jax.devices()[0].device_kind}, inference\n\n'
+              + '\n'.join(rows) + '\n')
 
 
 if __name__ == '__main__':

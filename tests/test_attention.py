@@ -14,9 +14,9 @@ from vftok.models import ar
 from vftok.models import layers
 import testing_utils
 
-# The kernels this machine can run (the CPU: XLA's; GPU / TPU kernels have
-# their own equality tests).
-IMPLS = ('', 'xla')
+# The kernels a CPU runs: XLA's, and the fused Pallas kernels in interpret
+# mode (their own tests: tests/test_attention_kernels.py). cuDNN needs a GPU.
+IMPLS = ('', 'xla', 'pallas_gpu', 'splash')
 
 
 def _loss_and_grads(task, params, batch, rng, *extra):
@@ -56,7 +56,7 @@ def test_tokenizer_attention_impl_keeps_params_loss_and_grads():
 @pytest.mark.parametrize('dropout', [0.0, 0.1])
 def test_ar_attention_impl_keeps_params_loss_and_grads(dropout):
   results = []
-  for impl in IMPLS:
+  for impl in (IMPLS if dropout == 0 else ('', 'xla')):
     cfg = testing_utils.load_config('ar_demo')
     cfg.model.update(depth=2, width=32, heads=2, dropout=dropout,
                      attention_impl=impl)
@@ -82,6 +82,9 @@ def test_unknown_attention_impl_is_one_clear_error():
   cfg = testing_utils.load_config('ar_demo')
   cfg.model.attention_impl = 'flash9'
   with pytest.raises(ValueError, match="attention_impl='flash9'"):
+    training.ar_task(cfg)
+  cfg.model.attention_impl, cfg.model.dropout = 'pallas_gpu', 0.1
+  with pytest.raises(ValueError, match='has no attention dropout'):
     training.ar_task(cfg)
 
 

@@ -28,7 +28,7 @@ class ARConfig:
   dtype: str = 'float32'      # compute dtype; params stay float32
   mlp_multiple_of: int = 64   # SwiGLU hidden width rounding (see mlp_hidden)
   remat: str = 'none'         # training only: layers.REMAT_POLICIES
-  attention_impl: str = ''    # '' (XLA's choice) | 'xla' | 'cudnn': see layers.attend
+  attention_impl: str = ''    # a kernel of models/attention_kernels.py
 
   def __post_init__(self):
     if not self.width:
@@ -40,6 +40,10 @@ class ARConfig:
                        f'{self.heads}')
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f'dtype must be float32 or bfloat16, got {self.dtype}')
+    if self.attention_impl not in ('', 'xla') and self.dropout > 0:
+      raise ValueError(f'attention_impl={self.attention_impl!r} has no '
+                       'attention dropout: set model.dropout=0 or '
+                       "attention_impl='xla'")
 
   @property
   def head_dim(self) -> int:

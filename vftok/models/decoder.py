@@ -50,7 +50,7 @@ class Decoder(nn.Module):
   pos_init_std: float = 0.02
   mlp_ratio: float = 4.0
   remat: str = 'none'               # layers.REMAT_POLICIES
-  attention_impl: Optional[str] = None  # None: XLA's choice; 'xla' | 'cudnn'
+  attention_impl: Optional[str] = None  # config.model.attention_impl: layers.attend
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -119,7 +119,9 @@ class Decoder(nn.Module):
     subseq = subseq if self.adaln_subsequences == 2 else np.zeros_like(subseq)
     patch_slot = slice(k, None) if self.registers_first else slice(0, n)
     repa_hidden = None
-    block_cls = layers.remat_block(layers.AdaLNBlock, self.remat)
+    block_cls = layers.remat_block(layers.AdaLNBlock, self.remat,
+                                   static_argnums=(4,))
+    mask = layers.StaticMask(mask)
     for i in range(self.depth):
       x = block_cls(self.width, self.head_dim, self.mlp_ratio,
                     self.adaln_subsequences, self.dtype, self.attention_impl,

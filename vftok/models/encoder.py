@@ -43,7 +43,7 @@ class Encoder(nn.Module):
   pos_init_std: float = 0.02        # learned patch position embedding
   mlp_ratio: float = 4.0
   remat: str = 'none'               # layers.REMAT_POLICIES
-  attention_impl: Optional[str] = None  # None: XLA's choice; 'xla' | 'cudnn'
+  attention_impl: Optional[str] = None  # config.model.attention_impl: layers.attend
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -90,12 +90,14 @@ class Encoder(nn.Module):
       mask = jnp.concatenate(
           [jnp.broadcast_to(visible, (len(layout), cached)), mask], axis=1)
       new_k, new_v = [], []
-    block_cls = layers.remat_block(layers.Block, self.remat)
+    # Streaming (a cache) is inference with a traced mask: no remat there.
+    block_cls = (layers.remat_block(layers.Block, self.remat, static_argnums=(2,))
+                 if cache is None else layers.Block)
     for i in range(self.depth):
       block = block_cls(self.width, self.head_dim, self.mlp_ratio, self.dtype,
                         self.attention_impl, name=f'blocks_{i}')
       if cache is None:
-        x = block(x, mask)
+        x = block(x, layers.StaticMask(mask))
       else:
         x, (k_i, v_i) = block(x, mask, (cache['k'][i], cache['v'][i]))
         new_k.append(k_i)

@@ -12,9 +12,11 @@ as the official VideoFlexTok release builds them.
     shift_mlp, scale_mlp).
 
 Every parameter carries logical axis names (vftok/sharding.py maps them to the
-mesh). Attention goes through `jax.nn.dot_product_attention` with a boolean
-mask in [batch, length, heads, head_dim], so XLA or cuDNN can be chosen
-without touching the model.
+mesh). Every attention (encoder, decoder, REPA head, AR) goes through
+`attend`, which runs the kernel config.model.attention_impl names
+(models/attention_kernels.py: XLA, cuDNN, TPU splash, block-sparse Pallas
+GPU); a static mask reaches the kernel as NumPy (StaticMask through remat),
+so the fused kernels skip its empty blocks.
 """
 from typing import Any, Callable, Optional, Sequence
 
@@ -23,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vftok.models import attention_kernels
 
 Dtype = Any
 _kernel_init = nn.initializers.xavier_uniform()
@@ -55,23 +59,44 @@ def attention_scale(head_dim: int) -> float:
   return 8.0 / head_dim
 
 
+class StaticMask:
+  """A static bool mask [Lq, Lk] that stays a NumPy constant through nn.remat
+  (as a hashable static argument), so a fused kernel can read its block
+  structure rather than a traced copy."""
+
+  def __init__(self, array):
+    self.array = np.asarray(array, bool)
+    self._key = (self.array.shape, self.array.tobytes())
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, StaticMask) and self._key == other._key
+
+
 def attend(q, k, v, *, mask=None, is_causal: bool = False,
            scale: Optional[float] = None, implementation: Optional[str] = None,
            dropout: Optional[Callable] = None):
   """The one attention core of vftok (encoder, decoder, REPA head, AR):
   q [B, Lq, H, D], k / v [B, Lk, H, D] -> [B, Lq, H, D].
 
-  mask: bool, broadcastable to [B, H, Lq, Lk]; scale: None = 1/sqrt(D);
-  implementation: jax.nn.dot_product_attention's (None: XLA's choice, 'xla',
-  'cudnn'). dropout: applied to the probabilities (training with attention
-  dropout, AR only): dot_product_attention has none, so that case spells
-  the softmax out; both paths mask identically.
+  mask: a static NumPy bool [Lq, Lk] (every kernel), or a traced bool
+  broadcastable to [B, H, Lq, Lk] (XLA only); scale: None = 1/sqrt(D);
+  implementation: config.model.attention_impl, a kernel of
+  models/attention_kernels.py ('' / 'xla', 'cudnn', 'splash', 'pallas_gpu';
+  on a CPU the Pallas kernels run in interpret mode, as the tests do).
+  dropout: applied to the probabilities (training with attention dropout,
+  AR only): no fused kernel has it, so that case spells the softmax out.
   """
-  if dropout is None:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                        is_causal=is_causal, scale=scale,
-                                        implementation=implementation)
   scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+  if isinstance(mask, StaticMask):
+    mask = mask.array
+  if dropout is None:
+    return attention_kernels.attention(
+        q, k, v, mask=mask, is_causal=is_causal, scale=scale,
+        impl=implementation or '',
+        interpret=jax.default_backend() == 'cpu')
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) * scale
   if is_causal:
     causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
@@ -131,9 +156,10 @@ class Attention(nn.Module):
       # Slots past the query position hold zeros or stale keys: masked out.
       q_pos = start + jnp.arange(x.shape[1])
       mask = jnp.arange(cache_len)[None, :] <= q_pos[:, None]
+      # The mask depends on the traced position: XLA (a decode step is
+      # memory-bound; the fused kernels are for training and whole clips).
       return self._output(attend(q, ck.value, cv.value, mask=mask[None, None],
-                                 scale=self._scale(),
-                                 implementation=self.implementation))
+                                 scale=self._scale(), implementation='xla'))
     k_all, v_all = k, v
     if kv_prefix is not None:
       k_all = jnp.concatenate([kv_prefix[0].astype(k.dtype), k], axis=1)
@@ -141,10 +167,11 @@ class Attention(nn.Module):
     dropout = None
     if self.dropout_rate > 0 and not deterministic:
       dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=False)
-    out = attend(q, k_all, v_all,
-                 mask=None if mask is None else jnp.asarray(mask)[None, None],
-                 is_causal=is_causal, scale=self._scale(),
-                 implementation=self.implementation, dropout=dropout)
+    # Streaming (kv_prefix): the mask depends on the traced frame offset: XLA.
+    out = attend(q, k_all, v_all, mask=mask, is_causal=is_causal,
+                 scale=self._scale(), dropout=dropout,
+                 implementation=(self.implementation if kv_prefix is None
+                                 else 'xla'))
     out = self._output(out)
     return out if kv_prefix is None else (out, (k, v))
 
@@ -170,9 +197,9 @@ class CrossAttention(Attention):
     dropout = None
     if self.dropout_rate > 0 and not (deterministic or decode):
       dropout = lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=False)
+    # A per-caption padding mask (traced): XLA.
     out = attend(q, k, v, mask=context_mask[:, None, None, :],
-                 scale=self._scale(), implementation=self.implementation,
-                 dropout=dropout)
+                 scale=self._scale(), implementation='xla', dropout=dropout)
     return self._output(out)
 
 
@@ -285,14 +312,13 @@ def remat_block(block_cls, policy: str, static_argnums=()):
                   static_argnums=static_argnums)
 
 
-def attention_implementation(name: Optional[str]) -> Optional[str]:
-  """config.model.attention_impl -> jax.nn.dot_product_attention's
-  `implementation`: '' (XLA picks: the XLA path everywhere today), 'xla', or
-  'cudnn' (fused flash attention on NVIDIA GPUs; bf16/fp16 compute only)."""
-  if name not in ('', None, 'xla', 'cudnn'):
-    raise ValueError(f"config.model.attention_impl={name!r}: must be '', "
-                     "'xla' or 'cudnn'")
-  return name or None
+def attention_implementation(name: Optional[str]) -> str:
+  """config.model.attention_impl, checked: '' (JAX picks: XLA today), 'xla',
+  'cudnn', 'splash' (TPU) or 'pallas_gpu' (models/attention_kernels.py)."""
+  if (name or '') not in attention_kernels.IMPLS:
+    raise ValueError(f'config.model.attention_impl={name!r}: must be one of '
+                     f'{attention_kernels.IMPLS}')
+  return name or ''
 
 
 def sincos(positions, dim: int, max_period: float = 10_000.,

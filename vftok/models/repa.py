@@ -21,7 +21,7 @@ class RepaHead(nn.Module):
   feature_dim: int
   mlp_ratio: float = 4.0
   remat: str = 'none'               # layers.REMAT_POLICIES
-  attention_impl: Optional[str] = None  # None: XLA's choice; 'xla' | 'cudnn'
+  attention_impl: Optional[str] = None  # config.model.attention_impl: layers.attend
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -31,10 +31,11 @@ class RepaHead(nn.Module):
     layout = masks.patches_only(t, n)
     mask = masks.time_causal_mask(layout, layout)
     x = hidden.reshape(b, t * n, w)
-    block_cls = layers.remat_block(layers.Block, self.remat)
+    block_cls = layers.remat_block(layers.Block, self.remat, static_argnums=(2,))
     for i in range(self.depth):
       x = block_cls(self.width, self.head_dim, self.mlp_ratio, self.dtype,
-                    self.attention_impl, name=f'repa_blocks_{i}')(x, mask)
+                    self.attention_impl,
+                    name=f'repa_blocks_{i}')(x, layers.StaticMask(mask))
     x = layers.layer_norm(x)
     x = layers.dense(self.feature_dim, ('embed', 'repa'), 'to_features',
                      jnp.float32, use_bias=True)(x)

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Device check for one GPU (H100/H200), within 10 minutes:
+#   1. installs what the image lacks, keeping the image's (CUDA) jax;
+#   2. runs the attention-kernel equality tests compiled on the GPU
+#      (tests/test_attention_kernels.py with VFTOK_KERNELS_ON_DEVICE=1);
+#   3. train-step benchmarks (tokenizer stage 1 and 2, XLA vs the fused
+#      kernels) for d12-d12 and d18-d18 K600 at the largest per-device batch
+#      that fits, then tokenize / detokenize speed;
+#   4. writes one markdown file of result tables: $OUT/device_check.md.
+#
+#   bash benchmarks/device_check.sh [OUTPUT_DIR]     (default: $OUT, else .)
+#
+# Every step has its own time limit and the script stops starting steps near
+# the overall budget (BUDGET_S, default 570 s), so what ran is always written.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+OUT_DIR="${1:-${OUT:-.}}"
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/device_check.log"
+TRAIN_MD="$OUT_DIR/train_rows.md"
+INFER_MD="$OUT_DIR/inference_rows.md"
+REPORT="$OUT_DIR/device_check.md"
+BUDGET_S="${BUDGET_S:-570}"
+PY="${PYTHON:-python3}"
+: > "$LOG"
+: > "$TRAIN_MD"
+: > "$INFER_MD"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Let XLA take most of the GPU (the batch search reads its bytes_limit).
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
+
+log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
+
+# step LIMIT_S NAME CMD...: runs CMD with a time limit unless the budget is
+# nearly spent; its output goes to the log.
+step() {
+  local limit=$1 name=$2
+  shift 2
+  local left=$((BUDGET_S - SECONDS))
+  if ((left < 30)); then
+    log "SKIP $name: budget spent"
+    return 0
+  fi
+  ((limit > left)) && limit=$left
+  log "START $name (limit ${limit}s)"
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  log "END $name rc=$rc"
+  return 0
+}
+
+install() {
+  # The image's jax stays: requirements.txt pins the CPU jax, so install the
+  # rest of what the benchmarks and tests import with jax held at the
+  # installed version, and vftok itself without dependencies.
+  if ! "$PY" -c 'import jax' 2>/dev/null; then
+    "$PY" -m pip install -q 'jax[cuda12]'
+  fi
+  local cons
+  cons="$(mktemp)"
+  "$PY" -m pip freeze | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-[a-z]+|jax_cuda[0-9]+_[a-z]+)==' > "$cons"
+  grep -iE '^(flax|optax|orbax-checkpoint|einops|ml-collections|absl-py|pyyaml|safetensors|chex|numpy)==' \
+    requirements.txt | sed 's/==.*//' > "$OUT_DIR/wanted.txt"
+  "$PY" -m pip install -q -c "$cons" -r "$OUT_DIR/wanted.txt" pytest
+  "$PY" -m pip install -q --no-deps -e .
+  rm -f "$cons"
+  "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
+}
+
+log "output: $OUT_DIR"
+export PY OUT_DIR
+export -f install
+step 150 install bash -c install
+"$PY" -m pip list 2>/dev/null | grep -iE '^(jax|flax)' >> "$LOG"
+nvidia-smi --query-gpu=name,memory.total --format=csv >> "$LOG" 2>&1 || true
+
+# conftest.py forces the CPU for the CI suite: --noconftest keeps the GPU.
+step 90 kernel-tests env VFTOK_KERNELS_ON_DEVICE=1 \
+  "$PY" -m pytest -q --noconftest -p no:cacheprovider tests/test_attention_kernels.py
+
+BENCH=("$PY" benchmarks/bench_train_step.py --remat=dots --steps=5
+  --per_device_batch=0 --markdown="$TRAIN_MD")
+# Most important first: what runs out of budget is the last steps.
+step 200 train-d18 "${BENCH[@]}" --config=configs/tokenizer_k600.py \
+  --stages=1,2 --attention_impl=xla,pallas_gpu
+step 80 inference-d18 "$PY" benchmarks/bench_inference.py \
+  --config=configs/tokenizer_k600.py --batch=8 --steps=2 --repeats=2 \
+  --dtype=bfloat16 --attention_impl=xla,pallas_gpu --markdown="$INFER_MD"
+step 100 train-d12 "${BENCH[@]}" --config=configs/tokenizer_d12.py \
+  --stages=1 --attention_impl=xla,pallas_gpu
+step 60 train-ar-d12 "$PY" benchmarks/bench_train_step.py --remat=dots \
+  --steps=5 --per_device_batch=8 --markdown="$TRAIN_MD" \
+  --config=configs/ar_c2v_k600.py:12
+
+# One report: the train-step rows under one header, then inference.
+{
+  echo "# vftok device check ($(date -u +%F))"
+  echo
+  grep -m1 -h 'jax ' "$LOG" || true
+  echo
+  echo "## Train step (per device)"
+  echo
+  grep -h '^| run ' "$TRAIN_MD" | head -n 1
+  grep -h '^|---' "$TRAIN_MD" | head -n 1
+  grep -h '^| ' "$TRAIN_MD" | grep -v -e '^| run ' -e '^|---' || true
+  echo
+  echo "## Inference"
+  echo
+  grep -h '^| model ' "$INFER_MD" | head -n 1
+  grep -h '^|---' "$INFER_MD" | head -n 1
+  grep -h '^| ' "$INFER_MD" | grep -v -e '^| model ' -e '^|---' || true
+  echo
+  echo "## Kernel tests"
+  echo
+  grep -E '(passed|failed|error)' "$LOG" | tail -n 3 || true
+  echo
+  echo "Skipped or failed runs:"
+  grep -E 'skipped:|failed:|SKIP|rc=124|rc=137' "$LOG" || echo "none"
+} > "$REPORT"
+log "wrote $REPORT"
+cat "$REPORT"
