@@ -141,9 +141,11 @@ def demo_root(tmp_path_factory):
   # Built before the processes start: two processes building the demo set
   # into one directory would race (pod runs read prepared records).
   from vftok.data import demo
+  from vftok.models.pretrained import features
   root = tmp_path_factory.mktemp('demo_data')
   demo.ensure_demo_dataset(str(root), 17, 32, max_clips_per_video=16,
-                           eval_clips_per_video=1, clips_per_shard=32)
+                           eval_clips_per_video=1, clips_per_shard=32,
+                           teacher_factory=features.demo_teacher)
   return root
 
 

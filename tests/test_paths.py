@@ -44,6 +44,11 @@ def test_data_and_read_fields():
   c.data.train_pattern = '/mnt/gcs/b/train-*.array_record'  # gcsfuse mount
   c.train.init_from = 'gs://b/stage1'   # read back through etils.epath
   paths.check_config_paths(c, '/tmp/run')
+  ar_demo = load_config('ar_demo')         # token records in the workdir
+  with pytest.raises(paths.UnsupportedPathError, match='token_cache'):
+    paths.check_config_paths(ar_demo, 'gs://b/ar')
+  ar_demo.data.token_cache = '/tmp/tokens'
+  paths.check_config_paths(ar_demo, 'gs://b/ar')
   enc = load_config('encode_videos')       # its workdir receives records
   with pytest.raises(paths.UnsupportedPathError,
                      match=r"^workdir='gs://b/latents'.*mount the bucket"):

@@ -66,11 +66,11 @@ def clip_noise(seed: int, ids, shape):
 class Tokenizer:
   """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K].
 
-  mesh (optional): run on a device mesh, the batch split over every device
-  (params replicated, unless already laid out on that mesh, e.g. by
-  from_official(mesh=...)); inputs may be host arrays that every process
-  holds in full, outputs are global arrays (sharding.fetch gathers them).
-  One front-end for notebooks and the sharded evaluation jobs.
+  mesh (optional): run on a device mesh with the batch split over every
+  device (params replicated, unless already laid out on that mesh); inputs
+  may be host arrays that every process holds in full, outputs are global
+  arrays (sharding.fetch gathers them). One front-end for notebooks and the
+  sharded evaluation jobs.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, params, vae=None,
@@ -137,7 +137,8 @@ class Tokenizer:
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           abstract, shardings)
     params = official.convert_tensors(path, release, abstract, put)
-    tok = cls(config, {'params': params}, mesh=mesh)
+    # The mesh lays the params out (FSDP-style); batches are not split.
+    tok = cls(config, {'params': params})
     if official.has_vae_tensors(path):  # the release ships VidTok inside
       from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
       tok.vae = vidtok.VidTok.load(path)

@@ -80,6 +80,10 @@ def config_paths(config, workdir: str) -> List[Tuple[str, str, str]]:
   that is set; kind: 'workdir', 'data' or 'read' (a workdir read back)."""
   job = _get(config, 'job')
   out = [('workdir', workdir, 'data' if job in RECORD_JOBS else 'workdir')]
+  if _get(config, 'data.kind') == 'demo_tokens' and not _get(
+      config, 'data.token_cache'):
+    # The AR demo writes its token records under the workdir by default.
+    out.append(('workdir (data.token_cache)', workdir, 'data'))
   for fields, kind in ((DATA_FIELDS, 'data'), (READ_FIELDS, 'read')):
     for f in fields:
       v = _get(config, f)

@@ -19,6 +19,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from vftok.models import ar_config
 from vftok.models import attention_kernels
 from vftok.models import layers
 from vftok.models import masks
@@ -178,8 +179,7 @@ def ar_train_step(config, impl: Optional[str] = None,
                   block: Optional[int] = None) -> float:
   """Model FLOPs of one AR train step (the global batch); the token
   embedding is a lookup and the text embeddings are data."""
-  from vftok import ar_train_state   # the AR job's config -> ARConfig
-  c = ar_train_state.model_config(config)
+  c = ar_config.ARConfig.from_config_dict(config.model)
   n = config.data.tokens_per_frame or c.tokens_per_frame
   lt = config.text.max_length if c.text_dim else 0
   fwd = ar_forward(c, c.num_frames * n, lt, impl, block)
