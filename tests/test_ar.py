@@ -233,6 +233,7 @@ def test_dropout_and_bfloat16():
   assert np.isfinite(train).all() and not np.allclose(train, eval_a)
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_remat_keeps_training_loss_and_grads_with_dropout_and_text():
   """Remat recomputes each block in the backward pass with the same dropout
   masks; the KV-cached decode path (never rematerialised) is unchanged."""

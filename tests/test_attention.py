@@ -30,6 +30,7 @@ def _assert_trees_close(a, b, atol):
       np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5), a, b)
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_tokenizer_attention_impl_keeps_params_loss_and_grads():
   results = []
   for impl in IMPLS:
@@ -53,6 +54,7 @@ def test_tokenizer_attention_impl_keeps_params_loss_and_grads():
     _assert_trees_close(grads, results[0][2], 1e-5)
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 @pytest.mark.parametrize('dropout', [0.0, 0.1])
 def test_ar_attention_impl_keeps_params_loss_and_grads(dropout):
   results = []

@@ -213,6 +213,7 @@ def test_registers_per_frame_and_position_kinds():
     layers.axis_posemb(table, (6, 1, 1))
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_loss_is_finite_and_trains():
   c = tiny_config()
   model, params = init(c)
@@ -271,6 +272,7 @@ def test_fsq_skip_rounding_passes_bounded_values_per_sample():
   assert not np.allclose(q[0], q[1])
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_remat_and_attention_kernel_leave_params_loss_and_grads_unchanged():
   base = tiny_config()
   model, params = init(base)

@@ -262,6 +262,7 @@ def test_release_file_with_vidtok_works_on_pixels(tmp_path):
     plain.encode_video(frames)
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_long_video_on_pixels_through_the_vae():
   """4n+1 > 17 frames: encode_video tokenizes 17-frame chunks sharing one
   frame; decode_video decodes chunk by chunk, each conditioned on the

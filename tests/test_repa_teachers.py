@@ -68,6 +68,7 @@ def test_key_frames_in_batches(tmp_path):
   assert out['repa_frames'].shape == (3, 16, 16, 3)
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_train_step_with_a_dinov2_teacher(tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')

@@ -25,6 +25,7 @@ def latents(b=8, t=3, seed=0):
   return np.random.default_rng(seed).normal(size=(b, t, 4, 4, 4)).astype(np.float32)
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_stage2_keeps_every_encoder_parameter_bit_identical():
   c = stage2_config()
   mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:2])

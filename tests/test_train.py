@@ -1,6 +1,7 @@
 """The train step: sharded over 8 devices == on 1 device; loss goes down."""
 import jax
 import numpy as np
+import pytest
 
 import testing_utils
 from vftok import sharding
@@ -27,6 +28,7 @@ def run_steps(data, fsdp, n_devices, steps=2):
   return losses, jax.device_get(state.params), state
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_sharded_equals_unsharded():
   ref_losses, ref_params, _ = run_steps(1, 1, 1)
   for data, fsdp in [(8, 1), (4, 2), (2, 4)]:
@@ -40,6 +42,7 @@ def test_sharded_equals_unsharded():
   assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 4
 
 
+@pytest.mark.e2e  # a whole train step / pipeline
 def test_loss_decreases_on_a_fixed_batch():
   losses, _, _ = run_steps(1, 1, 1, steps=30)
   assert np.mean(losses[-5:]) < np.mean(losses[:5])
