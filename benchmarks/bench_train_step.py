@@ -145,6 +145,7 @@ class Workload:
       return {k: jax.ShapeDtypeStruct(s, d, sharding=sh)
               for k, (s, d) in self.shapes.items()}
     rng = np.random.default_rng(0)
+
     def value(shape, dtype):
       if dtype == np.float32:
         return rng.normal(size=shape).astype(dtype)

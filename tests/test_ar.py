@@ -36,6 +36,7 @@ def init(config, seed=0):
   seconds to compile on CPU; std 0.2 also gives sharper logits than the 0.02
   init, so greedy argmax has no near-ties."""
   rng = np.random.default_rng(seed)
+
   def leaf(path, x):
     base = 1.0 if getattr(path[-1], 'key', '') == 'scale' else 0.0  # norms
     return jnp.asarray(base + 0.2 * rng.standard_normal(x.shape), jnp.float32)
@@ -245,6 +246,7 @@ def test_remat_keeps_training_loss_and_grads_with_dropout_and_text():
 
   def loss_and_grads(config):
     model = ar.ARTransformer(config)
+
     def loss(p):
       logits = model.apply({'params': p}, tokens, fi, ti, text_emb=emb,
                            text_mask=mask, train=True,

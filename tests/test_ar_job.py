@@ -9,8 +9,9 @@ demo_tokens path tokenizes a (tiny) demo set with a tokenizer checkpoint,
 trains, samples every class at two budgets with the KV cache and writes the
 grid PNG + GIF / MP4; sample_ar does class -> video with the KV-cache
 benchmark; eval_ar scores samples per budget and CFG scale (gFVD, class
-score with the conditioning labels, deterministic given the seed); text conditioning (captions encoded on the fly by a pluggable
-encoder) trains and samples caption -> video.
+score with the conditioning labels, deterministic given the seed); text
+conditioning (captions encoded on the fly by a pluggable encoder) trains and
+samples caption -> video.
 """
 import json
 import os

@@ -27,6 +27,8 @@ PLATFORM = {'pallas_gpu': 'gpu', 'splash': 'tpu', 'cudnn': 'gpu'}
 def _skip_unless_runnable(impl):
   if ON_DEVICE and jax.default_backend() != PLATFORM[impl]:
     pytest.skip(f'{impl} runs on {PLATFORM[impl]}, not {jax.default_backend()}')
+
+
 TOL = dict(atol=2e-3, rtol=1e-2) if ON_DEVICE else dict(atol=2e-5, rtol=1e-4)
 
 

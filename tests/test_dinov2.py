@@ -19,7 +19,7 @@ from vftok.models.pretrained import resample
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
-from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-not-at-top
+from safetensors.numpy import load_file, save_file  # noqa: E402  (after the skips)
 
 ATOL = 1e-4
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -282,6 +282,7 @@ def test_remat_and_attention_kernel_leave_params_loss_and_grads_unchanged():
 
   def loss_and_grads(config):
     m = tokenizer.build(config.model)
+
     def loss(p):
       v, f = m.apply(p, lat, 0.5 * lat, jnp.full((2,), 0.3), keep)
       return jnp.mean(v ** 2) + jnp.mean(f ** 2)

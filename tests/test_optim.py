@@ -32,9 +32,9 @@ class Toy(nn.Module):
     heads = self.width // self.head_dim
     h = nn.Dense(self.width, kernel_init=_init(('patch', 'embed')),
                  bias_init=_init(('embed',)), name='embed_in')(x)
-    h = nn.LayerNorm(use_bias=False, name='norm', scale_init=
-                     nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                  ('norm',)))(h)
+    h = nn.LayerNorm(use_bias=False, name='norm',
+                     scale_init=nn.with_logical_partitioning(
+                         nn.initializers.ones_init(), ('norm',)))(h)
     q = nn.DenseGeneral((heads, self.head_dim),
                         kernel_init=_init(('embed', 'heads', 'head_dim')),
                         bias_init=_init(('heads', 'head_dim')), name='query')(h)
@@ -139,6 +139,7 @@ def test_weight_decay_skips_vectors():
 def test_clipping_bounds_gradient():
   params = {'w': jnp.zeros((4, 4)), 'b': jnp.zeros((4,))}
   grads = jax.tree.map(lambda x: jnp.full(x.shape, 100.0), params)
+
   def first_moment(clip):
     c = optim_config(grad_clip=clip, weight_decay=0.0, mup_base_width=0)
     tx, _ = optim.make_optimizer(c, 10, params)
@@ -182,5 +183,3 @@ def test_lr_scales_longest_prefix_wins_and_unknown_paths_fail():
   cfg.lr_scales = (('encoder/to_code', 0.1),)
   with pytest.raises(ValueError, match=r"\['encoder/to_code'\] match no"):
     optim.make_optimizer(cfg, 10, params)
-
-

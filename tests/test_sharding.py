@@ -96,6 +96,7 @@ def test_non_divisible_dim_is_replicated():
   mesh = sharding.make_mesh(mesh_config(1, 8))
   # 16-wide embed divides 8; the 6-wide codes bias never shards; a 12-wide
   # embed does not divide 8 and falls back to replication.
+
   class Odd(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -127,6 +128,7 @@ def test_optimizer_state_mirrors_params():
   import optax
   mesh = sharding.make_mesh(mesh_config(2, 4))
   tx = optax.adam(1e-3)
+
   def init(rng):
     params = init_fn(rng)
     return {'params': params, 'opt': tx.init(params),

@@ -169,5 +169,3 @@ def test_readme_tokenizer_example_runs_as_written(full_run, tmp_path):
   img = np.asarray(Image.open(png))
   assert img.shape == (32, 3 * 32, 3)           # original | 1 | all tokens
   assert img[:, 32:].std() > 0
-
-

@@ -64,6 +64,7 @@ def quiet_libraries():
   for handler in std_logging.getLogger().handlers:
     handler.addFilter(_OwnInfoOnly())
 
+
 JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
         'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar',
         'eval_ar', 'convert_official')

@@ -165,8 +165,9 @@ def jit_step(task: Task, state_shardings, mesh, rng) -> Callable:
 def restore_params(config, workdir: str, step: Optional[int] = None,
                    mesh=None):
   """-> ({'params': ...}, step) of a training workdir (tokenizer or AR,
-  trained with `config`); step None: the latest. mesh: restore sharded over it by the params' logical axes (a
-  stage-2 run starting from stage 1 on a pod); default: the first device."""
+  trained with `config`); step None: the latest. mesh: restore sharded over
+  it by the params' logical axes (a stage-2 run starting from stage 1 on a
+  pod); default: the first device."""
   task = task_for(config, teacher=False)
   if mesh is None:
     mesh = sharding.data_mesh(jax.devices()[:1])

@@ -29,6 +29,7 @@ from vftok.models import layers
 from vftok.models import tokenizer as tokenizer_lib
 from vftok.models.pretrained import official
 
+
 def official_config(release, path: str,
                     latent_shape=None) -> ml_collections.ConfigDict:
   """The vftok tokenizer config of a released checkpoint (`release`:

@@ -20,6 +20,8 @@ import numpy as np
 from vftok.data import records
 
 CHANNELS = 16
+
+
 def check_clip_shape(f: int, h: int, w: int):
   """Raises ValueError unless (F, H, W) fits the causal VAE contract."""
   if f < 1 or (f - 1) % 4:

@@ -281,4 +281,3 @@ def _build(out: str, build: Dict[str, Any], teacher_factory=None):
       sources=sources,
       latent_mean=mean, latent_std=std,
       build=build, **repa_stats))
-

@@ -113,8 +113,6 @@ def resolve_patterns(data_config, teacher_factory=None) -> Data:
               data_config.normalize)
 
 
-
-
 class CheckedSource:
   """ArrayRecord files -> validated example dicts (a Grain data source).
 

@@ -53,6 +53,8 @@ from vftok.models.layers import dense
 # it excluded D = 20 N reproduces Table 7's token counts to 3 digits).
 EMBEDDING_PARAMS = ('token_embed', 'frame_embed', 'level_embed', 'class_embed',
                     'sos', 'text_null', 'text_proj', 'text_norm', 'head')
+
+
 def build(config) -> 'ARTransformer':
   if not isinstance(config, ARConfig):
     config = ARConfig.from_config_dict(config)

@@ -396,4 +396,3 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, scale: float,
                    interpret)
   bq = block_q or DEFAULT_BLOCKS['pallas_gpu']
   return _pallas_gpu(q, k, v, m, scale, bq, block_k or bq, interpret)
-

@@ -22,7 +22,6 @@ _VIDTOK_WEIGHTS = (
     "them, use the offline codec 'pca_offline'.")
 
 
-
 class VidTokCodec(LatentCodec):
   """VidTok kl_causal_488_16chn (vftok.VidTok, JAX) behind LatentCodec.
 
