@@ -93,6 +93,14 @@ step 60 train-ar-d12 "$PY" benchmarks/bench_train_step.py --remat=dots \
   --steps=5 --per_device_batch=8 --markdown="$TRAIN_MD" \
   --config=configs/ar_c2v_k600.py:12
 
+# A markdown table from rows appended run by run: its header (the first line
+# matching $2) and separator once, then every data row.
+table() {
+  grep -h "$2" "$1" | head -n 1
+  grep -h '^|---' "$1" | head -n 1
+  grep -h '^| ' "$1" | grep -v -e "$2" -e '^|---' || true
+}
+
 # One report: the train-step rows under one header, then inference.
 {
   echo "# vftok device check ($(date -u +%F))"
@@ -101,15 +109,11 @@ step 60 train-ar-d12 "$PY" benchmarks/bench_train_step.py --remat=dots \
   echo
   echo "## Train step (per device)"
   echo
-  grep -h '^| run ' "$TRAIN_MD" | head -n 1
-  grep -h '^|---' "$TRAIN_MD" | head -n 1
-  grep -h '^| ' "$TRAIN_MD" | grep -v -e '^| run ' -e '^|---' || true
+  table "$TRAIN_MD" '^| run '
   echo
   echo "## Inference"
   echo
-  grep -h '^| model ' "$INFER_MD" | head -n 1
-  grep -h '^|---' "$INFER_MD" | head -n 1
-  grep -h '^| ' "$INFER_MD" | grep -v -e '^| model ' -e '^|---' || true
+  table "$INFER_MD" '^| model '
   echo
   echo "## Kernel tests"
   echo

@@ -33,6 +33,7 @@ from vftok.jobs import sample_ar
 from vftok.jobs import train_ar
 from vftok.models.pretrained import text_encoders
 
+import testing_utils
 from testing_utils import Recorder
 from testing_utils import corrupt_middle
 from testing_utils import fill_disk
@@ -107,12 +108,8 @@ def compilation_cache(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def demo_root(tmp_path_factory):
-  from vftok.data import demo
-  root = tmp_path_factory.mktemp('demo_data')
-  demo.ensure_demo_dataset(str(root), 17, 32, max_clips_per_video=16,
-                           eval_clips_per_video=1, clips_per_shard=32,
-                           repa_teacher='')
-  return root
+  return testing_utils.small_demo_set(tmp_path_factory.mktemp('demo_data'),
+                                      repa_teacher='')
 
 
 @pytest.fixture(scope='module')

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import pytest
 
+import testing_utils
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 RTOL = 1e-5  # tests/test_train.py: sharded over 8 devices vs 1
@@ -136,29 +138,31 @@ def train_kill_resume(tmp, config, cut, total):
           [r.resumed_from() for r in second], seconds)
 
 
+def check_kill_resume(name, tmp_path, config, cut: int, total: int):
+  """Both processes resume from `cut`; their curve equals one process's (the
+  same tolerance as the 8-simulated-device test) and each other's (one
+  replicated loss)."""
+  ref, curves, resumed, seconds = train_kill_resume(tmp_path, config, cut,
+                                                    total)
+  worst = max(np.max(np.abs(np.subtract(c, ref)) / np.abs(ref)) for c in curves)
+  print(f'{name}: 2 processes, run + kill + resume in {seconds:.1f}s; max '
+        f'rel. loss difference to 1 process {worst:.2e}')
+  assert resumed == [cut, cut]
+  for curve in curves:
+    np.testing.assert_allclose(curve, ref, rtol=RTOL)
+  np.testing.assert_array_equal(curves[0], curves[1])
+
+
 @pytest.fixture(scope='module')
 def demo_root(tmp_path_factory):
   # Built before the processes start: two processes building the demo set
   # into one directory would race (pod runs read prepared records).
-  from vftok.data import demo
-  from vftok.models.pretrained import features
-  root = tmp_path_factory.mktemp('demo_data')
-  demo.ensure_demo_dataset(str(root), 17, 32, max_clips_per_video=16,
-                           eval_clips_per_video=1, clips_per_shard=32,
-                           teacher_factory=features.demo_teacher)
-  return root
+  return testing_utils.small_demo_set(tmp_path_factory.mktemp('demo_data'))
 
 
 def test_two_processes_tokenizer_train_kill_resume(demo_root, tmp_path):
   config = f'{TESTS}/mp_configs/tiny_tokenizer.py:{demo_root}'
-  ref, curves, resumed, seconds = train_kill_resume(tmp_path, config, 3, 6)
-  print(f'tokenizer: 2 processes, run + kill + resume in {seconds:.1f}s; '
-        f'max rel. loss difference to 1 process '
-        f'{max(np.max(np.abs(np.subtract(c, ref)) / np.abs(ref)) for c in curves):.2e}')
-  assert resumed == [3, 3]
-  for curve in curves:
-    np.testing.assert_allclose(curve, ref, rtol=RTOL)
-  np.testing.assert_array_equal(curves[0], curves[1])  # one replicated loss
+  check_kill_resume('tokenizer', tmp_path, config, cut=3, total=6)
 
 
 def test_two_processes_ar_train_kill_resume(tmp_path):
@@ -166,14 +170,7 @@ def test_two_processes_ar_train_kill_resume(tmp_path):
   from test_ar_job import write_synthetic_records  # pylint: disable=g-import-not-at-top
   pattern = write_synthetic_records(str(tmp_path / 'tokens'))
   config = f'{TESTS}/mp_configs/tiny_ar.py:{pattern}'
-  ref, curves, resumed, seconds = train_kill_resume(tmp_path, config, 4, 8)
-  print(f'AR: 2 processes, run + kill + resume in {seconds:.1f}s; '
-        f'max rel. loss difference to 1 process '
-        f'{max(np.max(np.abs(np.subtract(c, ref)) / np.abs(ref)) for c in curves):.2e}')
-  assert resumed == [4, 4]
-  for curve in curves:
-    np.testing.assert_allclose(curve, ref, rtol=RTOL)
-  np.testing.assert_array_equal(curves[0], curves[1])
+  check_kill_resume('AR', tmp_path, config, cut=4, total=8)
 
 
 def test_process_blocks_make_the_single_process_batch(tmp_path):

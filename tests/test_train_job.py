@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import vftok
+import testing_utils
 from vftok import checkpoint
 from vftok import defaults
 from vftok.jobs import train_tokenizer
@@ -46,15 +47,7 @@ def e2e_config(data_root):
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
-  # A small demo set (64 train clips, with their I3D REPA features); the job
-  # then finds it built and uses it as is.
-  from vftok.data import demo
-  from vftok.models.pretrained import features
-  root = tmp_path_factory.mktemp('demo_data')
-  demo.ensure_demo_dataset(str(root), 17, 32, max_clips_per_video=16,
-                           eval_clips_per_video=1, clips_per_shard=32,
-                           teacher_factory=features.demo_teacher)
-  return root
+  return testing_utils.small_demo_set(tmp_path_factory.mktemp('demo_data'))
 
 
 def losses(rec):

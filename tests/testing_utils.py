@@ -120,3 +120,16 @@ def tiny_tokenizer_config():
   c.model.dtype = 'float32'
   c.data.global_batch_size = 8
   return c
+
+
+def small_demo_set(root: str, repa_teacher: str = 'i3d:Mixed_3c') -> str:
+  """The jobs' tests' demo set: 64 train clips of 17 x 32 x 32 (one eval
+  clip per video), with the demo's I3D REPA features unless repa_teacher=''.
+  Built once per module fixture; the jobs then find it built."""
+  from vftok.data import demo  # pylint: disable=g-import-not-at-top
+  from vftok.models.pretrained import features  # pylint: disable=g-import-not-at-top
+  demo.ensure_demo_dataset(str(root), 17, 32, max_clips_per_video=16,
+                           eval_clips_per_video=1, clips_per_shard=32,
+                           repa_teacher=repa_teacher,
+                           teacher_factory=features.demo_teacher)
+  return root
