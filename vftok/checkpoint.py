@@ -446,16 +446,17 @@ def finished_steps(workdir: str) -> List[int]:
 
 
 def check_workdir(path: str, job: str, step: int = -1,
-                  field: str = 'checkpoint') -> Tuple[str, int]:
+                  field: str = 'checkpoint') -> Tuple[str, int, Any]:
   """A training workdir given as `config.<field>` -> (absolute path, step to
-  load: `step`, or the latest when < 0); one ValueError saying what is wrong
-  with the path otherwise (missing, not a workdir, another job's, no
-  finished checkpoint, no such step)."""
+  load: `step`, or the latest when < 0, its config); one ValueError saying
+  what is wrong with the path otherwise (missing, not a workdir, another
+  job's, no finished checkpoint, no such step)."""
+  from vftok.data import records  # pylint: disable=g-import-not-at-top
   if not path:
     raise ValueError(f'config.{field} is not set: pass --config.{field}=DIR, '
                      f'the --workdir of a {job} run (it holds {CONFIG_FILE} '
                      f'and {CHECKPOINT_DIR}/)')
-  if '://' not in path:  # gs:// workdirs are read through etils.epath
+  if not records.is_url(path):  # gs:// workdirs are read through etils.epath
     path = os.path.abspath(os.path.expanduser(path))
   if not epath.Path(path).is_dir():
     raise ValueError(f'config.{field}={path!r} does not exist or is not a '
@@ -468,7 +469,8 @@ def check_workdir(path: str, job: str, step: int = -1,
         break
     raise ValueError(f'config.{field}={path!r} is not a {job} workdir: it has '
                      f'no {CONFIG_FILE}{hint}')
-  got = load_workdir_config(path).get('job')
+  config = load_workdir_config(path)
+  got = config.get('job')
   if got != job:
     raise ValueError(f'config.{field}={path!r} holds a {got!r} run, not a '
                      f'{job} run')
@@ -480,4 +482,4 @@ def check_workdir(path: str, job: str, step: int = -1,
   if step >= 0 and step not in steps:
     raise ValueError(f'config.{field}={path!r} has no checkpoint at step '
                      f'{step}; available steps: {steps}')
-  return path, (steps[-1] if step < 0 else int(step))
+  return path, (steps[-1] if step < 0 else int(step)), config

@@ -68,11 +68,11 @@ def _init_fn(model, tx, args, kwargs=None) -> Callable:
   return init
 
 
-def tokenizer_task(config, teacher: bool = True) -> Task:
+def tokenizer_task(config, with_teacher: bool = True) -> Task:
   """Stage 1, or stage 2 when config.optim.freeze holds 'encoder' (no
   backward pass through the encoder; the optimizer freezes it too).
-  teacher=False: no REPA teacher is loaded (restoring params needs only the
-  state's layout; the loss then cannot run)."""
+  with_teacher=False: no REPA teacher is loaded (restoring params needs only
+  the state's layout; the task then has no loss)."""
   m = config.model
   model = tokenizer.build(m, layers.optional_dtype(m.dtype))
   dummies = tokenizer.dummy_inputs(m)
@@ -83,11 +83,12 @@ def tokenizer_task(config, teacher: bool = True) -> Task:
     base = jax.eval_shape(base_model.init, jax.random.key(0), *dummies)
   tx, schedule = optim.make_optimizer(config.optim, config.train.total_steps,
                                       abstract, base)
+  init_fn = _init_fn(model, tx, dummies)
+  if not with_teacher:
+    return Task(model, tx, schedule, init_fn, None)
   freeze_encoder = 'encoder' in tuple(config.optim.get('freeze', ()))
   # The frozen REPA teacher's weights (if any) enter every step as an
   # argument rather than as constants baked into the executable.
-  if not teacher:
-    return Task(model, tx, schedule, _init_fn(model, tx, dummies), None)
   teacher = features.get(m)
 
   def loss_fn(params, batch, rng, teacher_params=None):
@@ -95,8 +96,7 @@ def tokenizer_task(config, teacher: bool = True) -> Task:
                              lambda b: teacher.apply(teacher_params, b),
                              freeze_encoder)
 
-  return Task(model, tx, schedule, _init_fn(model, tx, dummies), loss_fn,
-              (teacher.params,))
+  return Task(model, tx, schedule, init_fn, loss_fn, (teacher.params,))
 
 
 def ar_task(config) -> Task:
@@ -112,13 +112,13 @@ def ar_task(config) -> Task:
   return Task(model, tx, schedule, _init_fn(model, tx, args, kwargs), loss_fn)
 
 
-def task_for(config, teacher: bool = True) -> Task:
+def task_for(config, with_teacher: bool = True) -> Task:
   """The task of a training config (or of a training workdir's config)."""
   job = config.get('job', 'train_tokenizer')
   if job == 'train_ar':
     return ar_task(config)
   if job == 'train_tokenizer':
-    return tokenizer_task(config, teacher)
+    return tokenizer_task(config, with_teacher)
   raise ValueError(f'config.job={job!r} is not a training job')
 
 
@@ -168,7 +168,7 @@ def restore_params(config, workdir: str, step: Optional[int] = None,
   trained with `config`); step None: the latest. mesh: restore sharded over
   it by the params' logical axes (a stage-2 run starting from stage 1 on a
   pod); default: the first device."""
-  task = task_for(config, teacher=False)
+  task = task_for(config, with_teacher=False)
   if mesh is None:
     mesh = sharding.data_mesh(jax.devices()[:1])
   return checkpoint.restore_params(os.path.join(workdir, CHECKPOINT_DIR),

@@ -94,7 +94,7 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
   """-> ({n: int32 [C, samples, T, n]}, {n: seconds of the sample call}).
 
   params: the (unboxed) 'params' tree. embed_captions: captions ->
-  (emb, mask) for caption conditions (ar_train_state.CaptionEmbedder).
+  (emb, mask) for caption conditions (text_encoders.CaptionEmbedder).
   """
   kwargs = {}
   rows = [c for c in conditions for _ in range(samples)]

@@ -84,6 +84,7 @@ class Tokenizer:
       params = jax.device_put(params, sharding_lib.replicated(mesh))
     self.params = params
     self.vae = vae  # a vftok.VidTok for encode_video / decode_video
+    self.step = None  # the checkpoint step (from_checkpoint)
     m = config.model
     self.model = tokenizer_lib.build(
         m, layers.optional_dtype(config.model.dtype))
@@ -102,13 +103,14 @@ class Tokenizer:
   def from_checkpoint(cls, path: str, step: Optional[int] = None,
                       field: str = 'checkpoint', mesh=None) -> 'Tokenizer':
     """path: a train_tokenizer workdir (holds config.json and checkpoints/);
-    step: None for the latest. A bad path raises one ValueError naming
-    `config.<field>` and what is wrong with it."""
-    path, step = checkpoint.check_workdir(
+    step: None (or < 0) for the latest; `tok.step` is the step loaded. A bad
+    path raises one ValueError naming `config.<field>` and what is wrong."""
+    path, step, config = checkpoint.check_workdir(
         path, 'train_tokenizer', -1 if step is None else step, field)
-    config = checkpoint.load_workdir_config(path)
     params, _ = training.restore_params(config, path, step)
-    return cls(config, params, mesh=mesh)
+    tok = cls(config, params, mesh=mesh)
+    tok.step = step
+    return tok
 
   @classmethod
   def from_official(cls, path: str, latent_shape=None, mesh=None
@@ -203,15 +205,14 @@ class Tokenizer:
     return jax.jit(fn, out_shardings=sharding_lib.batch_sharding(self.mesh))(
         ids)
 
-  def decode_latents(self, params, codes, keep, noise, steps: int, guidance,
-                     time_shift: float, first_frame=None):
-    """The traceable core of `detokenize` (jit it; the evaluation sweep
-    shards it): Euler integration from the given noise [B, T, H, W, C].
-
-    codes [B, T, k, D]; keep bool [B, K] or [B, T, K] (False: mask token) or
-    None (the truncated form: only the k given registers enter the decoder);
-    guidance: a CFG scale or a flow.Guidance; first_frame [B, 1, H, W, C] or
-    None (see detokenize).
+  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+  def _decode(self, params, codes, keep, steps, guidance, time_shift, noise,
+              first_frame):
+    """detokenize's compiled core: Euler integration from the given noise
+    [B, T, H, W, C]. codes [B, T, k, D]; keep bool [B, K] or [B, T, K]
+    (False: mask token) or None (the truncated form: only the k given
+    registers enter the decoder); guidance: a flow.Guidance; first_frame
+    [B, 1, H, W, C] or None (see detokenize).
     """
     b = codes.shape[0]
     prefix = None if first_frame is None else jnp.ones((b,), jnp.int32)
@@ -225,12 +226,6 @@ class Tokenizer:
 
     return flow.euler_sample(velocity, noise, steps, guidance, time_shift,
                              first_frame=first_frame)
-
-  @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-  def _decode(self, params, codes, keep, steps, guidance, time_shift, noise,
-              first_frame):
-    return self.decode_latents(params, codes, keep, noise, steps, guidance,
-                               time_shift, first_frame)
 
   def sample_defaults(self) -> dict:
     """detokenize's defaults: the config's `sample` block (the release
@@ -301,8 +296,10 @@ class Tokenizer:
     if tuple(noise.shape) != shape:
       raise ValueError(f'noise must be [B, T, H, W, C] = {shape}, got '
                        f'{tuple(noise.shape)}')
-    return self._decode(self.params, self._put(np.asarray(codes)),
-                        self._put(None if keep is None else np.asarray(keep)),
+    if self.mesh is not None:  # host arrays, split over the mesh by _put
+      codes, keep = np.asarray(codes), None if keep is None else np.asarray(
+          keep)
+    return self._decode(self.params, self._put(codes), self._put(keep),
                         steps, g, shift, self._put(noise),
                         self._put(first_frame))
 

@@ -24,7 +24,7 @@ _SCHEME = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 
 WORKDIR_SCHEMES = ('gs',)
 # Config fields (dotted) naming ArrayRecord files / videos, and workdirs read
-# back (their config.json is opened with plain file I/O).
+# back (through etils.epath: gs:// allowed).
 DATA_FIELDS = ('data.train_pattern', 'data.eval_pattern', 'data.root',
                'data.token_cache', 'input')
 READ_FIELDS = ('train.init_from', 'tokenizer.checkpoint', 'checkpoint',
@@ -52,7 +52,7 @@ _GS_HINTS = {
 def check_path(field: str, path: str, allowed: Iterable[str] = (),
                kind: str = 'data') -> None:
   """Raises UnsupportedPathError if `path` has a scheme not in `allowed`;
-  `kind` ('data', 'read') picks the advice for a gs:// path."""
+  `kind` ('data', 'workdir', 'read') picks the advice for a gs:// path."""
   s = scheme(path)
   if not s or s in allowed:
     return

@@ -33,7 +33,7 @@ def run(config, workdir: str):
                m.tokens_per_frame, m.decoder_attention)
 
   # ---- the trainer's state, converted params in place ------------------------
-  task = training.tokenizer_task(tconfig, teacher=False)
+  task = training.tokenizer_task(tconfig, with_teacher=False)
   mesh = sharding.make_mesh(tconfig.mesh, devices=jax.devices()[:1])
   state, shardings = sharding.create_sharded_state(
       task.init_fn,

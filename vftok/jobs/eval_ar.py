@@ -157,17 +157,15 @@ def run(config, workdir: str, writer=None) -> Dict:
   if not config.ar_workdir:
     raise ValueError('config.ar_workdir is not set: pass the --workdir of a '
                      'train_ar run')
-  ar_dir, ar_step = checkpoint.check_workdir(
+  ar_dir, ar_step, ar_config = checkpoint.check_workdir(
       config.ar_workdir, 'train_ar', config.ar_step, field='ar_workdir')
-  ar_config = checkpoint.load_workdir_config(ar_dir)
   mc = ar.ARConfig.from_config_dict(ar_config.model)
   params, ar_step = training.restore_params(ar_config, ar_dir, ar_step)
   tok_dir = config.tokenizer_workdir or ar_config.tokenizer.checkpoint
   mesh = sharding.data_mesh()
-  tok_dir, tok_step = checkpoint.check_workdir(
-      tok_dir, 'train_tokenizer', config.tokenizer_step,
-      field='tokenizer_workdir')
-  tok = api.Tokenizer.from_checkpoint(tok_dir, tok_step, mesh=mesh)
+  tok = api.Tokenizer.from_checkpoint(tok_dir, config.tokenizer_step,
+                                      field='tokenizer_workdir', mesh=mesh)
+  tok_step = tok.step
   budgets, scales = _check(config, tok, mc, mesh.size)
 
   data, real, labels, captions = real_clips(config, tok.config)

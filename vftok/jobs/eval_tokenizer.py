@@ -52,7 +52,6 @@ from vftok.evals import frechet
 from vftok.evals import pixels
 from vftok.evals import reconstruction
 from vftok import api
-from vftok import checkpoint
 from vftok.evals import timing as timing_lib
 from vftok.evals import video_features
 from vftok.models import tokenizer as tokenizer_lib
@@ -85,9 +84,9 @@ def run(config, workdir: str, writer=None) -> Dict:
   """Runs the sweep; -> {'info', 'rows', 'codec', 'timing'} (sweep.json)."""
   t_start = time.perf_counter()
   mesh = sharding.data_mesh()
-  path, step = checkpoint.check_workdir(config.checkpoint, 'train_tokenizer',
-                                        config.step)
-  tok = api.Tokenizer.from_checkpoint(path, step, mesh=mesh)
+  tok = api.Tokenizer.from_checkpoint(config.checkpoint, config.step,
+                                      mesh=mesh)
+  step = tok.step
   budgets, settings = _check(config, tok.tokens_per_frame, mesh.size)
   data, n, batches = eval_data.eval_batches(config, tok.config)
   codec = latent_codecs.load_codec(data)

@@ -41,9 +41,8 @@ def run(config, workdir: str, writer=None) -> Dict:
   """-> the report written to <workdir>/<prefix>.json."""
   del writer  # results go to files
   records.makedirs(workdir)
-  ar_dir, step = checkpoint.check_workdir(
+  ar_dir, step, ar_config = checkpoint.check_workdir(
       config.ar_workdir, 'train_ar', config.ar_step, field='ar_workdir')
-  ar_config = checkpoint.load_workdir_config(ar_dir)
   mc = ar.ARConfig.from_config_dict(ar_config.model)
   params, step = training.restore_params(ar_config, ar_dir, step)
   params = sharding.single_device(params)

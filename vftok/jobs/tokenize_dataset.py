@@ -8,7 +8,6 @@ The job loads the tokenizer (and the caption encoder, with
 config.text_encoder) and hands them to data/tokens.py, which plans, writes
 and finalizes the shards (resumable, split over workers).
 """
-from vftok import checkpoint
 from vftok.api import tokenizer as tokenizer_api
 from vftok.data import tokens
 from vftok.models.pretrained import text_encoders
@@ -20,14 +19,12 @@ def run(config, workdir: str):
   if not config.tokenizer_workdir:
     raise ValueError('set config.tokenizer_workdir to a trained tokenizer '
                      'workdir (holds config.json and checkpoints/)')
-  step = None if config.tokenizer_step < 0 else config.tokenizer_step
-  tok = tokenizer_api.Tokenizer.from_checkpoint(config.tokenizer_workdir, step)
+  tok = tokenizer_api.Tokenizer.from_checkpoint(config.tokenizer_workdir,
+                                                config.tokenizer_step)
   text_encoder = None
   if config.get('text_encoder'):
     text_encoder = text_encoders.get(config.text_encoder,
                                      config.text_path or None,
                                      max_length=config.text_max_length)
-  steps = checkpoint.finished_steps(config.tokenizer_workdir)
-  return tokens.tokenize_records(
-      config, workdir, tok, tokenizer_step=step if step is not None else
-      (steps[-1] if steps else None), text_encoder=text_encoder)
+  return tokens.tokenize_records(config, workdir, tok, tokenizer_step=tok.step,
+                                 text_encoder=text_encoder)

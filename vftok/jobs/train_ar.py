@@ -141,7 +141,8 @@ def tokenize_demo(config, out_dir: str, tokenizer=None):
       tokenizer_step=int(config.tokenizer.step), stats_from='', normalize='',
       split='train', batch_size=32, worker_index=0, worker_count=1,
       finalize=False, log_every_s=30.0))
-  manifest = token_records_lib.tokenize_records(tcfg, out_dir, tok)
+  manifest = token_records_lib.tokenize_records(tcfg, out_dir, tok,
+                                                tokenizer_step=tok.step)
   logging.info('demo set tokenized in %.1fs: %d records in %s',
                time.time() - t0, manifest['counts']['train'], out_dir)
   return manifest
