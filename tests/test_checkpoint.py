@@ -291,3 +291,25 @@ def test_main_prints_faults_as_one_fatal_line():
     assert e.value.code == f'FATAL {error}'
   with pytest.raises(KeyError):  # a bug keeps its traceback
     main.run_job(Job(KeyError('x')), None, '/w')
+
+
+def test_older_config_json_is_upgraded_to_todays_names(tmp_path):
+  """A workdir written before the renames restores the same run: K as
+  model.tokens_per_frame, the compute dtype as model.dtype, the encoder's
+  lr scale as optim.lr_scales; the removed knobs are dropped."""
+  import json  # pylint: disable=g-import-not-at-top
+  old = {'job': 'train_tokenizer',
+         'model': {'registers': 16, 'register_init_std': 0.02},
+         'train': {'compute_dtype': 'float32', 'total_steps': 4},
+         'optim': {'encoder_lr_scale': 0.1, 'lr_scales': [],
+                   'encoder_delay_steps': 0, 'encoder_ramp_steps': 0}}
+  (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(old))
+  c = checkpoint.load_workdir_config(str(tmp_path))
+  assert c.model.to_dict() == {'tokens_per_frame': 16, 'dtype': 'float32'}
+  assert c.train.to_dict() == {'total_steps': 4}
+  assert [tuple(p) for p in c.optim.lr_scales] == [('encoder', 0.1)]
+  assert set(c.optim.keys()) == {'lr_scales'}
+  # An AR run's train.compute_dtype never was the model's: dropped.
+  ar = {'job': 'train_ar', 'model': {'dtype': 'bfloat16'},
+        'train': {'compute_dtype': 'float32'}}
+  assert checkpoint.upgrade_config(ar)['model'] == {'dtype': 'bfloat16'}
