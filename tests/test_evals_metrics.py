@@ -278,3 +278,30 @@ def test_mse_mae_and_all_metrics(frame_pair):
     assert got[name].shape == (2,)
     np.testing.assert_allclose(got[name], getattr(pixels, name)(a, b),
                                rtol=1e-5)
+
+
+def test_reconstruction_baselines(frame_pair):
+  """The PSNR table's model-free baselines: clip mean colour, and n x n
+  thumbnails (area average, bilinear back up, as PIL's BOX then BILINEAR)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vftok.evals import reconstruction  # pylint: disable=g-import-not-at-top
+  a, _ = frame_pair
+  got = reconstruction.baselines(a)
+  assert list(got) == list(reconstruction.BASELINES)
+  np.testing.assert_allclose(got['clip mean colour'][1, 2, 5, 7],
+                             a[1].reshape(-1, 3).mean(0), rtol=1e-5)
+  h, w = a.shape[2:4]
+  for n in (2, 4):
+    frame = Image.fromarray(a[0, 1])
+    small = np.asarray(frame.reduce((w // n, h // n)), np.float32)
+    box = a[0, 1].astype(np.float32).reshape(n, h // n, n, w // n, 3).mean((1, 3))
+    np.testing.assert_allclose(small, box, atol=1.0)  # PIL: uint8
+    up = Image.fromarray(box.astype(np.float32)[..., 0], mode='F').resize(
+        (w, h), Image.BILINEAR)
+    np.testing.assert_allclose(got[f'{n}x{n} thumbnail'][0, 1, ..., 0],
+                               np.asarray(up), atol=1e-3)
+  # Finer thumbnails are closer to the frames; the mean colour is coarsest.
+  p = {k: float(np.mean(pixels.psnr(v, a))) for k, v in got.items()}
+  assert p['clip mean colour'] < p['2x2 thumbnail'] < p['4x4 thumbnail']
+  with pytest.raises(ValueError, match='3x3|4x4'):
+    reconstruction.baselines(a[:, :, :30, :30])
