@@ -10,6 +10,7 @@ import shutil
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 import vftok
@@ -90,8 +91,16 @@ def test_preempt_and_resume_reproduces_the_loss_curve(data_root, full_run,
   table = (out / 'psnr_6.md').read_text()
   for k in (1, 2, 4):
     assert f'| {k} |' in table
+  for row in ('one-step mean', 'clip mean colour', '2x2 thumbnail',
+              'codec only (ceiling)'):
+    assert row in table
   eval_scalars = full.scalars[6]
-  assert np.isfinite(eval_scalars['eval/psnr_k=4'])
+  for name in ('k=4', 'mean_k=4', 'clip mean colour', 'codec'):
+    assert np.isfinite(eval_scalars[f'eval/psnr_{name}']), name
+  # Rows: original, codec, a sample and a one-step mean per budget (32 px
+  # frames, 2 px padding).
+  grid = np.asarray(Image.open(out / 'recon_6.png'))
+  assert grid.shape[0] == (2 + 2 * 3) * (32 + 2) + 2, grid.shape
 
   # The checkpoint loads through the public API.
   tok = vftok.Tokenizer.from_checkpoint(str(out))

@@ -55,17 +55,19 @@ class Evaluator:
       for name, px in baselines(frames).items():
         add(name, px, frames)
       tokens = self.tok.tokenize(batch['latents'])
-      recon = {}
+      recon, mean = {}, {}
       for k in self.budgets:
         lat = self.tok.detokenize(tokens[:, :, :k], steps=e.sample_steps,
                                   guidance_scale=e.guidance_scale, seed=step)
         recon[k] = self._to_pixels(np.asarray(lat))
         add(f'k={k}', recon[k], frames)
-        mean = self.tok.detokenize(tokens[:, :, :k], steps=1,
-                                   guidance_scale=1.0, seed=step)
-        add(f'mean_k={k}', self._to_pixels(np.asarray(mean)), frames)
+        lat = self.tok.detokenize(tokens[:, :, :k], steps=1,
+                                  guidance_scale=1.0, seed=step)
+        mean[k] = self._to_pixels(np.asarray(lat))
+        add(f'mean_k={k}', mean[k], frames)
       if i == 0:
-        rows = [frames, codec_px] + [recon[k] for k in self.budgets]
+        rows = ([frames, codec_px] + [recon[k] for k in self.budgets]
+                + [mean[k] for k in self.budgets])
     table = {name: float(np.mean(np.concatenate(v))) for name, v in psnr.items()}
     self._write(step, table, rows)
     return table
@@ -74,7 +76,8 @@ class Evaluator:
     return np.clip(self.codec.decode(self.denormalize(latents)), 0, 255)
 
   def _write(self, step, table, rows):
-    labels = ['original', 'codec'] + [f'{k} tok' for k in self.budgets]
+    labels = (['original', 'codec'] + [f'{k} tok' for k in self.budgets]
+              + [f'{k} tok mean' for k in self.budgets])
     e = self.config.eval
     lines = [f'| tokens / latent frame | sampled ({e.sample_steps} steps, '
              f'guidance {e.guidance_scale:g}) | one-step mean |', '|---|---|---|']
@@ -87,7 +90,7 @@ class Evaluator:
     print(f'\nReconstruction PSNR at step {step} '
           f'({self.config.eval.num_clips} held-out clips):\n{text}\n', flush=True)
     self.writer.write_scalars(step, {f'eval/psnr_{n}': v for n, v in table.items()})
-    grid = make_grid(rows, labels)
+    grid = make_grid(rows, labels, label_width=76)
     self.writer.write_images(step, {'eval/reconstructions': grid[None]})
     # Atomic (temp + rename): a run killed here leaves no half-written file.
     with records.atomic_path(
