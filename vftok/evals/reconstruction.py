@@ -15,13 +15,13 @@ frames rebuilt from an n x n area-downsampled thumbnail (bilinear back up).
 import os
 from typing import Dict, List
 
-import jax
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
 from vftok import api
 from vftok.models import latent_codecs
+from vftok.models.pretrained import resample
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.evals import pixels
@@ -110,14 +110,15 @@ def baselines(frames) -> Dict[str, np.ndarray]:
   frame painted with its clip's mean colour; every frame area-downsampled to
   an n x n thumbnail and resized back up bilinearly (H, W divisible by n)."""
   frames = np.asarray(frames, np.float32)
-  b, f, h, w, c = frames.shape
+  h, w = frames.shape[2:4]
   out = {BASELINES[0]: np.broadcast_to(
       frames.mean(axis=(1, 2, 3), keepdims=True), frames.shape)}
   for name, n in zip(BASELINES[1:], (2, 4)):
     if h % n or w % n:
       raise ValueError(f'frames {h}x{w} do not split into {n}x{n} areas')
-    thumb = frames.reshape(b, f, n, h // n, n, w // n, c).mean(axis=(3, 5))
-    out[name] = np.asarray(jax.image.resize(thumb, frames.shape, 'bilinear'))
+    # Area average down, half-pixel bilinear back up (the REPA targets' resize).
+    thumb = resample.resize_grid(frames, (n, n))
+    out[name] = np.asarray(resample.resize_grid(thumb, (h, w)))
   return out
 
 
