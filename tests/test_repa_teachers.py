@@ -55,6 +55,27 @@ def test_i3d_keyframes_on_the_fly_equals_the_demo_precomputation():
     features.i3d_keyframe_fn('Mixed_9z')
 
 
+def test_i3d_still_network_equals_the_3d_network_on_single_frames():
+  """The key-frame teacher's 2-D network (centre temporal taps) is the 3-D
+  I3D on a 1-frame clip, through the temporal pools of Mixed_4b too."""
+  from vftok.models.pretrained import i3d  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-1, 1, (2, 1, 48, 48, 3)).astype(np.float32)
+  variables = i3d.load_variables()
+  for layer in ('Mixed_3c', 'Mixed_4b'):
+    full = i3d.InceptionI3d(layer=layer).apply(variables, x)
+    still = i3d.InceptionI3d(layer=layer, still=True).apply(
+        i3d.still_variables(variables), x)
+    assert still.shape == full.shape
+    np.testing.assert_allclose(np.asarray(still), np.asarray(full),
+                               rtol=1e-4, atol=1e-4 * float(np.abs(full).max()))
+  assert i3d.still_variables(variables)['params']['Conv3d_1a_7x7']['Conv_0'][
+      'kernel'].shape[0] == 1
+  with pytest.raises(ValueError, match='single frames'):
+    i3d.InceptionI3d(layer='Mixed_3c', still=True).apply(
+        i3d.still_variables(variables), np.zeros((1, 2, 32, 32, 3), np.float32))
+
+
 def test_key_frames_in_batches(tmp_path):
   rng = np.random.default_rng(0)
   exs = [dict(latents=rng.normal(size=(3, 2, 2, 16)).astype(np.float16),

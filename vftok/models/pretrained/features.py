@@ -115,18 +115,21 @@ def i3d_keyframe_fn(layer: str = 'Mixed_3c', pool: int = 1):
   """-> fn(key frames [N, T, H, W, 3] in [0, 255]) -> [N, T, h, w, D]: every
   key frame alone (a 1-frame clip; I3D's 'SAME' temporal padding makes that a
   still image) through the Kinetics-400 I3D up to `layer`, at the frames' own
-  resolution, then `pool` x `pool` average pooled."""
+  resolution, then `pool` x `pool` average pooled. `variables`: the 3-D
+  network's (i3d.load_variables); the frames run through the equivalent 2-D
+  network (InceptionI3d.still)."""
   from vftok.models.pretrained import i3d  # pylint: disable=g-import-not-at-top
   if layer not in i3d.ENDPOINTS:
     raise ValueError(f'I3D REPA layer must be one of {sorted(i3d.ENDPOINTS)}, '
                      f'got {layer!r}')
-  net = i3d.InceptionI3d(layer=layer)
+  net = i3d.InceptionI3d(layer=layer, still=True)
 
   def features(frames, variables=None):
     variables = i3d.load_variables() if variables is None else variables
     n, t, h, w, c = frames.shape
     x = frames.astype(jnp.float32).reshape(n * t, 1, h, w, c) * (2 / 255.) - 1
-    y = jax.lax.stop_gradient(net.apply(variables, x))[:, 0]  # [N*T, h', w', D]
+    y = jax.lax.stop_gradient(
+        net.apply(i3d.still_variables(variables), x))[:, 0]  # [N*T, h', w', D]
     if pool > 1:
       y = jax.lax.reduce_window(y, 0., jax.lax.add, (1, pool, pool, 1),
                                 (1, pool, pool, 1), 'VALID') / pool ** 2

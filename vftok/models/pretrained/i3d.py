@@ -79,10 +79,14 @@ class Unit3D(nn.Module):
   use_batch_norm: bool = True
   use_bias: bool = False
   relu: bool = True
+  still: bool = False  # see InceptionI3d.still
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, tuple(self.kernel), strides=tuple(self.stride),
+    kernel, stride = tuple(self.kernel), tuple(self.stride)
+    if self.still:
+      kernel, stride = (1,) + kernel[1:], (1,) + stride[1:]
+    x = nn.Conv(self.features, kernel, strides=stride,
                 padding='SAME', use_bias=self.use_bias,
                 precision=_HIGHEST)(x)
     if self.use_batch_norm:
@@ -95,29 +99,32 @@ class _Branch(nn.Module):
   """One Inception branch; exists so parameters nest as Branch_i/Conv3d_*."""
   units: Sequence[tuple]  # (name, features, kernel)
   pool_first: bool = False
+  still: bool = False
 
   @nn.compact
   def __call__(self, x):
     if self.pool_first:
-      x = nn.max_pool(x, (3, 3, 3), strides=(1, 1, 1), padding='SAME')
+      x = nn.max_pool(x, (1 if self.still else 3, 3, 3), strides=(1, 1, 1),
+                      padding='SAME')
     for name, features, kernel in self.units:
-      x = Unit3D(features, kernel, name=name)(x)
+      x = Unit3D(features, kernel, still=self.still, name=name)(x)
     return x
 
 
 class InceptionModule(nn.Module):
   out: Sequence[int]  # b0, b1a, b1b, b2a, b2b, b3
+  still: bool = False
 
   @nn.compact
   def __call__(self, x):
-    o = self.out
-    b0 = _Branch((('Conv3d_0a_1x1', o[0], (1, 1, 1)),), name='Branch_0')(x)
-    b1 = _Branch((('Conv3d_0a_1x1', o[1], (1, 1, 1)),
-                  ('Conv3d_0b_3x3', o[2], (3, 3, 3))), name='Branch_1')(x)
-    b2 = _Branch((('Conv3d_0a_1x1', o[3], (1, 1, 1)),
-                  ('Conv3d_0b_3x3', o[4], (3, 3, 3))), name='Branch_2')(x)
-    b3 = _Branch((('Conv3d_0b_1x1', o[5], (1, 1, 1)),), pool_first=True,
-                 name='Branch_3')(x)
+    o, branch = self.out, functools.partial(_Branch, still=self.still)
+    b0 = branch((('Conv3d_0a_1x1', o[0], (1, 1, 1)),), name='Branch_0')(x)
+    b1 = branch((('Conv3d_0a_1x1', o[1], (1, 1, 1)),
+                 ('Conv3d_0b_3x3', o[2], (3, 3, 3))), name='Branch_1')(x)
+    b2 = branch((('Conv3d_0a_1x1', o[3], (1, 1, 1)),
+                 ('Conv3d_0b_3x3', o[4], (3, 3, 3))), name='Branch_2')(x)
+    b3 = branch((('Conv3d_0b_1x1', o[5], (1, 1, 1)),), pool_first=True,
+                name='Branch_3')(x)
     return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
@@ -143,21 +150,40 @@ class InceptionI3d(nn.Module):
   """I3D, inference only. [B, T, 224, 224, 3] in [-1, 1] ->
   'logits': [B, 400] (time-averaged pre-softmax logits),
   'pool': [B, 1024] (Mixed_5c averaged over time and space), or
-  an ENDPOINTS name: that stage's feature map (later stages are not run)."""
+  an ENDPOINTS name: that stage's feature map (later stages are not run).
+
+  still=True: the network on single frames ([B, 1, H, W, 3], the REPA
+  teachers' key frames) with variables from `still_variables`. With one time
+  step, 'SAME' padding leaves only the centre temporal tap of every kernel
+  on real data (the others meet zero padding) and every temporal pool sees
+  one frame, so 2-D kernels give the same features without the 3x-7x
+  multiply-by-padding work. Endpoints only (the logits need 9+ frames).
+  """
   num_classes: int = NUM_CLASSES
   layer: str = 'logits'
+  still: bool = False
 
   @nn.compact
   def __call__(self, x):
     if self.layer not in ('logits', 'pool', *ENDPOINTS):
       raise ValueError(f"layer must be 'logits', 'pool' or one of "
                        f'{sorted(ENDPOINTS)}, got {self.layer!r}')
-    pool = functools.partial(nn.max_pool, padding='SAME')
+    if self.still and (self.layer not in ENDPOINTS or x.shape[1] != 1):
+      raise ValueError('InceptionI3d(still=True) takes single frames '
+                       f'[B, 1, H, W, 3] and an endpoint layer; got shape '
+                       f'{x.shape}, layer {self.layer!r}')
+
+    def pool(x, window, strides):
+      if self.still:
+        window, strides = (1,) + window[1:], (1,) + strides[1:]
+      return nn.max_pool(x, window, strides=strides, padding='SAME')
+
+    unit = functools.partial(Unit3D, still=self.still)
     stages = [
-        lambda x: Unit3D(64, (7, 7, 7), (2, 2, 2), name='Conv3d_1a_7x7')(x),
+        lambda x: unit(64, (7, 7, 7), (2, 2, 2), name='Conv3d_1a_7x7')(x),
         lambda x: pool(x, (1, 3, 3), strides=(1, 2, 2)),     # MaxPool3d_2a_3x3
-        lambda x: Unit3D(64, (1, 1, 1), name='Conv3d_2b_1x1')(x),
-        ('Conv3d_2c_3x3', lambda x: Unit3D(192, (3, 3, 3), name='Conv3d_2c_3x3')(x)),
+        lambda x: unit(64, (1, 1, 1), name='Conv3d_2b_1x1')(x),
+        ('Conv3d_2c_3x3', lambda x: unit(192, (3, 3, 3), name='Conv3d_2c_3x3')(x)),
         lambda x: pool(x, (1, 3, 3), strides=(1, 2, 2)),     # MaxPool3d_3a_3x3
         ('Mixed_3b', (64, 96, 128, 16, 32, 32)),
         ('Mixed_3c', (128, 128, 192, 32, 96, 64)),
@@ -176,7 +202,8 @@ class InceptionI3d(nn.Module):
         x = stage(x)
         continue
       name, spec = stage
-      x = spec(x) if callable(spec) else InceptionModule(spec, name=name)(x)
+      x = spec(x) if callable(spec) else InceptionModule(
+          spec, still=self.still, name=name)(x)
       if name == self.layer:
         return x
     if self.layer == 'pool':
@@ -184,6 +211,18 @@ class InceptionI3d(nn.Module):
     x = nn.avg_pool(x, (2, 7, 7), strides=(1, 1, 1), padding='VALID')
     logits = _Logits(self.num_classes, name='Logits')(x)  # [B, T', 1, 1, C]
     return jnp.mean(logits[:, :, 0, 0, :], axis=1)
+
+
+def still_variables(variables):
+  """Variables for InceptionI3d(still=True): every conv kernel
+  [kt, kh, kw, cin, cout] cut to its centre temporal tap [1, kh, kw, ...],
+  the tap 'SAME' padding aligns with a single input frame (all kt are odd)."""
+  def cut(path, x):
+    if jax.tree_util.keystr(path[-1:]) != "['kernel']" or x.shape[0] == 1:
+      return x
+    c = (x.shape[0] - 1) // 2
+    return x[c:c + 1]
+  return jax.tree_util.tree_map_with_path(cut, variables)
 
 
 def _nest(tree):
