@@ -14,7 +14,7 @@ first-frame conditioning), as configs/tokenizer_k600.py:stage2 does:
         --workdir=/tmp/vftok_demo2 --config.train.init_from=/tmp/vftok_demo
 
 It writes the same PSNR table and picture as stage 1 (compare
-/tmp/vftok_demo/psnr_1400.md with /tmp/vftok_demo2/psnr_200.md).
+/tmp/vftok_demo/psnr_1800.md with /tmp/vftok_demo2/psnr_200.md).
 """
 from vftok import defaults
 
@@ -78,13 +78,13 @@ def get_config(arg=None):
   # use beyond 2 tokens; 0.3 learns codes that keep improving to 16 tokens.
   o.lr_scales = (('encoder', 0.3),)
 
-  # 1400 steps fit the 10 minutes on 2 cores (README "What the demo prints");
+  # 1800 steps fit the 10 minutes on 2 cores (README "What the demo prints");
   # the PSNR keeps rising beyond (docs/demo_ablations.md, "Training length").
   t = config.train
-  t.total_steps = 1400
+  t.total_steps = 1800
   t.log_every = 50
-  t.eval_every = 1400
-  t.checkpoint_every = 700
+  t.eval_every = 1800
+  t.checkpoint_every = 900
 
   e = config.eval
   e.num_clips = 32  # the held-out clips of the README's baselines
