@@ -71,6 +71,11 @@ def default_weights_path() -> str:
 
 # --------------------------------------------------------------------- model ---
 
+def _window(window, still: bool):
+  """A kernel / pool window or stride, with time cut to 1 in still mode."""
+  return (1,) + tuple(window[1:]) if still else tuple(window)
+
+
 class Unit3D(nn.Module):
   """Conv3d (no bias) + BatchNorm (eval, no scale) + ReLU, TF 'SAME' padding."""
   features: int
@@ -83,10 +88,8 @@ class Unit3D(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel, stride = tuple(self.kernel), tuple(self.stride)
-    if self.still:
-      kernel, stride = (1,) + kernel[1:], (1,) + stride[1:]
-    x = nn.Conv(self.features, kernel, strides=stride,
+    x = nn.Conv(self.features, _window(self.kernel, self.still),
+                strides=_window(self.stride, self.still),
                 padding='SAME', use_bias=self.use_bias,
                 precision=_HIGHEST)(x)
     if self.use_batch_norm:
@@ -104,7 +107,7 @@ class _Branch(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.pool_first:
-      x = nn.max_pool(x, (1 if self.still else 3, 3, 3), strides=(1, 1, 1),
+      x = nn.max_pool(x, _window((3, 3, 3), self.still), strides=(1, 1, 1),
                       padding='SAME')
     for name, features, kernel in self.units:
       x = Unit3D(features, kernel, still=self.still, name=name)(x)
@@ -174,9 +177,8 @@ class InceptionI3d(nn.Module):
                        f'{x.shape}, layer {self.layer!r}')
 
     def pool(x, window, strides):
-      if self.still:
-        window, strides = (1,) + window[1:], (1,) + strides[1:]
-      return nn.max_pool(x, window, strides=strides, padding='SAME')
+      return nn.max_pool(x, _window(window, self.still),
+                         strides=_window(strides, self.still), padding='SAME')
 
     unit = functools.partial(Unit3D, still=self.still)
     stages = [
