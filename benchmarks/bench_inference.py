@@ -5,18 +5,26 @@ depend on them).
       [--official=tests/fixtures/official/model.safetensors --latent_shape=3,4,6]
       [--batch 1] [--steps 2] [--repeats 3] [--dtype float32]
       [--attention_impl xla,pallas_gpu] [--peak_tflops 989] [--markdown F]
+      [--skip_unavailable]
 
 Per `model.attention_impl` (vftok/models/attention_kernels.py; default: the
-config's; one the model cannot build yet is reported as skipped): the compile
+config's; one row each, benchmarks/outcomes.py): the compile
 time, then seconds for `tokenize` and for one Euler step of `detokenize`
 (with guidance: a conditional and a null-condition forward), medians of
 --repeats after a warm-up; tokenize clips/s, detokenize clips/s for a whole
 40-step APG decode at that rate, and the achieved TFLOP/s (and MFU with a
 known peak) of the analytic count (vftok/models/flops.py, attention at the
 kernel's density).
+
+A row that fails (out of memory, a kernel failing, any error) is printed as
+'[impl]: failed: ...' and the next still runs; so is a kernel the model cannot
+build (yet) ('failed: unavailable'), unless --skip_unavailable makes it
+'skipped: unavailable'. The last line is 'N of M rows failed: <impls>' and
+the exit status 1 if any row failed (or none ran), else 0.
 """
 import argparse
 import importlib.util
+import sys
 import time
 
 import jax
@@ -24,6 +32,8 @@ import numpy as np
 
 import vftok
 from vftok.models import flops
+
+from outcomes import Outcomes   # benchmarks/outcomes.py (the script's dir)
 
 
 def load_config(path):
@@ -94,6 +104,9 @@ def main():
                  help="comma-separated model.attention_impl values")
   p.add_argument('--peak_tflops', type=float, default=0.0)
   p.add_argument('--markdown', default='', help='append result rows here')
+  p.add_argument('--skip_unavailable', action='store_true',
+                 help='report a kernel the model cannot build as skipped, '
+                 'not failed')
   args = p.parse_args()
   if args.official:
     shape = (tuple(int(v) for v in args.latent_shape.split(','))
@@ -116,8 +129,9 @@ def main():
            else [m.get('attention_impl', '') or ''])
   rows = ['| model | attention | batch | tokenize clips/s | detokenize clips/s '
           '(40 APG steps) | TFLOP/s tok / detok |', '|---|---|---|---|---|---|']
+  outcomes = Outcomes(skip_unavailable=args.skip_unavailable)
   for impl in impls:
-    try:
+    with outcomes.row(f'[{impl or "default"}]'):
       if impl != (m.get('attention_impl', '') or ''):
         if args.official:
           raise ValueError('--attention_impl applies to --config models only')
@@ -127,13 +141,12 @@ def main():
       else:
         tok_i = tok
       rows.append(bench_impl(tok_i, impl, args, x, name))
-    except (ValueError, NotImplementedError) as e:
-      print(f'[{impl}] skipped: {type(e).__name__}: {e}', flush=True)
   print('\n'.join(rows))
   if args.markdown:
     with open(args.markdown, 'a') as f:
       f.write(f'\n{jax.devices()[0].device_kind}, inference\n\n'
               + '\n'.join(rows) + '\n')
+  sys.exit(outcomes.finish())
 
 
 if __name__ == '__main__':

@@ -6,11 +6,13 @@ cache vs re-encoding the whole prefix each time a frame arrives.
 
 Prints, for every frame index t, the milliseconds to get frame t's tokens
 (median of --repeats, after a warm-up that compiles every shape) both ways,
-and checks that the two give identical tokens. Random weights: latency does not
-depend on them.
+and checks that the two give identical tokens (exit status 1 if they do not:
+tests/test_stage2_sampling.py asserts they are equal). Random weights: latency
+does not depend on them.
 """
 import argparse
 import importlib.util
+import sys
 import time
 
 import jax
@@ -70,6 +72,8 @@ def main():
     print(f'| {t} | {1e3 * s_t[t]:.1f} | {1e3 * p_t[t]:.1f} |')
   print(f'mean per frame: stream {1e3 * s_t.mean():.1f} ms, re-encode '
         f'{1e3 * p_t.mean():.1f} ms; identical tokens: {same}')
+  if not same:
+    sys.exit('FAILED: streamed tokens differ from re-encoding the prefix')
 
 
 if __name__ == '__main__':

@@ -5,16 +5,15 @@ device, per attention kernel and remat policy.
       --config=configs/tokenizer_k600.py --per_device_batch=4 \
       --remat=none,dots,full [--compile_only] [--steps=10] \
       [--stages=1,2] [--attention_impl=xla,pallas_gpu] \
-      [--peak_tflops=989] [--markdown=rows.md]
+      [--peak_tflops=989] [--markdown=rows.md] [--skip_unavailable]
 
 --stages (tokenizer configs): 1 = the config as given; 2 = the decoder
 fine-tuning of defaults.decoder_finetune (encoder frozen and forward only,
 full decoder attention). --attention_impl: the `model.attention_impl` values
-to compare (vftok/models/attention_kernels.py; default: the config's); a
-value the model cannot build yet is reported as skipped. --per_device_batch=0
-searches the largest power of two whose compiled memory (two compiles, linear
-in the batch) fits 85% of the device's memory, with the first
---attention_impl, and keeps it for the others (same batch: a fair
+to compare (vftok/models/attention_kernels.py; default: the config's).
+--per_device_batch=0 searches the largest power of two whose compiled memory
+(two compiles, linear in the batch) fits 85% of the device's memory, with the
+first --attention_impl, and keeps it for the others (same batch: a fair
 comparison).
 
 For each `model.remat` policy the jitted train step that `vftok.main` runs
@@ -38,11 +37,21 @@ arguments + outputs + temporaries.
 the paper configs' memory can be read off on a CPU host: XLA's CPU buffer
 assignment and schedule, a guide to the GPU/TPU ones, not an exact match.
 
+A row is one stage x attention_impl x remat policy. A row that fails (out of
+memory, a kernel failing: XLA's RuntimeError; any other error) is printed as
+'<row>: failed: ...' and the others still run; so is a kernel the model
+cannot build (yet) or a mask it cannot express ('failed: unavailable'), unless
+--skip_unavailable makes that 'skipped: unavailable' (benchmarks/outcomes.py).
+A failed batch search fails its impl's rows. The last line is 'N of M rows
+failed: <rows>' and the exit status 1 if any row failed (or none ran), else
+'M of M rows ran' (after any 'K of M rows skipped ...' line) and 0.
+
 REPA teachers that need weights on disk ('dinov2', 'i3d_keyframes') are
 replaced by 'records' with random features of the teacher's width: the frozen
 teacher's forward is not in these numbers.
 """
 import os
+import sys
 import time
 
 # XLA:CPU's default scheduler orders for concurrency and keeps buffers alive
@@ -66,6 +75,8 @@ from vftok.models.pretrained import features
 from vftok.models import flops as flops_lib
 from vftok.models import tokenizer
 
+from outcomes import Outcomes   # benchmarks/outcomes.py (the script's dir)
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/demo.py', 'A train_tokenizer or train_ar config.',
     lock_config=False)
@@ -85,6 +96,9 @@ _PEAK = flags.DEFINE_float('peak_tflops', 0.0,
                            'MFU (0: flops.PEAK_TFLOPS by device kind).')
 _MARKDOWN = flags.DEFINE_string('markdown', '', 'Append result rows to this '
                                 'markdown file (benchmarks/device_check.sh).')
+_SKIP = flags.DEFINE_bool('skip_unavailable', False,
+                         'Report a kernel the model cannot build as skipped, '
+                         'not failed (benchmarks/outcomes.py).')
 
 GiB = 2 ** 30
 
@@ -303,6 +317,7 @@ def main(argv):
   print(f'jax {jax.__version__}, {n} x {jax.devices()[0].device_kind}, mesh '
         f'{dict(mesh.shape)}; {describe(base)}', flush=True)
   rows = []
+  outcomes = Outcomes(skip_unavailable=_SKIP.value)
   for stage in stages:
     batch = _BATCH.value   # 0: searched with the first impl, kept for the rest
     for impl in impls:
@@ -316,19 +331,19 @@ def main(argv):
       label = (f'AR d{ar.ARConfig.from_config_dict(config.model).depth}' if ar_job
                else f'd{m.enc_depth}-d{m.dec_depth} stage {stage}'
                ) + f' {impl or "default"}'
+      names = [f'{label} remat={p}' for p in _REMAT.value]
       try:
         b = batch = batch or largest_batch(config, mesh)
-        config.data.global_batch_size = b * n
-        print(f'{label}: global batch {b * n}', flush=True)
-        for policy in _REMAT.value:
+      except Exception as e:   # the batch search's compiles: its impl's rows
+        outcomes.record(names, e)
+        continue
+      config.data.global_batch_size = b * n
+      print(f'{label}: global batch {b * n}', flush=True)
+      for policy, name in zip(_REMAT.value, names):
+        with outcomes.row(name):
           bench(config, mesh, policy, impl, label, rows)
-      except (ValueError, NotImplementedError) as e:
-        # A kernel the model cannot build (yet), or a mask it cannot express.
-        print(f'{label}: skipped: {type(e).__name__}: {e}', flush=True)
-      except RuntimeError as e:   # XLA's: out of memory, a kernel failing
-        print(f'{label}: failed: {type(e).__name__}: {str(e)[:500]}',
-              flush=True)
   print(MD_HEADER + ''.join(markdown_row(r) for r in rows), flush=True)
+  sys.exit(outcomes.finish())
 
 
 if __name__ == '__main__':

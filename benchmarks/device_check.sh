@@ -12,6 +12,18 @@
 #
 # Every step has its own time limit and the script stops starting steps near
 # the overall budget (BUDGET_S, default 570 s), so what ran is always written.
+# PYTHON (default python3) is the interpreter every step runs.
+#
+# Exit status: 0 only if every step ran and exited 0. A benchmark exits
+# non-zero when any of its rows failed (out of memory, a kernel failing, a
+# requested kernel the model cannot build: benchmarks/outcomes.py), the
+# kernel tests when one fails, a step cut off by its time limit with 124 or
+# 137. Steps not started because the budget was spent also fail the check.
+# The report lists every step's exit status, the failed or not-run steps and
+# the benchmarks' failed rows; the log's last line says the same.
+#
+# No `set -e`: a failing step must not stop the later ones (each step's
+# status is read from $? of its one command, not from a pipeline).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -32,21 +44,41 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 
 log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
 
+# Each step's outcome: "| name | exit status | seconds |" rows for the
+# report, and the names of the steps that failed or did not run.
+RUNS=()
+FAILED=()
+NOT_RUN=()
+
+# join ITEM...: the items separated by ", " (none: "none").
+join() {
+  local out="" x
+  for x in "$@"; do out+="${out:+, }$x"; done
+  echo "${out:-none}"
+}
+
 # step LIMIT_S NAME CMD...: runs CMD with a time limit unless the budget is
-# nearly spent; its output goes to the log.
+# nearly spent; its output goes to the log, its exit status to RUNS (and
+# FAILED when not 0). Returns 0 either way: the next step still runs.
 step() {
   local limit=$1 name=$2
   shift 2
   local left=$((BUDGET_S - SECONDS))
   if ((left < 30)); then
     log "SKIP $name: budget spent"
+    RUNS+=("| $name | not run (budget spent) | |")
+    NOT_RUN+=("$name")
     return 0
   fi
   ((limit > left)) && limit=$left
   log "START $name (limit ${limit}s)"
-  timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1
-  local rc=$?
+  local t0=$SECONDS rc=0
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$LOG" 2>&1 || rc=$?
+  local what=$rc
+  ((rc == 124 || rc == 137)) && what="$rc (time limit ${limit}s)"
   log "END $name rc=$rc"
+  RUNS+=("| $name | $what | $((SECONDS - t0)) |")
+  ((rc != 0)) && FAILED+=("$name (rc=$rc)")
   return 0
 }
 
@@ -54,16 +86,18 @@ install() {
   # The image's jax stays: requirements.txt pins the CPU jax, so install the
   # rest of what the benchmarks and tests import with jax held at the
   # installed version, and vftok itself without dependencies.
+  # Any command failing fails the step (its status is the function's).
   if ! "$PY" -c 'import jax' 2>/dev/null; then
-    "$PY" -m pip install -q 'jax[cuda12]'
+    "$PY" -m pip install -q 'jax[cuda12]' || return
   fi
   local cons
-  cons="$(mktemp)"
-  "$PY" -m pip freeze | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-[a-z]+|jax_cuda[0-9]+_[a-z]+)==' > "$cons"
+  cons="$(mktemp)" || return
+  "$PY" -m pip freeze | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-[a-z]+|jax_cuda[0-9]+_[a-z]+)==' \
+    > "$cons" || return
   grep -iE '^(flax|optax|orbax-checkpoint|einops|ml-collections|absl-py|pyyaml|safetensors|chex|numpy)==' \
-    requirements.txt | sed 's/==.*//' > "$OUT_DIR/wanted.txt"
-  "$PY" -m pip install -q -c "$cons" -r "$OUT_DIR/wanted.txt" pytest
-  "$PY" -m pip install -q --no-deps -e .
+    requirements.txt | sed 's/==.*//' > "$OUT_DIR/wanted.txt" || return
+  "$PY" -m pip install -q -c "$cons" -r "$OUT_DIR/wanted.txt" pytest || return
+  "$PY" -m pip install -q --no-deps -e . || return
   rm -f "$cons"
   "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 }
@@ -117,10 +151,27 @@ table() {
   echo
   echo "## Kernel tests"
   echo
-  grep -E '(passed|failed|error)' "$LOG" | tail -n 3 || true
+  sed -n '/START kernel-tests/,/END kernel-tests/p' "$LOG" \
+    | grep -E '^(FAILED|ERROR) |[0-9]+ (passed|failed|error)' | tail -n 5 || true
   echo
-  echo "Skipped or failed runs:"
-  grep -E 'skipped:|failed:|SKIP|rc=124|rc=137' "$LOG" || echo "none"
+  echo "## Runs"
+  echo
+  echo "| step | exit status | seconds |"
+  echo "|---|---|---|"
+  printf '%s\n' "${RUNS[@]}"
+  echo
+  echo "Failed runs: $(join "${FAILED[@]}")"
+  echo
+  echo "Not run (budget spent): $(join "${NOT_RUN[@]}")"
+  echo
+  echo "Skipped or failed benchmark rows and tests:"
+  grep -E '(skipped|failed): |rows (skipped|failed)|^FAILED' "$LOG" || echo "none"
 } > "$REPORT"
 log "wrote $REPORT"
 cat "$REPORT"
+if ((${#FAILED[@]} + ${#NOT_RUN[@]})); then
+  log "device check FAILED: ${#FAILED[@]} of ${#RUNS[@]} steps failed:" \
+    "$(join "${FAILED[@]}"); not run: $(join "${NOT_RUN[@]}")"
+  exit 1
+fi
+log "device check passed: all ${#RUNS[@]} steps exited 0"
