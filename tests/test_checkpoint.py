@@ -284,8 +284,11 @@ def test_main_prints_faults_as_one_fatal_line():
 
     def run(self, config, workdir):
       raise self.error
+  from vftok import errors  # pylint: disable=g-import-not-at-top
   for error in (checkpoint.CheckpointError('saving checkpoint step 6 failed'),
-                records.BadRecordError('f.array_record: record 3 is bad')):
+                records.BadRecordError('f.array_record: record 3 is bad'),
+                errors.InputError("config.data.train_pattern='' matches no "
+                                  'files; make them with: ...')):
     with pytest.raises(SystemExit) as e:
       main.run_job(Job(error), None, '/w')
     assert e.value.code == f'FATAL {error}'
@@ -313,3 +316,100 @@ def test_older_config_json_is_upgraded_to_todays_names(tmp_path):
   ar = {'job': 'train_ar', 'model': {'dtype': 'bfloat16'},
         'train': {'compute_dtype': 'float32'}}
   assert checkpoint.upgrade_config(ar)['model'] == {'dtype': 'bfloat16'}
+
+
+# ---- what a failed restore may move: only a step whose files are damaged ----
+
+def other_model_state(m):
+  """The MLP with a wider hidden layer: a changed model, same tree."""
+  def init(rng):
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape[:-1] + (2 * x.shape[-1],)
+                                              if x.shape[-1] == 64 else x.shape),
+                          init_fn(rng)['params'])
+    return {'params': params, 'opt': optax.adam(1e-3).init(params),
+            'step': jnp.zeros((), jnp.int32)}
+  return sharding.create_sharded_state(init, jax.random.key(0), m)
+
+
+def test_a_state_of_other_shapes_stops_and_moves_nothing(tmp_path):
+  state, _ = make_state(mesh(8, 1))
+  save_steps(tmp_path, state, (1, 2))
+  other, _ = sharding.create_sharded_state(
+      lambda rng: {'params': init_fn(rng)['params'],
+                   'step': jnp.zeros((), jnp.int32)}, jax.random.key(0),
+      mesh(8, 1))
+  for target, why in ((other_model_state(mesh(8, 1))[0], 'another shape'),
+                      (other, 'no place for')):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+      ckpt.restore(checkpoint.abstract_like(target))
+    msg = str(e.value)
+    assert '\n' not in msg and 'step 2' in msg and why in msg, msg
+    assert 'nothing was moved' in msg
+    assert ckpt.all_steps() == [1, 2] and not (tmp_path / 'damaged').exists()
+    ckpt.close()
+
+
+@pytest.mark.parametrize('fault', [
+    MemoryError('std::bad_alloc'),
+    RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate '
+                 '4.00GiB'),
+    ValueError('UNAVAILABLE: Error reading "params.fc1.kernel/.zarray": '
+               'Connection reset by peer'),
+    PermissionError(13, 'Permission denied', '/ckpt/2/state/d/abc'),
+    RuntimeError('something nobody has seen before'),
+])
+def test_a_restore_that_fails_for_the_machine_moves_nothing(tmp_path,
+                                                            monkeypatch, fault):
+  state, _ = make_state(mesh(8, 1))
+  save_steps(tmp_path, state, (1, 2))
+
+  def fail(*args, **kwargs):
+    raise fault
+  monkeypatch.setattr(checkpoint.Checkpointer, '_restore_step', fail)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'^restoring checkpoint step 2 .*nothing was moved'):
+    ckpt.restore(checkpoint.abstract_like(state))
+  assert ckpt.all_steps() == [1, 2] and not (tmp_path / 'damaged').exists()
+  ckpt.close()
+  monkeypatch.undo()  # the fault passed: the same steps restore
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  assert ckpt.restore(checkpoint.abstract_like(state))[1] == 2
+  ckpt.close()
+
+
+def test_a_missing_metadata_file_is_damage(tmp_path):
+  """Without its _METADATA a step reads as 'pytree structure error' in
+  Orbax; the metadata is read first, so it is moved aside as damaged."""
+  state, _ = make_state(mesh(8, 1))
+  save_steps(tmp_path, state, (1, 2))
+  os.remove(tmp_path / '2' / 'state' / '_METADATA')
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+  assert ckpt.restore(checkpoint.abstract_like(state))[1] == 1
+  assert (tmp_path / 'damaged' / '2').is_dir()
+  ckpt.close()
+
+
+def test_gs_workdir_moves_damaged_steps_in_the_bucket(tmp_path, monkeypatch):
+  """A local directory stands in for the bucket (etils.epath's local
+  backend), as in tests/test_paths.py: the step moves inside it through
+  etils.epath and no local 'gs:' folder appears. (Orbax itself needs a real
+  gs:// backend, so the checkpoints are written to the stand-in directly.)"""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  bucket = tmp_path / 'bucket'
+  state, _ = make_state(mesh(8, 1))
+  save_steps(bucket / 'run' / 'checkpoints', state, (1, 2))
+  ckpt = checkpoint.Checkpointer(str(bucket / 'run' / 'checkpoints'),
+                                 save_every=1)
+  path = epath.Path
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(epath, 'Path', lambda p: path(
+      str(p).replace('gs://bucket', str(bucket))))
+  ckpt.directory = epath.Path('gs://bucket/run/checkpoints')
+  ckpt._move_aside(2)  # pylint: disable=protected-access
+  monkeypatch.undo()
+  assert (bucket / 'run' / 'checkpoints' / 'damaged' / '2' / 'state').is_dir()
+  assert ckpt.all_steps() == [1]
+  assert not (tmp_path / 'gs:').exists()
+  ckpt.close()

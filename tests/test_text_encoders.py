@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vftok import errors
 from vftok.models.pretrained import bert
 from vftok.models.pretrained import hf_checkpoint
 from vftok.models.pretrained import t5
@@ -20,9 +21,12 @@ from vftok.models.pretrained import text_encoders
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-# float32 on both sides; observed differences are ~1e-6 (tiny models) and
-# ~1e-6 (MiniLM), the bound leaves room for other BLAS / XLA versions.
-ATOL = 1e-4
+# The README's figures; float32 on both sides. Measured (CPU, jax 0.10.2,
+# torch 2.13): tiny T5 / BERT max |diff| 1.4e-6, MiniLM sentence vectors
+# 1.2e-7 (ATOL); the real MiniLM's token states (|h| <= 5.1, 6 layers)
+# 1.7e-5 (MINILM_ATOL).
+ATOL = 5e-6
+MINILM_ATOL = 3e-5
 
 
 def random_batch(vocab, shape=(3, 24), seed=0):
@@ -156,13 +160,12 @@ def test_minilm_matches_transformers_and_sentence_transformers(minilm):
   ref = torch_hidden(model, ids, m)
   err = np.abs(np.asarray(emb) - ref).max()
   print(f'MiniLM tokens: max abs diff {err:.2e}')
-  assert err <= ATOL
+  assert err <= MINILM_ATOL
 
-  st = pytest.importorskip('sentence_transformers')
-  try:
-    sbert = st.SentenceTransformer(path, device='cpu', local_files_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    pytest.skip(f'sentence-transformers cannot load {path} offline: {e}')
+  # Installed with the wheel (requirements-test.txt): a failure to load it
+  # offline fails the test rather than skipping the README's bound.
+  import sentence_transformers as st  # pylint: disable=g-import-not-at-top
+  sbert = st.SentenceTransformer(path, device='cpu', local_files_only=True)
   want = sbert.encode(caps, convert_to_numpy=True)
   got = np.asarray(text_encoders.mean_pool(emb, mask, normalize=True))
   err = np.abs(got - want).max()
@@ -190,7 +193,7 @@ def test_clear_errors(tmp_path):
     t5.load_t5_encoder(tmp_path)
   with pytest.raises(hf_checkpoint.CheckpointError, match='not a T5'):
     text_encoders.get('t5', str(tmp_path))
-  with pytest.raises(ValueError, match='needs path'):
+  with pytest.raises(errors.InputError, match="'t5' needs a path"):
     text_encoders.get('t5')
   with pytest.raises(ValueError, match='unknown text encoder'):
     text_encoders.get('clip')

@@ -94,3 +94,90 @@ def test_non_finite_loss_stops_the_run(tmp_path):
                       train_step=step, train_iter=it,
                       next_batch=lambda: next(it))
   assert not checkpoint._ACTIVE_GUARDS  # pylint: disable=protected-access
+
+
+# ---- a resume under a changed config (training.check_resume) ----------------
+
+def _workdir_of(tmp_path, config):
+  """A workdir as a run leaves it: config.json and a finished step."""
+  work = tmp_path / 'work'
+  checkpoint.write_workdir_config(config, str(work))
+  (work / checkpoint.CHECKPOINT_DIR / '6').mkdir(parents=True)
+  return work
+
+
+def _configs():
+  from testing_utils import load_config, tiny_tokenizer_config  # pylint: disable=g-import-not-at-top
+  ar = load_config('ar_demo')
+  ar.model.depth, ar.model.width = 1, 32
+  return {'tokenizer': tiny_tokenizer_config(), 'ar': ar}
+
+
+@pytest.mark.parametrize('job', ['tokenizer', 'ar'])
+def test_a_change_of_the_train_state_stops_before_anything_is_written(
+    tmp_path, job):
+  c = _configs()[job]
+  work = _workdir_of(tmp_path, c)
+  before = (work / checkpoint.CONFIG_FILE).read_text()
+  changed = c.copy_and_resolve_references()
+  field = 'dec_depth' if job == 'tokenizer' else 'depth'
+  changed.model[field] += 1
+  changed.train.total_steps += 5  # not a state change: not named
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    training.start_workdir(changed, str(work), writer=Recorder())
+  msg = str(e.value)
+  assert '\n' not in msg and 'steps [6]' in msg
+  old = c.model[field]
+  assert f'fields that change the train state: model.{field} ({old} -> ' \
+         f'{old + 1}). Nothing was changed' in msg, msg
+  assert 'total_steps' not in msg and 'new --workdir' in msg
+  assert (work / checkpoint.CONFIG_FILE).read_text() == before
+  assert sorted(p.name for p in work.iterdir()) == ['checkpoints',
+                                                    'config.json']
+
+
+def test_a_change_that_keeps_the_state_resumes_and_fields_added_since_count_as_same(
+    tmp_path, caplog):
+  import json  # pylint: disable=g-import-not-at-top
+  c = _configs()['tokenizer']
+  work = _workdir_of(tmp_path, c)
+  changed = c.copy_and_resolve_references()
+  changed.train.total_steps = 99
+  changed.eval.num_clips = 3
+  changed.model.dtype = 'bfloat16'  # the compute dtype: same params
+  training.check_resume(changed, str(work))
+  said = [r.getMessage() for r in caplog.records if 'config changed' in
+          r.getMessage()]
+  assert len(said) == 1 and 'train.total_steps (10 -> 99)' in said[0]
+  # A config.json from an older vftok (K was model.registers) lacking
+  # today's newer fields: upgraded, then equal.
+  old = json.loads((work / checkpoint.CONFIG_FILE).read_text())
+  old['model']['registers'] = old['model'].pop('tokens_per_frame')
+  del old['model']['attention_impl']
+  (work / checkpoint.CONFIG_FILE).write_text(json.dumps(old))
+  training.check_resume(c, str(work))
+  # An optimizer whose state has another tree (the frozen encoder of stage
+  # 2): named, with init_from offered for a warm start.
+  frozen = c.copy_and_resolve_references()
+  frozen.optim.freeze = ('encoder',)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"optim.freeze \(\[\] -> \['encoder'\]\).*"
+                     r'train.init_from='):
+    training.check_resume(frozen, str(work))
+
+
+def test_config_json_is_written_after_the_restore(tmp_path, monkeypatch):
+  c = _config(total=2)
+  _run(tmp_path, c)
+  before = (tmp_path / checkpoint.CONFIG_FILE).read_text()
+
+  def refuse(*args, **kwargs):
+    raise checkpoint.CheckpointError('restoring checkpoint step 2 failed')
+  monkeypatch.setattr(checkpoint.Checkpointer, 'restore', refuse)
+  c.train.total_steps = 4
+  with pytest.raises(checkpoint.CheckpointError):
+    _run(tmp_path, c)
+  assert (tmp_path / checkpoint.CONFIG_FILE).read_text() == before
+  monkeypatch.undo()
+  _run(tmp_path, c)
+  assert '"total_steps": 4' in (tmp_path / checkpoint.CONFIG_FILE).read_text()

@@ -15,14 +15,15 @@ import pytest
 from safetensors.numpy import save_file
 
 import vftok
-from vftok.models.pretrained import safe_pickle
 from vftok.models.pretrained import vidtok
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'vidtok')
 SAFETENSORS = os.path.join(FIXTURE, 'model.safetensors')
 CKPT = os.path.join(FIXTURE, 'vidtok.ckpt')
 CASES = ('t17', 't9', 't8', 't1')
-TOL = 1e-4
+# The README's figure. Measured (CPU, jax 0.10.2): max |diff| 1.4e-5 (the
+# decodes; moments and latents 2e-6).
+TOL = 2e-5
 
 
 def channels_last(a):
@@ -218,18 +219,6 @@ def test_inside_jit_and_bfloat16(vae, ref):
   # not exact.
   half = vae.replace(dtype='bfloat16')
   assert max_abs(half.encode(ref['t1_video']), ref['t1_mean']) < 0.1
-
-
-def test_tensor_geometry_is_bounds_checked():
-  # A crafted checkpoint must not make the NumPy view read past its storage.
-  storage = np.arange(6, dtype=np.float32)
-  np.testing.assert_array_equal(
-      safe_pickle._rebuild_tensor(storage, 1, (2, 2), (2, 1)),  # pylint: disable=protected-access
-      [[1, 2], [3, 4]])
-  for offset, size, stride in ((0, (7,), (1,)), (5, (2,), (1,)),
-                               (0, (2, 2), (5, 1)), (0, (2,), (-1,))):
-    with pytest.raises(safe_pickle.UnsafePickleError):
-      safe_pickle._rebuild_tensor(storage, offset, size, stride)  # pylint: disable=protected-access
 
 
 def test_frame_count_rules(vae):

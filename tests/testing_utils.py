@@ -114,6 +114,7 @@ def tiny_tokenizer_config():
   m.tokens_per_frame, m.enc_depth, m.dec_depth = 4, 2, 2
   m.enc_width = m.dec_width = 32
   m.head_dim, m.repa_dim = 16, 8
+  m.repa_source = 'random_stand_in'  # tests of the REPA code path only
   c.optim.mup_base_width = 16
   c.optim.warmup_steps = 2
   c.train.total_steps = 10

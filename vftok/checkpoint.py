@@ -10,14 +10,18 @@ only a tmp directory, which `latest_step` / `restore` never consider (and the
 next start deletes). Restore writes each array straight into the shardings of
 the abstract state it is given, so the mesh may differ from the one saved on.
 
-Faults (README "Fault tolerance"): a latest step that does not restore (a
-file truncated by a dying host or a partial copy) is moved to
-`<workdir>/damaged/<step>` (never deleted; Orbax ignores the name) and the
-next older step is tried; a save that fails (disk full, permissions) raises
-`CheckpointError` at the next step boundary, leaving the older steps as they
-were. `CheckpointError` is one line; vftok/main.py prints it without a
-traceback.
+Faults (README "Fault tolerance"): a latest step whose own files show damage
+(a file truncated by a dying host or a partial copy: read, decode or size
+errors) is moved to `<workdir>/damaged/<step>` (never deleted; Orbax ignores
+the name) and the next older step is tried. Anything else that stops a
+restore moves nothing and stops with one line: a step whose tree or shapes
+differ from the state the config builds (a changed model), an out-of-memory,
+a permission or transient I/O error. A save that fails (disk full,
+permissions) raises `CheckpointError` at the next step boundary, leaving the
+older steps as they were. `CheckpointError` is one line; vftok/main.py prints
+it without a traceback.
 """
+import json
 import logging as std_logging
 import os
 import re
@@ -97,6 +101,74 @@ def abstract_like(tree):
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     return x
   return jax.tree.map(leaf, tree)
+
+
+class _Damaged(Exception):
+  """A step whose own files cannot be read or decoded (`cause`)."""
+
+  def __init__(self, cause: BaseException):
+    super().__init__(str(cause))
+    self.cause = cause
+
+
+# What a step's damaged files raise (TensorStore status codes and decoder
+# messages, seen on truncated, deleted and overwritten files) ...
+_DAMAGE = re.compile(r'OUT_OF_RANGE|NOT_FOUND|DATA_LOSS|Error decoding|'
+                     r'[Cc]orrupt|[Cc]hecksum|Invalid JSON|[Uu]nexpected end|'
+                     r'[Tt]runcated')
+# ... and what says the files may be fine: memory, access, a passing fault.
+_NOT_DAMAGE = re.compile(r'RESOURCE_EXHAUSTED|[Oo]ut of memory|OOM|'
+                         r'UNAVAILABLE|DEADLINE_EXCEEDED|PERMISSION_DENIED|'
+                         r'[Pp]ermission denied|UNAUTHENTICATED|ABORTED|'
+                         r'CANCELLED|[Cc]onnection|[Tt]imed out|[Tt]imeout')
+
+
+def is_damage(e: BaseException) -> bool:
+  """Whether a restore failure shows the step's files are damaged (moving the
+  step aside is then right); unknown failures count as not damage, so a
+  checkpoint is never moved for a fault of the machine."""
+  if isinstance(e, (MemoryError, PermissionError, ConnectionError,
+                    TimeoutError, InterruptedError)):
+    return False
+  text = str(e)
+  if _NOT_DAMAGE.search(text):
+    return False
+  if isinstance(e, (FileNotFoundError, UnicodeDecodeError,
+                    json.JSONDecodeError, EOFError)):
+    return True
+  return bool(_DAMAGE.search(text))
+
+
+def leaf_shapes(tree) -> dict:
+  """'a/b/0/c' -> shape, for every array leaf (saved metadata or abstract
+  state: dict keys, attributes and indices all become path names)."""
+  def name(k):
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {'/'.join(name(k) for k in path): tuple(getattr(x, 'shape', ()))
+          for path, x in leaves}
+
+
+def tree_mismatch(saved, abstract) -> str:
+  """'' if `saved` (a step's tree metadata) has the leaves and shapes of
+  `abstract`; else what differs, in a few words."""
+  a, b = leaf_shapes(saved), leaf_shapes(abstract)
+  missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+  shapes = [f'{k}: saved {a[k]}, now {b[k]}' for k in sorted(set(a) & set(b))
+            if a[k] != b[k]]
+  parts = []
+  if shapes:
+    parts.append(f'{len(shapes)} arrays of another shape, e.g. {shapes[0]}')
+  if missing:
+    parts.append(f'{len(missing)} arrays not in the checkpoint, e.g. '
+                 f'{missing[0]}')
+  if extra:
+    parts.append(f'{len(extra)} saved arrays this config has no place for, '
+                 f'e.g. {extra[0]}')
+  return '; '.join(parts)
 
 
 class Checkpointer:
@@ -182,38 +254,72 @@ class Checkpointer:
     `data_iter` (a Grain iterator) is set in place to the saved position if
     the checkpoint has one.
 
-    step=None (resuming): a step that does not restore is logged in one
+    step=None (resuming): a step whose files are damaged is logged in one
     line, moved to <workdir>/damaged/<step>, and the next older one is
-    tried; CheckpointError if none restores. An explicit `step` that does
-    not restore raises CheckpointError naming it and the other steps.
+    tried; CheckpointError if none restores. Any other failure (a state of
+    another tree or shapes, out of memory, a transient I/O error) raises
+    CheckpointError and moves nothing. An explicit `step` that does not
+    restore raises CheckpointError naming it and the other steps.
     """
     if step is not None:
       try:
-        return self._restore_step(abstract_state, data_iter, int(step))
-      except Exception as e:  # pylint: disable=broad-except
+        return self._restore_checked(abstract_state, data_iter, int(step))
+      except _Damaged as e:
         others = [s for s in self.all_steps() if s != int(step)]
         raise CheckpointError(
             f'checkpoint step {step} in {self.directory} does not restore: '
-            f'{one_line(e)} (other steps: {others or "none"})') from None
+            f'{one_line(e.cause)} (other steps: {others or "none"})') from None
     initial = data_iter.get_state() if data_iter is not None else None
     tried = []
     for s in reversed(self.all_steps()):
       try:
-        return self._restore_step(abstract_state, data_iter, s)
-      except Exception as e:  # pylint: disable=broad-except
+        return self._restore_checked(abstract_state, data_iter, s)
+      except _Damaged as e:
         if data_iter is not None:  # the data item may have been read
           data_iter.set_state(initial)
         moved = self._move_aside(s)
         tried.append(s)
         logging.error('checkpoint step %d in %s does not restore (%s); moved '
                       'it to %s, trying the next older step', s,
-                      self.directory, one_line(e), moved)
+                      self.directory, one_line(e.cause), moved)
     if tried:
       raise CheckpointError(
           f'no checkpoint in {self.directory} restores: tried steps {tried} '
           f'(moved to {self.directory / DAMAGED}); remove the workdir\'s '
           'checkpoints to start over')
     return None, 0
+
+  def _restore_checked(self, abstract_state, data_iter, step: int):
+    """_restore_step, with its failures sorted: _Damaged when the step's own
+    files are unreadable; CheckpointError (nothing to move) otherwise."""
+    if step not in self.all_steps():
+      raise CheckpointError(f'no checkpoint step {step} in {self.directory} '
+                            f'(steps: {list(self.all_steps())})')
+    state_dir = self.directory / str(step) / STATE
+    try:  # tree and shapes from the step's metadata, before any array is read
+      saved = ocp.StandardCheckpointHandler().metadata(state_dir).tree
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._sorted(step, e) from None
+    mismatch = tree_mismatch(saved, abstract_state)
+    if mismatch:
+      raise CheckpointError(
+          f'checkpoint step {step} in {self.directory} holds a train state '
+          f'that differs from the one this config builds ({mismatch}); '
+          'nothing was moved: resume with the config that wrote it, or train '
+          'this one in a new --workdir')
+    try:
+      return self._restore_step(abstract_state, data_iter, step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._sorted(step, e) from None
+
+  def _sorted(self, step: int, e: BaseException) -> Exception:
+    if is_damage(e):
+      return _Damaged(e)
+    return CheckpointError(
+        f'restoring checkpoint step {step} from {self.directory} failed: '
+        f'{one_line(e)}; not a sign of damaged files (out of memory, '
+        'permissions, an I/O error that may pass?), so nothing was moved: '
+        're-run once the cause is fixed')
 
   def _restore_step(self, abstract_state, data_iter, step: int):
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
@@ -228,21 +334,22 @@ class Checkpointer:
 
   def _move_aside(self, step: int) -> str:
     """<dir>/<step> -> <dir>/damaged/<step> (-1, -2, ... if taken): kept for
-    inspection, invisible to Orbax (not a step name)."""
-    src = os.path.join(str(self.directory), str(step))
-    dest = os.path.join(str(self.directory), DAMAGED, str(step))
+    inspection, invisible to Orbax (not a step name). Through etils.epath, so
+    a gs:// workdir's step is moved in the bucket."""
+    src = self.directory / str(step)
+    dest = self.directory / DAMAGED / str(step)
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      dest.parent.mkdir(parents=True, exist_ok=True)
       n = 0
-      while os.path.exists(dest if not n else f'{dest}-{n}'):
+      while (dest.parent / f'{step}-{n}' if n else dest).exists():
         n += 1
-      dest = dest if not n else f'{dest}-{n}'
-      os.rename(src, dest)
+      dest = dest.parent / f'{step}-{n}' if n else dest
+      src.rename(dest)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f'vftok_damaged_{step}')
     self._mgr.reload()  # forget the step: a later save may write it anew
-    return dest
+    return str(dest)
 
   def restore_latest(self, abstract_state, data_iter=None) -> Tuple[Any, int]:
     return self.restore(abstract_state, data_iter=data_iter)
@@ -293,12 +400,12 @@ def restore_params(directory: str, init_fn, mesh, step: Optional[int] = None
       raise CheckpointError(f'no checkpoint step {want} in {directory} '
                             f'(steps: {steps})')
     try:
-      state, got = ckpt._restore_step(abstract, None, want)  # pylint: disable=protected-access
-    except Exception as e:  # pylint: disable=broad-except
+      state, got = ckpt._restore_checked(abstract, None, want)  # pylint: disable=protected-access
+    except _Damaged as e:
       others = [s for s in steps if s != want]
       raise CheckpointError(
           f'checkpoint step {want} in {directory} does not restore: '
-          f'{one_line(e)}; other steps: {others or "none"}'
+          f'{one_line(e.cause)}; other steps: {others or "none"}'
           + (' (pass step=, e.g. Tokenizer.from_checkpoint(path, step='
              f'{others[-1]}))' if others else '')) from None
   finally:
@@ -400,18 +507,24 @@ def write_workdir_config(config, workdir: str) -> None:
         f.write(config.to_json(indent=2))
 
 
+def has_workdir_config(workdir: str) -> bool:
+  return (epath.Path(workdir) / CONFIG_FILE).exists()
+
+
 def load_workdir_config(workdir: str):
   """The resolved config a run (tokenizer or AR) wrote into its workdir."""
   import json  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from vftok import errors  # pylint: disable=g-import-not-at-top
   config_path = epath.Path(workdir) / CONFIG_FILE   # local or gs://
   if not config_path.exists():
-    raise ValueError(f'{workdir} is not a vftok workdir: no {CONFIG_FILE}')
+    raise errors.InputError(f'{workdir} is not a vftok workdir: no '
+                            f'{CONFIG_FILE}')
   try:
     fields = json.loads(config_path.read_text())
   except ValueError as e:
-    raise ValueError(f'{config_path} is not a readable JSON config: {e}'
-                     ) from None
+    raise errors.InputError(f'{config_path} is not a readable JSON config: '
+                            f'{e}') from None
   return ml_collections.ConfigDict(upgrade_config(fields))
 
 
@@ -445,41 +558,56 @@ def finished_steps(workdir: str) -> List[int]:
                 if s.name.isdigit())
 
 
+# How to make the workdir a job reads, by the job that writes it.
+MAKE_WORKDIR = {
+    'train_tokenizer': 'make one with configs/tokenizer_k600.py '
+                       '(configs/demo.py on a CPU), or from a released '
+                       'checkpoint with configs/convert_official.py',
+    'train_ar': 'make one with configs/ar_c2v_k600.py (configs/ar_demo.py '
+                'on a CPU)',
+}
+
+
 def check_workdir(path: str, job: str, step: int = -1,
                   field: str = 'checkpoint') -> Tuple[str, int, Any]:
   """A training workdir given as `config.<field>` -> (absolute path, step to
-  load: `step`, or the latest when < 0, its config); one ValueError saying
-  what is wrong with the path otherwise (missing, not a workdir, another
-  job's, no finished checkpoint, no such step)."""
+  load: `step`, or the latest when < 0, its config); one errors.InputError
+  saying what is wrong with the path otherwise (missing, not a workdir,
+  another job's, no finished checkpoint, no such step) and how to make one."""
+  from vftok import errors  # pylint: disable=g-import-not-at-top
   from vftok.data import records  # pylint: disable=g-import-not-at-top
+  make = MAKE_WORKDIR.get(job, f'run {job}')
   if not path:
-    raise ValueError(f'config.{field} is not set: pass --config.{field}=DIR, '
-                     f'the --workdir of a {job} run (it holds {CONFIG_FILE} '
-                     f'and {CHECKPOINT_DIR}/)')
+    raise errors.InputError(
+        f'config.{field} is not set: pass --config.{field}=DIR, the --workdir '
+        f'of a {job} run (it holds {CONFIG_FILE} and {CHECKPOINT_DIR}/); '
+        f'{make}')
   if not records.is_url(path):  # gs:// workdirs are read through etils.epath
     path = os.path.abspath(os.path.expanduser(path))
   if not epath.Path(path).is_dir():
-    raise ValueError(f'config.{field}={path!r} does not exist or is not a '
-                     'directory')
+    raise errors.InputError(
+        f'config.{field}={path!r} does not exist or is not a directory: pass '
+        f'the --workdir of a {job} run; {make}')
   if not (epath.Path(path) / CONFIG_FILE).exists():
-    hint = ''
+    hint = f'; pass the --workdir of a {job} run; {make}'
     for up in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
       if (epath.Path(up) / CONFIG_FILE).exists():
         hint = f'; did you mean the workdir {up!r}?'
         break
-    raise ValueError(f'config.{field}={path!r} is not a {job} workdir: it has '
-                     f'no {CONFIG_FILE}{hint}')
+    raise errors.InputError(f'config.{field}={path!r} is not a {job} '
+                            f'workdir: it has no {CONFIG_FILE}{hint}')
   config = load_workdir_config(path)
   got = config.get('job')
   if got != job:
-    raise ValueError(f'config.{field}={path!r} holds a {got!r} run, not a '
-                     f'{job} run')
+    raise errors.InputError(f'config.{field}={path!r} holds a {got!r} run, '
+                            f'not a {job} run')
   steps = finished_steps(path)
   if not steps:
-    raise ValueError(f'config.{field}={path!r} has no finished checkpoint in '
-                     f'{os.path.join(path, CHECKPOINT_DIR)} (training not '
-                     'started or no save yet?)')
+    raise errors.InputError(
+        f'config.{field}={path!r} has no finished checkpoint in '
+        f'{os.path.join(path, CHECKPOINT_DIR)} (training not started or no '
+        'save yet?)')
   if step >= 0 and step not in steps:
-    raise ValueError(f'config.{field}={path!r} has no checkpoint at step '
-                     f'{step}; available steps: {steps}')
+    raise errors.InputError(f'config.{field}={path!r} has no checkpoint at '
+                            f'step {step}; available steps: {steps}')
   return path, (steps[-1] if step < 0 else int(step)), config

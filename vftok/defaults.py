@@ -87,7 +87,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.remat = 'none'
   m.attention_impl = ''
   m.repa_weight = 1.0
-  m.repa_source = 'random_stand_in'  # see vftok/models/pretrained/features.py
+  # The paper's teacher, DINOv2-L on the key frames (features.py; a config
+  # must name its weights). Never the test-only 'random_stand_in' by default.
+  m.repa_source = 'dinov2'
   m.repa_teacher_path = ''           # 'dinov2': local HF checkpoint dir
   m.repa_teacher_layer = ''          # '' = final output; an int (DINOv2) or
                                      # an endpoint name (I3D)

@@ -109,13 +109,16 @@ def initialize_distributed(distributed: bool, coordinator_address=None,
 
 
 def run_job(job, config, workdir: str):
-  """job.run(config, workdir); a fault of the disk or the data (not a bug)
-  exits with one FATAL line instead of a traceback."""
+  """job.run(config, workdir); a user's mistake in the config or its inputs
+  (errors.InputError) or a fault of the disk or the data (not a bug) exits
+  with one FATAL line instead of a traceback."""
   from vftok import checkpoint  # pylint: disable=g-import-not-at-top
+  from vftok import errors  # pylint: disable=g-import-not-at-top
   from vftok.data import records  # pylint: disable=g-import-not-at-top
   try:
     return job.run(config, workdir)
-  except (checkpoint.CheckpointError, records.BadRecordError) as e:
+  except (errors.InputError, checkpoint.CheckpointError,
+          records.BadRecordError) as e:
     sys.exit(f'FATAL {e}')
 
 

@@ -13,6 +13,7 @@ everything else is shared:
     the checkpointer released however it ends; steps/s counts training only.
 """
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Dict, Optional
@@ -222,13 +223,80 @@ def resolve_saved_data(data_config, **overrides) -> pipeline.Data:
 
 
 def start_workdir(config, workdir: str, writer=None):
-  """A training job's first step: the resolved config written into the
-  workdir -> the metric writer (CLU: TensorBoard + logs on process 0, logs
-  only elsewhere) unless one is given."""
+  """A training job's first write: after `check_resume` -> the metric writer
+  (CLU: TensorBoard + logs on process 0, logs only elsewhere) unless one is
+  given. config.json is written by `run_loop`, once the state is restored
+  or freshly made."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top  # TensorFlow: jobs only
-  checkpoint.write_workdir_config(config, workdir)
+  check_resume(config, workdir)
   return writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
+
+
+def check_resume(config, workdir: str) -> None:
+  """A workdir with checkpoints resumes only under a config that builds the
+  same train state (tree and shapes). Compared field by field with the
+  workdir's config.json (upgraded to today's names; fields added since count
+  as unchanged) before anything is written: a change that alters the state
+  raises CheckpointError naming each such field, touching nothing; other
+  changes (length, schedule, logging, evaluation) are logged and resume."""
+  steps = checkpoint.finished_steps(workdir)
+  if not steps or not checkpoint.has_workdir_config(workdir):
+    return
+  old = _leaves(checkpoint.load_workdir_config(workdir).to_dict())
+  new = _leaves(json.loads(config.to_json()))
+  changed = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
+  if not changed:
+    return
+  said = lambda keys: ', '.join(f'{k} ({changed[k][0]!r} -> {changed[k][1]!r})'
+                                for k in keys)
+  base = _state_shapes(new)
+  was = {k: o for k, (o, _) in changed.items()}
+  if base is not None and _state_shapes({**new, **was}) != base:
+    structural = [k for k in sorted(changed)
+                  if _state_shapes({**new, k: was[k]}) != base
+                  ] or sorted(changed)  # only together, or not buildable
+    hint = ('; or start a new --workdir from its weights with '
+            f'--config.train.init_from={workdir}'
+            if config.get('job', 'train_tokenizer') == 'train_tokenizer'
+            and not any(k.startswith('model.') for k in structural) else '')
+    raise checkpoint.CheckpointError(
+        f'the config differs from the run in {workdir} (checkpoint steps '
+        f'{steps}) in fields that change the train state: '
+        f'{said(structural)}. Nothing was changed there: re-run with its '
+        f'values to resume it, or train this config in a new --workdir{hint}')
+  logging.warning('config changed since the run in %s was saved: %s; the '
+                  'train state is the same, resuming with the new values',
+                  workdir, said(sorted(changed)))
+
+
+def _leaves(tree: dict, prefix: str = '') -> Dict[str, Any]:
+  """A nested config dict -> {'a.b.c': leaf}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) and v:
+      out.update(_leaves(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _state_shapes(leaves: Dict[str, Any]):
+  """{'a.b': leaf} of a training config -> its train state's leaf shapes
+  (jax.eval_shape: nothing is allocated); None if no state can be built."""
+  fields = {}
+  for key, value in leaves.items():
+    *parents, name = key.split('.')
+    node = fields
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[name] = value
+  try:
+    task = task_for(ml_collections.ConfigDict(fields), with_teacher=False)
+    abstract = jax.eval_shape(task.init_fn, jax.random.key(0))
+  except Exception:  # pylint: disable=broad-except  # e.g. a field now invalid
+    return None
+  return checkpoint.leaf_shapes(abstract)
 
 
 # ---- the loop ------------------------------------------------------------------
@@ -263,6 +331,8 @@ def run_loop(config, workdir: str, writer, *, state, train_step: Callable,
       logging.info('resumed from step %d', start)
     elif fresh_start is not None:
       state = fresh_start(state)
+    # Only now: a restore that stopped leaves the run's config.json as it was.
+    checkpoint.write_workdir_config(config, workdir)
     guard = checkpoint.PreemptionGuard()
     total, step = t.total_steps, start
     if step >= total:

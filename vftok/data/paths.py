@@ -20,6 +20,8 @@ Any other scheme (s3://, hdfs://, http://, ...) is rejected for every field.
 import re
 from typing import Iterable, List, Tuple
 
+from vftok import errors
+
 _SCHEME = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
 
 WORKDIR_SCHEMES = ('gs',)
@@ -33,7 +35,7 @@ READ_FIELDS = ('train.init_from', 'tokenizer.checkpoint', 'checkpoint',
 RECORD_JOBS = ('encode_videos', 'tokenize_dataset')
 
 
-class UnsupportedPathError(ValueError):
+class UnsupportedPathError(errors.InputError):
   """A path whose URL scheme this field cannot use, said in one line."""
 
 

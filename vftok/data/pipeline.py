@@ -95,13 +95,15 @@ def resolve_patterns(data_config, teacher_factory=None) -> Data:
   if kind != 'records':
     raise ValueError(f"config.data.kind={kind!r}: must be 'records' or 'demo'")
   train = data_config.train_pattern
-  files = records.expand(train) if train else []
-  if not files:
-    raise ValueError(f'config.data.train_pattern={train!r} matches no files '
-                     '(a glob of ArrayRecord files, see vftok/data/records.py)')
-  if data_config.eval_pattern and not records.expand(data_config.eval_pattern):
-    raise ValueError(f'config.data.eval_pattern={data_config.eval_pattern!r} '
-                     'matches no files')
+  shape = dict(num_frames=data_config.get('num_frames', 17),
+               resolution=data_config.get('resolution', 128))
+  files = records.require_files(
+      'data.train_pattern', train, 'latent record',
+      records.make_latents_hint('data.train_pattern', **shape))
+  if data_config.eval_pattern:
+    records.require_files(
+        'data.eval_pattern', data_config.eval_pattern, 'latent record',
+        records.make_latents_hint('data.eval_pattern', 'eval', **shape))
   directory = os.path.dirname(files[0])
   manifest = {}
   if os.path.exists(os.path.join(directory, records.MANIFEST)):
@@ -323,9 +325,8 @@ def make_token_iterator(data_config, pattern: str = '', *,
   per epoch, checkpointable like the latent iterator.
   """
   pattern = pattern or data_config.train_pattern
-  paths = records.expand(pattern) if pattern else []
-  if not paths:
-    raise ValueError(f'token record pattern {pattern!r} matches no files')
+  paths = records.require_files('data.train_pattern', pattern, 'token record',
+                                records.make_tokens_hint('data.train_pattern'))
   return _shuffled_batches(paths, data_config, Prepare(fields), process_index,
                            process_count, records.validate_token_example)
 
@@ -375,10 +376,9 @@ def eval_dataset(data: Data, *, num_clips: int, batch_size: int,
   Each batch: `latents` (normalised like training), `label`, `frames` uint8
   [b, F, H, W, 3] (the reference of every pixel metric), as `fields` asks.
   The last batch may be smaller."""
-  paths = records.expand(data.eval_pattern) if data.eval_pattern else []
-  if not paths:
-    raise ValueError(f'no evaluation records match {data.eval_pattern!r} '
-                     '(eval_pattern)')
+  paths = records.require_files(
+      'eval_pattern', data.eval_pattern, 'evaluation record',
+      records.make_latents_hint('eval_pattern', 'eval'))
   source = grain.sources.ArrayRecordDataSource(paths)
   n = len(source) if num_clips < 0 else min(num_clips, len(source))
   if n < num_clips:

@@ -45,6 +45,8 @@ from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 
+from vftok import errors
+
 MAGIC = b'VFTK1'
 MANIFEST = 'manifest.json'
 SCALARS = {'label': int, 'caption': str, 'source': str}
@@ -258,11 +260,51 @@ def expand(path_or_pattern) -> List[str]:
   return sorted({p for pat in pats for p in glob.glob(os.path.expanduser(pat))})
 
 
+def make_latents_hint(field: str, split: str = 'train', num_frames: int = 17,
+                      resolution: int = 128) -> str:
+  """How to make latent records for `config.<field>`: the encode_videos
+  command (the paper's VidTok latents; README "Preparing data")."""
+  out = '/data/k600-latents' + ('' if split == 'train' else f'-{split}')
+  extra = (f' --config.split={split} --config.store_frames=True'
+           if split != 'train' else '')
+  return (f'make them with: python -m vftok.main '
+          f'--config=configs/encode_videos.py --workdir={out} '
+          f'--config.input=/videos/k600/{split} --config.label_from_dir=True '
+          f'--config.num_frames={num_frames} --config.resolution={resolution} '
+          '--config.codec=vidtok --config.codec_path=/weights/'
+          f'videoflextok_d18_d18_k600/model.safetensors{extra} '
+          '(configs/encode_videos.py), then pass '
+          f"--config.{field}='{out}/{split}-*.array_record'")
+
+
+def make_tokens_hint(field: str) -> str:
+  """How to make token records for `config.<field>`: the tokenize_dataset
+  command over latent records with a trained tokenizer."""
+  return ('make them with: python -m vftok.main '
+          '--config=configs/tokenize_dataset.py --workdir=/data/k600-tokens '
+          "--config.input='/data/k600-latents/train-*.array_record' "
+          '--config.tokenizer_workdir=/ckpt/tokenizer_k600 '
+          '(configs/tokenize_dataset.py), then pass '
+          f"--config.{field}='/data/k600-tokens/train-*.array_record'")
+
+
+def require_files(field: str, pattern, what: str = 'record',
+                  make: str = '') -> List[str]:
+  """`expand(pattern)` of the input `config.<field>`; an errors.InputError
+  naming the field and saying how to make the files (`make`) when it matches
+  none."""
+  paths = expand(pattern) if pattern else []
+  if not paths:
+    raise errors.InputError(f'config.{field}={pattern!r} matches no {what} '
+                            f'files' + (f'; {make}' if make else ''))
+  return paths
+
+
 def read_records(path_or_pattern) -> List[Dict[str, Any]]:
   """Reads every record of the matching files (small sets: all in memory)."""
   paths = expand(path_or_pattern)
   if not paths:
-    raise FileNotFoundError(f'no record files match {path_or_pattern!r}')
+    raise errors.InputError(f'no record files match {path_or_pattern!r}')
   out = []
   for p in paths:
     reader = array_record_module.ArrayRecordReader(p)
@@ -299,6 +341,8 @@ def write_manifest(directory: str, manifest: Dict[str, Any]) -> str:
 def read_manifest(directory: str) -> Dict[str, Any]:
   path = os.path.join(directory, MANIFEST)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'no {MANIFEST} in {directory}')
+    raise errors.InputError(
+        f'no {MANIFEST} in {directory}: encode_videos writes it once every '
+        'shard is done (rerun it there with --config.finalize=True)')
   with open(path) as f:
     return json.load(f)

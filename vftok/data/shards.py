@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 
+from vftok import errors
 from vftok.data import records
 
 PLAN = 'plan.json'
@@ -91,7 +92,7 @@ def check_plan(workdir: str, plan: Dict[str, Any],
     diff = sorted(k for k in set(old) | set(new)
                   if k not in ignore and old.get(k) != new.get(k))
     if diff:
-      raise ValueError(
+      raise errors.InputError(
           f'{workdir} holds shards of another plan (differs in {diff}: '
           + ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}'
                       for k in diff[:3])
@@ -104,7 +105,7 @@ def check_plan(workdir: str, plan: Dict[str, Any],
 def read_plan(workdir: str) -> Dict[str, Any]:
   path = os.path.join(workdir, PLAN)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'no {PLAN} in {workdir}: run the job (any '
+    raise errors.InputError(f'no {PLAN} in {workdir}: run the job (any '
                             'worker) before finalize')
   return read_json(path)
 
@@ -148,7 +149,7 @@ def require_all(workdir: str, split: str, num_shards: int
                 ) -> List[Dict[str, Any]]:
   stats, missing = collect(workdir, split, num_shards)
   if missing:
-    raise ValueError(
+    raise errors.InputError(
         f'{len(missing)} of {num_shards} shards in {workdir} are not done '
         f'(e.g. {missing[:8]}): run the remaining workers (a rerun of a '
         'worker finishes its shards) before finalize')

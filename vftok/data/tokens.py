@@ -18,6 +18,7 @@ from absl import logging
 from array_record.python import array_record_module
 import numpy as np
 
+from vftok import errors
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.data import shards
@@ -35,16 +36,12 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
   the plan); text_encoder: a models/pretrained/text_encoders.TextEncoder
   whose caption embeddings are stored beside the tokens, so the AR trainer
   (config.text.source='records') needs no text model per step."""
-  os.makedirs(workdir, exist_ok=True)
   if config.finalize:
     return finalize(workdir)
   worker, workers = shards.resolve_worker(config)
 
   # ---- inputs, normalisation and plan ----------------------------------------
-  paths = records.expand(config.input) if config.input else []
-  if not paths:
-    raise ValueError(f'config.input={config.input!r} matches no latent '
-                     'record files')
+  paths = input_files(config)
   stats_dir = config.stats_from or os.path.dirname(paths[0])
   manifest = records.read_manifest(stats_dir)
   normalize = config.normalize or tokenizer.config.data.get('normalize',
@@ -52,8 +49,9 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
   data = pipeline.Data('', '', manifest, normalize=normalize)
   mean, std = data.latent_mean, data.latent_std
   if mean is None and normalize != 'none':
-    raise ValueError(f'{stats_dir}/manifest.json has no latent_mean / '
-                     'latent_std to normalise with')
+    raise errors.InputError(f'{stats_dir}/manifest.json has no latent_mean '
+                            '/ latent_std to normalise with: pass '
+                            '--config.stats_from=<the encode_videos workdir>')
   levels = tuple(int(x) for x in tokenizer.levels)
   vocab = int(np.prod(levels))
   if vocab > 1 << 16:
@@ -61,10 +59,11 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
   t, h, w, c = tokenizer.latent_shape
   shape = manifest.get('latent_shape')
   if shape and list(shape[1:]) != [h, w, c]:
-    raise ValueError(f'the records hold latents {shape}; the tokenizer '
-                     f'expects [T, {h}, {w}, {c}]')
+    raise errors.InputError(f'the records hold latents {shape}; the '
+                            f'tokenizer expects [T, {h}, {w}, {c}]')
   n = len(paths)
   tok_dir = config.tokenizer_workdir
+  os.makedirs(workdir, exist_ok=True)
   plan = shards.check_plan(workdir, dict(
       format='vftok-tokenize-plan/1', input=config.input, split=config.split,
       num_shards=n, inputs=[os.path.basename(p) for p in paths],
@@ -99,6 +98,13 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
                  'finish (or --config.finalize=True) writes manifest.json')
     return None
   return finalize(workdir, plan)
+
+
+def input_files(config):
+  """The latent record files of config.input (checked before anything is
+  loaded or written)."""
+  return records.require_files('input', config.input, 'latent record',
+                               records.make_latents_hint('input'))
 
 
 def _read_chunks(path: str, size: int):

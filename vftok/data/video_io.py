@@ -37,6 +37,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import av
 import numpy as np
 
+from vftok import errors
+
 VIDEO_EXTENSIONS = frozenset((
     '.mp4', '.m4v', '.mov', '.avi', '.mkv', '.webm', '.mpg', '.mpeg', '.flv',
     '.wmv', '.ts', '.3gp', '.ogv', '.gif'))
@@ -97,8 +99,8 @@ def list_inputs(spec: str, tfds_data_dir: str = ''
   problems). Raises ValueError only if the spec itself names nothing."""
   spec = os.path.expanduser(spec or '')
   if not spec:
-    raise ValueError('no input: set config.input to a folder, a glob, a '
-                     '.csv/.jsonl manifest or tfds:NAME[:SPLIT]')
+    raise errors.InputError('no input: set config.input to a folder, a glob, '
+                            'a .csv/.jsonl manifest or tfds:NAME[:SPLIT]')
   if spec.startswith(TFDS_PREFIX):
     return _list_tfds(spec[len(TFDS_PREFIX):], tfds_data_dir), []
   if os.path.isdir(spec):
@@ -110,8 +112,9 @@ def list_inputs(spec: str, tfds_data_dir: str = ''
   paths = sorted(p for p in glob.glob(spec, recursive=True)
                  if os.path.isfile(p))
   if not paths:
-    raise ValueError(f'input {spec!r} is not a folder, a .csv/.jsonl manifest, '
-                     'tfds:NAME[:SPLIT], or a glob matching any file')
+    raise errors.InputError(
+        f'config.input={spec!r} is not a folder, a .csv/.jsonl manifest, '
+        'tfds:NAME[:SPLIT], or a glob matching any file')
   root = os.path.commonpath([os.path.dirname(p) for p in paths])
   return _files(paths, root)
 
@@ -156,7 +159,7 @@ def _list_manifest(path) -> Tuple[List[VideoInput], List[Problem]]:
   try:
     rows = list(_rows(path))
   except (ValueError, UnicodeDecodeError, csv.Error) as e:
-    raise ValueError(f'cannot parse manifest {path}: {e}') from e
+    raise errors.InputError(f'cannot parse manifest {path}: {e}') from e
   for line, row in rows:
     where = f'{path}:{line}'
     try:

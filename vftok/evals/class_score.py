@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vftok import errors
 from vftok.evals import video_features
 
 FORMAT = 'vftok-i3d-softmax-regression/1'
@@ -117,7 +118,16 @@ def load_factory(spec: str) -> Callable:
 
 
 def make_classifier(factory: str, path: str) -> Callable:
-  """Builds a classifier with `factory(path)`; checks it has class_names."""
+  """Builds a classifier with `factory(path)`; checks it has class_names.
+  The built-in factory's file must exist (errors.InputError otherwise)."""
+  if (factory or DEFAULT_FACTORY) == DEFAULT_FACTORY and not os.path.isfile(
+      os.path.expanduser(path)):
+    raise errors.InputError(
+        f'config.classifier.path={path!r} does not exist: make a '
+        'classifier.npz with: python -m vftok.main '
+        '--config=configs/train_classifier.py --workdir=DIR (the labelled '
+        'data in its config.data), then pass '
+        '--config.classifier.path=DIR/classifier.npz')
   clf = load_factory(factory or DEFAULT_FACTORY)(path)
   if not callable(clf) or not hasattr(clf, 'class_names'):
     raise ValueError(f'classifier factory {factory!r} must return a callable '

@@ -12,16 +12,27 @@ import jax
 
 from vftok import api
 from vftok import checkpoint
+from vftok import errors
 from vftok import sharding
 from vftok import training
 
 
+_RELEASE = ('a released VideoFlexTok model.safetensors, downloaded by hand '
+            '(e.g. from huggingface.co/EPFL-VILAB/videoflextok_d18_d18_k600; '
+            'nothing is downloaded here)')
+
+
 def run(config, workdir: str):
   if not config.path:
-    raise ValueError('set config.path to a released model.safetensors')
+    raise errors.InputError(f'config.path is not set: pass --config.path='
+                            f'FILE, {_RELEASE}')
+  if not os.path.isfile(os.path.expanduser(config.path)):
+    raise errors.InputError(f'config.path={config.path!r} does not exist: '
+                            f'pass {_RELEASE}')
   if os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
-    raise ValueError(f'{workdir} already holds a vftok workdir '
-                     f'({checkpoint.CONFIG_FILE}); choose an empty directory')
+    raise errors.InputError(f'{workdir} already holds a vftok workdir '
+                            f'({checkpoint.CONFIG_FILE}); choose an empty '
+                            'directory')
 
   # ---- release -> tokenizer (validates everything first) ---------------------
   tok = api.Tokenizer.from_official(config.path, tuple(config.latent_shape))

@@ -30,6 +30,7 @@ import time
 from absl import logging
 import numpy as np
 
+from vftok import errors
 from vftok.data import codecs
 from vftok.models import latent_codecs
 from vftok.data import records
@@ -50,7 +51,6 @@ def clip_params(config) -> video_io.ClipParams:
 
 def run(config, workdir: str):
   """Encodes this worker's shards; finalizes if every shard is done."""
-  os.makedirs(workdir, exist_ok=True)
   if config.finalize:
     return finalize(workdir)
   worker, workers = shards.resolve_worker(config)
@@ -58,7 +58,8 @@ def run(config, workdir: str):
     raise ValueError(f"latent_dtype={config.latent_dtype!r}: 'float16' or "
                      "'float32'")
 
-  # ---- inputs and plan -------------------------------------------------------
+  # ---- inputs (the videos, the codec's weights) and plan: all found before
+  # the workdir is made ------------------------------------------------------
   params = clip_params(config)
   inputs, listing_problems = video_io.list_inputs(config.input,
                                                   config.tfds_data_dir)
@@ -66,15 +67,25 @@ def run(config, workdir: str):
   if config.label_from_dir:
     inputs, classes = video_io.labels_from_dirs(inputs)
   if not inputs:
-    raise ValueError(f'no videos in {config.input!r} (skipped: '
-                     f'{listing_problems[:5]})')
+    raise errors.InputError(
+        f'no videos in config.input={config.input!r} (skipped: '
+        f'{listing_problems[:5]}): pass a folder, glob or .csv/.jsonl '
+        'manifest of video files (.mp4, .mov, .webm, ...)')
   per = config.videos_per_shard
   if per < 1:
     raise ValueError(f'videos_per_shard={per} must be >= 1')
   num_shards = -(-len(inputs) // per)
   codec_path = CODEC_FILE
   if config.codec == latent_codecs.VidTokCodec.name:
+    latent_codecs.check_vidtok_weights(config.codec_path)
     codec_path = os.path.abspath(os.path.expanduser(config.codec_path))
+  elif config.codec_path and not os.path.isfile(
+      os.path.expanduser(config.codec_path)):
+    raise errors.InputError(
+        f'config.codec_path={config.codec_path!r} does not exist: pass the '
+        f'{CODEC_FILE} of the train split\'s encode_videos workdir (or leave '
+        'it empty to fit a codec here)')
+  os.makedirs(workdir, exist_ok=True)
   plan = shards.check_plan(workdir, dict(
       format='vftok-encode-plan/1', input=config.input, split=config.split,
       num_videos=len(inputs), videos_per_shard=per, num_shards=num_shards,

@@ -154,9 +154,9 @@ def real_clips(config, tok_config):
 def run(config, workdir: str, writer=None) -> Dict:
   """Runs the evaluation; -> {'info', 'rows', 'real', 'timing'}."""
   t_start = time.perf_counter()
-  if not config.ar_workdir:
-    raise ValueError('config.ar_workdir is not set: pass the --workdir of a '
-                     'train_ar run')
+  # Inputs (AR and tokenizer workdirs, real clips, classifier, caption
+  # encoder) are loaded before the workdir is made: a missing one is one
+  # errors.InputError.
   ar_dir, ar_step, ar_config = checkpoint.check_workdir(
       config.ar_workdir, 'train_ar', config.ar_step, field='ar_workdir')
   mc = ar.ARConfig.from_config_dict(ar_config.model)
@@ -183,11 +183,11 @@ def run(config, workdir: str, writer=None) -> Dict:
     if len(classifier.class_names) != mc.num_classes:
       raise ValueError(f'the classifier knows {len(classifier.class_names)} '
                        f'classes, the AR model {mc.num_classes}')
+  encoder = text_encoders.from_config(ar_config)
   records.makedirs(workdir)
   writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
-  encoder = text_encoders.from_config(ar_config)
   timer = timing_lib.Timer()
   sampler = ShardedSampler(
       ar.ARTransformer(mc), params['params'], mesh, config.batch_size, timer,

@@ -91,6 +91,12 @@ def run(config, workdir: str, writer=None) -> Dict:
   data, n, batches = eval_data.eval_batches(config, tok.config)
   codec = latent_codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
+  classifier = None
+  if config.classifier.path:
+    classifier = class_score.make_classifier(config.classifier.factory,
+                                             config.classifier.path)
+  # Every input is loaded (a missing one: one errors.InputError); now the
+  # workdir is made.
   records.makedirs(workdir)
   writer = writer or metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -100,10 +106,6 @@ def run(config, workdir: str, writer=None) -> Dict:
   features = video_features.I3DFeatures(
       config.fvd.layer, config.fvd.resolution, config.fvd.num_frames,
       config.batch_size, mesh)
-  classifier = None
-  if config.classifier.path:
-    classifier = class_score.make_classifier(config.classifier.factory,
-                                             config.classifier.path)
   bs = sharding.batch_sharding(mesh)
   metrics_fn = jax.jit(pixels.all_metrics, out_shardings=bs)
 

@@ -40,7 +40,8 @@ def _step(value):
 def run(config, workdir: str, writer=None) -> Dict:
   """-> the report written to <workdir>/<prefix>.json."""
   del writer  # results go to files
-  records.makedirs(workdir)
+  # Inputs (the AR and tokenizer workdirs, the caption encoder) are loaded
+  # before the workdir is made: a missing one is one errors.InputError.
   ar_dir, step, ar_config = checkpoint.check_workdir(
       config.ar_workdir, 'train_ar', config.ar_step, field='ar_workdir')
   mc = ar.ARConfig.from_config_dict(ar_config.model)
@@ -58,9 +59,8 @@ def run(config, workdir: str, writer=None) -> Dict:
            if encoder is not None else None)
 
   tok_dir = config.tokenizer_workdir or ar_config.tokenizer.checkpoint
-  if not tok_dir:
-    raise ValueError('set config.tokenizer_workdir (the AR run names none)')
-  tok = api.Tokenizer.from_checkpoint(tok_dir, _step(config.tokenizer_step))
+  tok = api.Tokenizer.from_checkpoint(tok_dir, _step(config.tokenizer_step),
+                                      field='tokenizer_workdir')
   m = tok.config.model
   num_frames = int(m.latent_frames) // int(m.patch_size[0])
   budgets = sorted({int(n) for n in config.budgets})
@@ -71,6 +71,7 @@ def run(config, workdir: str, writer=None) -> Dict:
   if int(np.prod(tok.levels)) > mc.vocab_size:
     raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
                      f'the AR vocabulary only {mc.vocab_size}')
+  records.makedirs(workdir)
 
   sample = lambda use_kv_cache: generator.sample_tokens(
       model, params['params'], conditions, budgets, config.samples,

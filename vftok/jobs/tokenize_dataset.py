@@ -16,15 +16,17 @@ from vftok.models.pretrained import text_encoders
 def run(config, workdir: str):
   if config.finalize:
     return tokens.finalize(workdir)
-  if not config.tokenizer_workdir:
-    raise ValueError('set config.tokenizer_workdir to a trained tokenizer '
-                     'workdir (holds config.json and checkpoints/)')
-  tok = tokenizer_api.Tokenizer.from_checkpoint(config.tokenizer_workdir,
-                                                config.tokenizer_step)
+  # Inputs first (the records, the tokenizer, the caption encoder's
+  # weights): nothing is written before all of them are found.
+  tokens.input_files(config)
+  tok = tokenizer_api.Tokenizer.from_checkpoint(
+      config.tokenizer_workdir, config.tokenizer_step,
+      field='tokenizer_workdir')
   text_encoder = None
   if config.get('text_encoder'):
     text_encoder = text_encoders.get(config.text_encoder,
                                      config.text_path or None,
-                                     max_length=config.text_max_length)
+                                     max_length=config.text_max_length,
+                                     field='text_path')
   return tokens.tokenize_records(config, workdir, tok, tokenizer_step=tok.step,
                                  text_encoder=text_encoder)

@@ -32,6 +32,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from vftok import checkpoint
+from vftok import errors
 from vftok import sharding
 from vftok import training
 from vftok.api import generator
@@ -47,8 +49,14 @@ from vftok.models.pretrained import text_encoders
 def run(config, workdir: str, writer=None):
   """Trains until config.train.total_steps (resuming if the workdir has a
   checkpoint); returns the final train state."""
-  writer = training.start_workdir(config, workdir, writer)
   mc = ar.ARConfig.from_config_dict(config.model)
+  # ---- inputs: found (or one errors.InputError) before config.json is
+  # written; the demo's token cache is built from the checked tokenizer ------
+  check_inputs(config, workdir)
+  encoder = text_encoders.from_config(config)
+  pattern = token_records(config, workdir)
+  num_frames, budget = _check_records(config, mc, pattern)
+  writer = training.start_workdir(config, workdir, writer)
 
   # ---- mesh ------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -59,8 +67,6 @@ def run(config, workdir: str, writer=None):
                      f'by the {mesh.size} devices of the mesh')
 
   # ---- data ------------------------------------------------------------------
-  pattern = token_records(config, workdir)
-  num_frames, budget = _check_records(config, mc, pattern)
   from_records = mc.text_dim and config.text.get('source', 'encoder') == 'records'
   fields = ('tokens', 'label') + (
       (('caption', 'text_emb', 'text_mask') if from_records else ('caption',))
@@ -71,7 +77,6 @@ def run(config, workdir: str, writer=None):
   bad_records = pipeline.bad_record_counter(config.data, pattern,
                                             jax.process_count())
   batch_sharding = sharding.batch_sharding(mesh)
-  encoder = text_encoders.from_config(config)
   embed = (text_encoders.CaptionEmbedder(encoder, config.text.max_length,
                                          config.text.cache_size)
            if encoder is not None else None)
@@ -104,18 +109,37 @@ def run(config, workdir: str, writer=None):
 
 # ---- data --------------------------------------------------------------------
 
+def check_inputs(config, workdir: str):
+  """The run's inputs, checked before anything is written or built: the
+  token records (data.kind='records') and the tokenizer workdir (it
+  tokenizes the demo set and decodes samples to video)."""
+  d = config.data
+  if d.kind not in ('records', 'demo_tokens'):
+    raise errors.InputError(f"config.data.kind={d.kind!r}: 'records' or "
+                            "'demo_tokens'")
+  if d.kind == 'records':
+    records.require_files('data.train_pattern', d.train_pattern,
+                          'token record',
+                          records.make_tokens_hint('data.train_pattern'))
+  cached = d.kind == 'demo_tokens' and os.path.exists(os.path.join(
+      _token_cache(config, workdir), records.MANIFEST))
+  if d.kind == 'demo_tokens' and not (cached or config.tokenizer.checkpoint):
+    raise errors.InputError(
+        "data.kind='demo_tokens' needs config.tokenizer.checkpoint: pass "
+        '--config.tokenizer.checkpoint=DIR, the --workdir of a '
+        f'train_tokenizer run; {checkpoint.MAKE_WORKDIR["train_tokenizer"]}')
+  if config.tokenizer.checkpoint:
+    checkpoint.check_workdir(config.tokenizer.checkpoint, 'train_tokenizer',
+                             int(config.tokenizer.step),
+                             field='tokenizer.checkpoint')
+
+
 def token_records(config, workdir: str) -> str:
   """The glob of the token records to train on; demo_tokens builds them."""
   d = config.data
   if d.kind == 'records':
-    if not d.train_pattern or not records.expand(d.train_pattern):
-      raise ValueError(f'config.data.train_pattern={d.train_pattern!r} '
-                       'matches no token record files')
     return d.train_pattern
-  if d.kind != 'demo_tokens':
-    raise ValueError(f"config.data.kind={d.kind!r}: 'records' or "
-                     "'demo_tokens'")
-  cache = d.token_cache or os.path.join(workdir, 'demo_tokens')
+  cache = _token_cache(config, workdir)
   if not os.path.exists(os.path.join(cache, records.MANIFEST)):
     if jax.process_index() == 0:
       tokenize_demo(config, cache)
@@ -125,13 +149,15 @@ def token_records(config, workdir: str) -> str:
   return os.path.join(cache, 'train-*.array_record')
 
 
+def _token_cache(config, workdir: str) -> str:
+  """demo_tokens: where the token records are (built on first use)."""
+  return config.data.token_cache or os.path.join(workdir, 'demo_tokens')
+
+
 def tokenize_demo(config, out_dir: str, tokenizer=None):
   """The embedded demo set's training clips -> token records in out_dir
   (data/tokens.py: the normalisation, sharding and manifest of
   tokenize_dataset)."""
-  if not config.tokenizer.checkpoint:
-    raise ValueError("data.kind='demo_tokens' needs config.tokenizer."
-                     'checkpoint: a trained tokenizer workdir')
   t0 = time.time()
   tok = tokenizer or load_tokenizer(config)
   latents = generator.latent_data(config, tok)
@@ -185,8 +211,8 @@ def _check_records(config, mc: ar.ARConfig, pattern: str):
       problems.append(f'records hold {first["text_emb"].shape[-1]}-d text '
                       f'embeddings, model.text_dim={mc.text_dim}')
   if problems:
-    raise ValueError(f'token records {pattern!r} do not fit the model: ' +
-                     '; '.join(problems))
+    raise errors.InputError(f'token records {pattern!r} do not fit the '
+                            'model: ' + '; '.join(problems))
   return t, n
 
 

@@ -18,6 +18,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from vftok import errors
 from vftok import training
 from vftok.models import latent_codecs
 from vftok.data import records
@@ -55,20 +56,27 @@ def decode(codec, latents) -> np.ndarray:
 
 
 def run(config, workdir: str) -> Dict[str, float]:
-  records.makedirs(workdir)
   # Data fields the config leaves out (e.g. the demo build's REPA teacher)
   # take the tokenizer defaults, so the demo set found is the one training
   # builds and uses.
   data = training.resolve_saved_data(config.data)
+  records.require_files(
+      'data.eval_pattern', data.eval_pattern, 'latent record',
+      records.make_latents_hint('data.eval_pattern', 'eval'))
   codec = latent_codecs.load_codec(data)
   train = balanced(records.read_records(data.train_pattern),
                    config.max_clips_per_class)
   held = [ex for ex in records.read_records(data.eval_pattern)
           if int(ex['label']) >= 0]
   if not train or not held:
-    raise ValueError('need labelled train and eval records (label >= 0)')
+    raise errors.InputError(
+        'need labelled train and eval records (label >= 0): encode them '
+        'with --config.label_from_dir=True (or a manifest with labels)')
   if 'frames' not in held[0]:
-    raise ValueError(f'eval records {data.eval_pattern!r} have no frames')
+    raise errors.InputError(
+        f'eval records {data.eval_pattern!r} have no frames: encode them with '
+        '--config.store_frames=True')
+  records.makedirs(workdir)  # every input found: now the workdir is made
   y_train = np.array([ex['label'] for ex in train], np.int32)
   y_held = np.array([ex['label'] for ex in held], np.int32)
   names = class_names(config, data.manifest,

@@ -14,6 +14,8 @@ config differs. Everything written to the workdir:
 from absl import logging
 import jax
 
+from vftok import checkpoint
+from vftok import errors
 from vftok import sharding
 from vftok import training
 from vftok.data import pipeline
@@ -25,6 +27,8 @@ from vftok.models.pretrained import features
 def run(config, workdir: str, writer=None):
   """Trains until config.train.total_steps (resuming if the workdir has a
   checkpoint); returns the final train state."""
+  # ---- inputs: found (or one errors.InputError) before the workdir is made --
+  data = check_inputs(config, workdir)
   writer = training.start_workdir(config, workdir, writer)
 
   # ---- mesh ------------------------------------------------------------------
@@ -36,7 +40,6 @@ def run(config, workdir: str, writer=None):
                      f'the {mesh.size} devices of the mesh')
 
   # ---- data ------------------------------------------------------------------
-  data = training.resolve_data(config.data)
   train_iter = pipeline.make_train_iterator(
       config.data, data, process_index=jax.process_index(),
       process_count=jax.process_count(),
@@ -47,10 +50,6 @@ def run(config, workdir: str, writer=None):
 
   # ---- model -----------------------------------------------------------------
   task = training.tokenizer_task(config)
-  stage2 = 'encoder' in tuple(config.optim.get('freeze', ()))
-  if stage2 and not config.train.get('init_from'):
-    raise ValueError('the encoder is frozen (stage 2) but config.train.init_from '
-                     'names no stage-1 workdir to start from')
 
   # ---- shard: state created sharded, never whole on one device -----------------
   state, state_shardings, step_rng = training.create_state(task, config.seed,
@@ -81,6 +80,28 @@ def run(config, workdir: str, writer=None):
       train_iter=train_iter, next_batch=next_batch, evaluate=evaluator.run,
       fresh_start=fresh_start, per_step={'latent_frames_per_sec': per_step},
       extra_metrics=bad_records.metrics, finished_table='psnr_{step}.md')
+
+
+def check_inputs(config, workdir: str):
+  """Every input of the run, checked before anything is written into the
+  workdir: the data (-> pipeline.Data; the demo set is built under
+  config.data.root on first use), the REPA teacher's weights and, on a fresh
+  start, the stage-1 workdir of train.init_from."""
+  data = training.resolve_data(config.data)
+  features.check(config.model)
+  init_from = config.train.get('init_from')
+  stage2 = 'encoder' in tuple(config.optim.get('freeze', ()))
+  if checkpoint.finished_steps(workdir):
+    return data  # a resume: the workdir's checkpoint wins over init_from
+  if stage2 and not init_from:
+    raise errors.InputError(
+        'the encoder is frozen (stage 2) but config.train.init_from names no '
+        'stage-1 workdir to start from: pass --config.train.init_from=DIR, '
+        'the --workdir of a finished stage-1 run')
+  if init_from:
+    checkpoint.check_workdir(init_from, 'train_tokenizer',
+                             field='train.init_from')
+  return data
 
 
 def _log_param_counts(params, writer):

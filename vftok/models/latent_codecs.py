@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from vftok import errors
 from vftok.data.codecs import CHANNELS
 from vftok.data.codecs import LatentCodec
 from vftok.data.codecs import PatchPCACodec
@@ -43,11 +44,7 @@ class VidTokCodec(LatentCodec):
     # Imported here: the offline codec and the data pipeline need no JAX.
     import jax  # pylint: disable=g-import-not-at-top
     from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
-    if not checkpoint:
-      raise ValueError(_VIDTOK_WEIGHTS.format(problem='(no path given)'))
-    if not os.path.isfile(os.path.expanduser(checkpoint)):
-      raise ValueError(_VIDTOK_WEIGHTS.format(
-          problem=f'({checkpoint!r} not found)'))
+    check_vidtok_weights(checkpoint)
     if clips_per_device < 1:
       raise ValueError(f'clips_per_device={clips_per_device} must be >= 1')
     self._jax = jax
@@ -95,6 +92,16 @@ class VidTokCodec(LatentCodec):
         np.float32)
 
 
+def check_vidtok_weights(path: str):
+  """errors.InputError unless `path` is a file (the 'vidtok' codec's
+  weights; checked before anything is loaded or written)."""
+  if not path:
+    raise errors.InputError(_VIDTOK_WEIGHTS.format(problem='(no path given)'))
+  if not os.path.isfile(os.path.expanduser(path)):
+    raise errors.InputError(_VIDTOK_WEIGHTS.format(
+        problem=f'({path!r} not found)'))
+
+
 def get_codec(name: str, path: str = '', **options) -> LatentCodec:
   """Codec by name; `path`: its saved parameters (pca_offline: .npz; vidtok:
   the weights file, `options`: VidTokCodec's clips_per_device / dtype /
@@ -103,12 +110,15 @@ def get_codec(name: str, path: str = '', **options) -> LatentCodec:
     return PatchPCACodec.load(path) if path else PatchPCACodec()
   if name == VidTokCodec.name:
     return VidTokCodec(path, **options)
-  raise ValueError(f"unknown codec {name!r}; choose 'pca_offline' or 'vidtok'")
+  raise errors.InputError(f"unknown codec {name!r}; choose 'pca_offline' or "
+                          "'vidtok'")
 
 
 def load_codec(data) -> LatentCodec:
   """The codec of a resolved data set (`training.resolve_data(...)`)."""
   if not data.codec_name:
-    raise ValueError('the data set names no codec (manifest.json "codec"); '
-                     'pixels cannot be reconstructed from its latents')
+    raise errors.InputError(
+        'the data set names no codec (manifest.json "codec"); pixels cannot '
+        'be reconstructed from its latents: use records written by '
+        'encode_videos (their manifest.json names it)')
   return get_codec(data.codec_name, data.codec_path)

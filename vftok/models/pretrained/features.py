@@ -17,7 +17,9 @@ RGB frames that correspond to each latent frame of the causal VAE (frames 0,
       precomputes I3D features this way at build time.
   'random_stand_in': a frozen, randomly initialised 2-layer MLP over the latent
       patches (fixed seed, never trained). NOT a pretrained network; only for
-      tests of the REPA code path.
+      tests of the REPA code path: `get` logs a warning when a config trains
+      against it, and no paper config can resolve to it (the default is
+      'dinov2'; tests/test_inputs.py).
 
 Which default: the paper configs use 'dinov2' on the fly. Records then carry
 the clip's RGB frames (5 key frames of 128^2 are 245 KB per clip), while
@@ -26,12 +28,15 @@ float16, and the frozen ViT-L forward adds about a tenth to the d18-d18 step.
 The CPU demo precomputes ('records'): there the teacher would cost 1.5-4x
 the tiny model's step, and its features are small (4 x 4 x 480 per frame).
 """
+import os
 from typing import Any, Callable, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vftok import errors
 from vftok.models import layers
 from vftok.models.pretrained import resample
 
@@ -150,10 +155,6 @@ def i3d_keyframes(model_config):
 
 def dinov2(model_config):
   path = model_config.get('repa_teacher_path')
-  if not path:
-    raise ValueError("repa_source='dinov2' needs model.repa_teacher_path: a "
-                     'local Hugging Face DINOv2 directory (config.json + '
-                     'model.safetensors), e.g. a copy of facebook/dinov2-large')
   from vftok.models.pretrained import dinov2 as dinov2_lib  # pylint: disable=g-import-not-at-top
   layer = model_config.get('repa_teacher_layer')
   fn = dinov2_lib.make_patch_feature_fn(
@@ -164,13 +165,56 @@ def dinov2(model_config):
 
 SOURCES = {'random_stand_in': random_stand_in, 'records': from_records,
            'i3d_keyframes': i3d_keyframes, 'dinov2': dinov2}
+# Sources whose features come from a pretrained network (the stand-in's do
+# not: it is for tests of the code path only).
+PRETRAINED = ('dinov2', 'i3d_keyframes', 'records')
+_DINOV2_WEIGHTS = ('a local Hugging Face DINOv2 directory (config.json + '
+                   'model.safetensors), e.g. a copy of facebook/dinov2-large; '
+                   'nothing is downloaded')
+
+
+def check(model_config):
+  """The REPA source of a config, checked before anything is built or
+  written (jobs call it first): a known name, and for 'dinov2' the teacher's
+  weights directory. errors.InputError naming the field otherwise."""
+  name = model_config.repa_source
+  if name not in SOURCES:
+    raise errors.InputError(f'config.model.repa_source={name!r} is not a '
+                            f'REPA feature source; choose from '
+                            f'{sorted(SOURCES)}')
+  if model_config.repa_weight <= 0 or name != 'dinov2':
+    return
+  path = model_config.get('repa_teacher_path')
+  if not path:
+    raise errors.InputError(
+        "config.model.repa_source='dinov2' needs config.model."
+        f'repa_teacher_path: pass --config.model.repa_teacher_path=DIR, '
+        f'{_DINOV2_WEIGHTS}')
+  if not os.path.isdir(os.path.expanduser(path)):
+    raise errors.InputError(
+        f'config.model.repa_teacher_path={path!r} does not exist: pass '
+        f'{_DINOV2_WEIGHTS}')
+
+
+def _unused(params, batch):
+  del params, batch
+  raise AssertionError('model.repa_weight=0: the REPA teacher is not used')
 
 
 def get(model_config):
+  """The REPA teacher of a model config (none is built with repa_weight 0).
+  Training against 'random_stand_in' logs a warning: its features come from
+  no pretrained network."""
+  check(model_config)
+  if model_config.repa_weight <= 0:
+    return Teacher(_unused)
   name = model_config.repa_source
-  if name not in SOURCES:
-    raise ValueError(f'unknown REPA feature source {name!r}; '
-                     f'choose from {sorted(SOURCES)}')
+  if name not in PRETRAINED:
+    logging.warning(
+        "REPA trains against model.repa_source=%r: a frozen RANDOM network, "
+        'only for tests of the code path; set config.model.repa_source to '
+        "one of %s (the paper's: 'dinov2' with model.repa_teacher_path)",
+        name, PRETRAINED)
   return SOURCES[name](model_config)
 
 

@@ -12,9 +12,12 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from vftok import errors
 
-class CheckpointError(ValueError):
-  """A checkpoint directory is missing, incomplete or of the wrong model."""
+
+class CheckpointError(errors.InputError):
+  """A checkpoint directory is missing, incomplete or of the wrong model
+  (one line; vftok/main.py prints it without a traceback)."""
 
 
 def load_config(path: str) -> Dict[str, Any]:

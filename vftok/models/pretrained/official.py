@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from vftok import errors
+
 PREFIX = 'videoflextok.'
 ALLOWED_TARGETS = frozenset(PREFIX + t for t in (
     'wrappers.VideoFlexTok',
@@ -53,8 +55,9 @@ MAX_METADATA_LEN = 10_000  # the release leaves longer values unparsed
 VAE_PREFIXES = ('vae.',)   # VidTok weights ride along in the same file
 
 
-class CheckpointError(ValueError):
-  """A release checkpoint that cannot be loaded (one line says why)."""
+class CheckpointError(errors.InputError):
+  """A release checkpoint that cannot be loaded (one line says why;
+  vftok/main.py prints it without a traceback)."""
 
 
 # ---- reading ---------------------------------------------------------------

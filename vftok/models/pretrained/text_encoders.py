@@ -16,12 +16,14 @@ from transformers (AutoTokenizer, local_files_only). Weights are frozen: the
 params live here, not in the generator's train state.
 """
 import collections
+import os
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vftok import errors
 from vftok.models.pretrained import hf_checkpoint
 
 DEFAULT_MAX_LENGTH = 64
@@ -120,7 +122,10 @@ def minilm_path() -> str:
 def _build_t5(path, max_length, dtype):
   from vftok.models.pretrained import t5  # pylint: disable=g-import-not-at-top
   if path is None:
-    raise ValueError("text encoder 't5' needs path= a local HF T5 directory")
+    raise errors.InputError(
+        "text encoder 't5' needs a path: a local Hugging Face T5 directory "
+        '(config.text.path; tokenize_dataset: config.text_path), e.g. a copy '
+        'of google/flan-t5-xl; nothing is downloaded')
   module, params = t5.load_t5_encoder(path, dtype)
   return TextEncoder('t5', module, params, _tokenizer(path),
                      module.config.d_model, max_length)
@@ -129,8 +134,9 @@ def _build_t5(path, max_length, dtype):
 def _build_bert(path, max_length, dtype, name='bert'):
   from vftok.models.pretrained import bert  # pylint: disable=g-import-not-at-top
   if path is None:
-    raise ValueError(f"text encoder {name!r} needs path= a local HF BERT "
-                     'directory')
+    raise errors.InputError(
+        f'text encoder {name!r} needs a path: a local Hugging Face BERT '
+        'directory (config.text.path; tokenize_dataset: config.text_path)')
   module, params = bert.load_bert(path, dtype)
   return TextEncoder(name, module, params, _tokenizer(path),
                      module.config.hidden_size, max_length,
@@ -159,13 +165,20 @@ def names() -> Tuple[str, ...]:
 
 
 def get(name: str, path: Optional[str] = None,
-        max_length: int = DEFAULT_MAX_LENGTH, dtype: Any = jnp.float32
-        ) -> TextEncoder:
+        max_length: int = DEFAULT_MAX_LENGTH, dtype: Any = jnp.float32,
+        field: str = 'text.path') -> TextEncoder:
   """The text encoder `name` ('t5', 'minilm', 'bert', or registered) loaded
-  from the local directory `path`; 'minilm' defaults to the bundled model.
-  `dtype` is the parameter and compute dtype (outputs are float32)."""
+  from the local directory `path` (given as `config.<field>`); 'minilm'
+  defaults to the bundled model. `dtype` is the parameter and compute dtype
+  (outputs are float32)."""
   if name not in _BUILDERS:
-    raise ValueError(f'unknown text encoder {name!r}; known: {names()}')
+    raise errors.InputError(f'unknown text encoder {name!r}; known: '
+                            f'{names()}')
+  if path and not os.path.isdir(os.path.expanduser(path)):
+    raise errors.InputError(
+        f'config.{field}={path!r} does not exist: pass a local Hugging Face '
+        f'directory of the {name!r} text encoder (config.json, '
+        'model.safetensors, tokenizer files); nothing is downloaded')
   return _BUILDERS[name](path, max_length, dtype)
 
 
@@ -177,14 +190,16 @@ def from_config(config):
   dim = int(config.model.text_dim or 0)
   if not name:
     if dim:
-      raise ValueError(f'config.model.text_dim={dim} but config.text.encoder '
-                       "is '' (set the encoder, e.g. 't5' or 'minilm')")
+      raise errors.InputError(
+          f'config.model.text_dim={dim} but config.text.encoder is \'\' (set '
+          "the encoder, e.g. 't5' or 'minilm')")
     return None
   enc = get(name, config.text.path or None,
                           int(config.text.max_length))
   if enc.dim != dim:
-    raise ValueError(f'text encoder {name!r} outputs {enc.dim}-d embeddings; '
-                     f'set config.model.text_dim={enc.dim} (got {dim})')
+    raise errors.InputError(
+        f'text encoder {name!r} outputs {enc.dim}-d embeddings; set '
+        f'config.model.text_dim={enc.dim} (got {dim})')
   return enc
 
 
