@@ -14,3 +14,6 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'e2e: end-to-end runs of whole jobs or notebooks in '
       'subprocesses (minutes)')
+  config.addinivalue_line(
+      'markers', 'learning: trains small models on procedural video and checks '
+      'that they learn (tests/test_learning.py; minutes)')

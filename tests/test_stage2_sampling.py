@@ -118,6 +118,23 @@ def test_apg_reduces_to_cfg_and_projects_per_channel():
     flow.Guidance(2.0, 'pag')
 
 
+def test_time_law_mixes_in_uniform_times():
+  rng = jax.random.key(3)
+  n = 20000
+  base = np.asarray(flow.sample_time(rng, n, mean=2.0))
+  # uniform_frac=0 is the plain logit-normal law, draw for draw.
+  np.testing.assert_array_equal(
+      np.asarray(flow.sample_time(rng, n, mean=2.0, uniform_frac=0.0)), base)
+  mixed = np.asarray(flow.sample_time(rng, n, mean=2.0, uniform_frac=0.2))
+  assert 0 < mixed.min() and mixed.max() < 1
+  # Below t = 0.3 the logit-normal(2, 1) law has 0.2 % of its mass; a fifth
+  # drawn uniformly adds 0.2 * 0.3 = 6 %.
+  assert np.mean(base < 0.3) < 0.005
+  assert 0.05 < np.mean(mixed < 0.3) < 0.07
+  kept = np.mean(mixed == base)
+  assert 0.78 < kept < 0.82
+
+
 def test_detokenize_guidance_options(tok):
   tokens = tok.tokenize(latents(2))
   cfg = np.asarray(tok.detokenize(tokens, steps=3, guidance_scale=2.0,

@@ -1,4 +1,5 @@
-"""The train step: sharded over 8 devices == on 1 device; loss goes down."""
+"""The train step: sharded over 8 devices == on 1 device (that it learns:
+tests/test_learning.py)."""
 import jax
 import numpy as np
 import pytest
@@ -40,9 +41,3 @@ def test_sharded_equals_unsharded():
   kernel = state.params['params']['encoder']['blocks_0']['mlp']['fc1']['kernel']
   assert kernel.sharding.spec[0] == 'fsdp'
   assert kernel.addressable_shards[0].data.shape[0] == kernel.shape[0] // 4
-
-
-@pytest.mark.e2e  # a whole train step / pipeline
-def test_loss_decreases_on_a_fixed_batch():
-  losses, _, _ = run_steps(1, 1, 1, steps=30)
-  assert np.mean(losses[-5:]) < np.mean(losses[:5])

@@ -77,6 +77,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.time_mean = 0.0
   m.time_std = 1.0
   m.time_shift = 1.0
+  m.time_uniform = 0.0               # fraction of times drawn uniformly
   # REPA: depth-2 time-causal head on decoder layer `repa_layer`.
   m.repa_layer = 1
   m.repa_depth = 2

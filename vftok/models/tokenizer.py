@@ -146,7 +146,8 @@ def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
   r_keep, r_t, r_eps, r_q, r_first, r_u, r_c1, r_c2 = jax.random.split(rng, 8)
   keep = sample_keep(r_keep, b, m.tokens_per_frame, m.nested_dropout)
   uncond = jax.random.bernoulli(r_u, m.uncond_prob, (b,))
-  t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift)
+  t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift,
+                       m.get('time_uniform', 0.0))
   eps = jax.random.normal(r_eps, x.shape)
   x_t = flow.add_noise(x, eps, t)
   weight = jnp.ones((b, frames))
