@@ -21,7 +21,7 @@
 # in $SLURM_SUBMIT_DIR, or VFTOK_DIR) with its .venv installed on shared
 # storage (requirements.txt, then the CUDA build of the same JAX).
 # The workdir must be shared by all nodes (NFS/Lustre, or gs:// for
-# checkpoints: README "Cloud storage").
+# checkpoints: docs/scale_out.md, "Cloud storage").
 set -euo pipefail
 if [[ -n ${SLURM_SUBMIT_DIR:-} || -n ${VFTOK_DIR:-} ]]; then
   REPO=${VFTOK_DIR:-$SLURM_SUBMIT_DIR}

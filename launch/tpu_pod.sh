@@ -11,7 +11,7 @@
 #   gcloud compute tpus tpu-vm ssh $TPU_NAME --worker=all --command 'git clone ... vftok'
 # Data: ArrayRecord files are read by local path, so a bucket must be
 # mounted on every host (gcsfuse); the workdir may be gs:// (checkpoints and
-# TensorBoard go to the bucket; README "Cloud storage").
+# TensorBoard go to the bucket; docs/scale_out.md, "Cloud storage").
 #
 # First run on a host: a venv with only what a TPU host needs, the core
 # requirements (no torch, no test packages) with the TPU build of the pinned

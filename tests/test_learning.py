@@ -7,8 +7,7 @@ optimizer) on procedural latent videos whose structure is known
 (tests/procedural.py), then scored on a fixed held-out set through the
 public API (vftok.Tokenizer, ar_sampling.sample). Each assertion has a
 margin measured over seeds; tests/procedural.py's docstring describes the
-data. What each test catches when the recipe breaks: README, "Learning
-tests".
+data. What each test catches when the recipe breaks: docs/learning_tests.md.
 """
 
 import jax

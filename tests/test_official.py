@@ -23,7 +23,8 @@ HERE = os.path.dirname(__file__)
 CKPT = os.path.join(HERE, 'fixtures', 'official', 'model.safetensors')
 REF = os.path.join(HERE, 'fixtures', 'official', 'reference.npz')
 SHAPE = (3, 4, 6)
-# The README's figures. Measured (CPU, jax 0.10.2): encoder and decoder
+# The figures of docs/design.md ("Released checkpoints"). Measured (CPU,
+# jax 0.10.2): encoder and decoder
 # outputs max |diff| 6.6e-6, whole 4-step detokenize 4.9e-5 (APG at scale 25
 # amplifies float rounding); each bound is ~1.5x that.
 TOL = 1e-5

@@ -21,7 +21,7 @@ from vftok.models.pretrained import text_encoders
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-# The README's figures; float32 on both sides. Measured (CPU, jax 0.10.2,
+# Bounds: docs/measurements.md; float32 on both sides. Measured (CPU, jax 0.10.2,
 # torch 2.13): tiny T5 / BERT max |diff| 1.4e-6, MiniLM sentence vectors
 # 1.2e-7 (ATOL); the real MiniLM's token states (|h| <= 5.1, 6 layers)
 # 1.7e-5 (MINILM_ATOL).
@@ -163,7 +163,8 @@ def test_minilm_matches_transformers_and_sentence_transformers(minilm):
   assert err <= MINILM_ATOL
 
   # Installed with the wheel (requirements-test.txt): a failure to load it
-  # offline fails the test rather than skipping the README's bound.
+  # offline fails the test rather than skipping the documented bound
+  # (docs/measurements.md).
   import sentence_transformers as st  # pylint: disable=g-import-not-at-top
   sbert = st.SentenceTransformer(path, device='cpu', local_files_only=True)
   want = sbert.encode(caps, convert_to_numpy=True)

@@ -21,7 +21,8 @@ FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'vidtok')
 SAFETENSORS = os.path.join(FIXTURE, 'model.safetensors')
 CKPT = os.path.join(FIXTURE, 'vidtok.ckpt')
 CASES = ('t17', 't9', 't8', 't1')
-# The README's figure. Measured (CPU, jax 0.10.2): max |diff| 1.4e-5 (the
+# docs/measurements.md's figure ("VidTok in JAX"). Measured (CPU, jax
+# 0.10.2): max |diff| 1.4e-5 (the
 # decodes; moments and latents 2e-6).
 TOL = 2e-5
 

@@ -10,7 +10,7 @@ only a tmp directory, which `latest_step` / `restore` never consider (and the
 next start deletes). Restore writes each array straight into the shardings of
 the abstract state it is given, so the mesh may differ from the one saved on.
 
-Faults (README "Fault tolerance"): a latest step whose own files show damage
+Faults (docs/fault_tolerance.md): a latest step whose own files show damage
 (a file truncated by a dying host or a partial copy: read, decode or size
 errors) is moved to `<workdir>/damaged/<step>` (never deleted; Orbax ignores
 the name) and the next older step is tried. Anything else that stops a

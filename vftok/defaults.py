@@ -119,6 +119,11 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   # ---- loop ---------------------------------------------------------------
   t = c.train = ml_collections.ConfigDict()
   t.total_steps = 100_000
+  t.time_budget_s = 0.0              # > 0: train as many steps as fit in this
+                                     # many seconds, measured before training
+                                     # (training.choose_length), at least
+  t.min_steps = 0                    # these and at most total_steps
+  t.budget_max_steps = 0             # set by the budget: the most it allowed
   t.log_every = 50
   t.eval_every = 5000
   t.checkpoint_every = 1000

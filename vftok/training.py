@@ -10,7 +10,9 @@ everything else is shared:
     dropout and condition-dropout samples as an uninterrupted one;
   * `run_loop`: restore (or a fresh start), then step / log / checkpoint /
     evaluate until config.train.total_steps, with the preemption guard and
-    the checkpointer released however it ends; steps/s counts training only.
+    the checkpointer released however it ends; steps/s counts training only;
+  * a run's length from a time budget (`choose_length`): the step timed
+    before training, as many steps as fit (the demo sizes itself so).
 """
 import dataclasses
 import json
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from vftok import checkpoint
 from vftok import defaults
@@ -159,6 +162,109 @@ def jit_step(task: Task, state_shardings, mesh, rng) -> Callable:
       + (rep,) * len(extra),
       out_shardings=(state_shardings, rep), donate_argnums=0)
   return lambda state, batch: jitted(state, batch, rng, *extra)
+
+
+# ---- the run's length from a time budget -----------------------------------------
+# With config.train.time_budget_s > 0, train.total_steps is the *most* steps:
+# before training the compiled step is timed on a copy of the fresh state (the
+# run's first batch; the data iterator is put back) and the run trains
+#   min(max(floor(steps/s x time_budget_s, to a multiple of 100), min_steps),
+#       total_steps)
+# steps, its learning-rate schedule built for that length. The choice is
+# printed and saved (train.total_steps; train.budget_max_steps keeps the most),
+# and a re-run keeps it: the speed of the machine that resumes does not change
+# a run's length. A machine's speed then changes the result;
+# time_budget_s = 0 trains exactly total_steps on every machine.
+
+BUDGET_ROUND_TO = 100   # chosen lengths are multiples of this
+BUDGET_TIMED_STEPS = 15  # steps timed after two warm-up steps (compile excluded)
+
+
+def steps_per_second(train_step: Callable, state, batch,
+                     timed_steps: int = BUDGET_TIMED_STEPS) -> float:
+  """Steps per second of train_step(state, batch) -> (state, metrics), timed
+  on a copy of `state` (the step donates its state; `state` stays intact):
+  the median step time, so that a moment's contention does not decide."""
+  probe = jax.tree.map(jnp.copy, state)
+  for _ in range(2):  # the first compiles
+    probe, metrics = train_step(probe, batch)
+  jax.block_until_ready((probe, metrics))
+  times = []
+  for _ in range(timed_steps):
+    start = time.perf_counter()
+    probe, metrics = train_step(probe, batch)
+    jax.block_until_ready((probe, metrics))
+    times.append(time.perf_counter() - start)
+  del probe
+  return 1.0 / float(np.median(times))
+
+
+def steps_for_budget(rate: float, budget_s: float, min_steps: int,
+                     max_steps: int) -> int:
+  """The run's length for `rate` steps/s within `budget_s` seconds."""
+  fit = int(rate * budget_s) // BUDGET_ROUND_TO * BUDGET_ROUND_TO
+  return int(min(max(fit, min_steps), max_steps))
+
+
+def _budget(config) -> float:
+  return float(config.train.get('time_budget_s', 0) or 0)
+
+
+def keep_budgeted_length(config, workdir: str) -> None:
+  """A resumed run whose length the time budget chose keeps that length
+  when re-run with the same budget and the same most steps (call before
+  check_resume compares configs); any other total_steps is taken as given."""
+  t = config.train
+  if _budget(config) <= 0 or not (checkpoint.finished_steps(workdir) and
+                                   checkpoint.has_workdir_config(workdir)):
+    return
+  saved = checkpoint.load_workdir_config(workdir).train
+  if saved.get('budget_max_steps', 0) != t.total_steps:
+    return
+  if saved.total_steps != t.total_steps:
+    logging.info('time budget: the run in %s keeps the length chosen when it '
+                 'started, %d steps', workdir, saved.total_steps)
+  t.budget_max_steps, t.total_steps = saved.budget_max_steps, saved.total_steps
+
+
+def choose_length(config, workdir: str, measure: Callable[[], float]) -> bool:
+  """A fresh budgeted run: sets config.train.total_steps from measure() ->
+  steps/s; True if it changed (the caller rebuilds its train step, whose
+  learning-rate schedule depends on the length)."""
+  t = config.train
+  budget = _budget(config)
+  if budget <= 0 or checkpoint.finished_steps(workdir):
+    return False
+  min_steps = int(t.get('min_steps', 0))
+  if min_steps >= t.total_steps or t.get('budget_max_steps', 0):
+    return False  # the length is total_steps whatever the speed, or chosen
+  rate = measure()
+  # Every process trains the same length: process 0's measurement decides.
+  rate = float(multihost_utils.broadcast_one_to_all(jnp.float32(rate)))
+  chosen = steps_for_budget(rate, budget, min_steps, int(t.total_steps))
+  message = (f'time budget: the train step runs at {rate:.2f} steps/s here; '
+             f'{budget:g} s of training -> {chosen} steps '
+             f'(config.train.min_steps={min_steps}, at most '
+             f'config.train.total_steps={t.total_steps}; '
+             '--config.train.time_budget_s=0 trains exactly total_steps)')
+  logging.info('%s', message)
+  if jax.process_index() == 0:
+    print(message, flush=True)
+  changed = chosen != t.total_steps
+  t.budget_max_steps, t.total_steps = int(t.total_steps), chosen
+  return changed
+
+
+def measure_with(train_step: Callable, state, train_iter: Any,
+                 next_batch: Callable[[], Any]) -> Callable[[], float]:
+  """measure() for choose_length: times `train_step` on the run's first
+  batch, then puts the data iterator back where it was."""
+  def measure():
+    position = train_iter.get_state()
+    batch = next_batch()
+    train_iter.set_state(position)
+    return steps_per_second(train_step, state, batch)
+  return measure
 
 
 # ---- restore -------------------------------------------------------------------

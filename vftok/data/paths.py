@@ -1,6 +1,6 @@
 """Which storage URLs a job can use, checked once at startup (vftok/main.py).
 
-What works (README "Cloud storage"):
+What works (docs/scale_out.md, "Cloud storage"):
   * workdir: a local or mounted path, or `gs://bucket/dir`. On gs:// the
     Orbax checkpoints go straight to the bucket (etils.epath + TensorStore's
     GCS driver), the TensorBoard events through TensorFlow's gfile, and the

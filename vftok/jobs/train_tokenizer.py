@@ -29,6 +29,7 @@ def run(config, workdir: str, writer=None):
   checkpoint); returns the final train state."""
   # ---- inputs: found (or one errors.InputError) before the workdir is made --
   data = check_inputs(config, workdir)
+  training.keep_budgeted_length(config, workdir)
   writer = training.start_workdir(config, workdir, writer)
 
   # ---- mesh ------------------------------------------------------------------
@@ -60,6 +61,13 @@ def run(config, workdir: str, writer=None):
   train_step = training.jit_step(task, state_shardings, mesh, step_rng)
   next_batch = lambda: pipeline.global_batch(bad_records(next(train_iter)),
                                              batch_sharding)
+
+  # ---- length: config.train.time_budget_s sizes a fresh run from the measured
+  # step speed (training.choose_length); the schedule follows the length --------
+  if training.choose_length(config, workdir, training.measure_with(
+      train_step, state, train_iter, next_batch)):
+    task = training.tokenizer_task(config)
+    train_step = training.jit_step(task, state_shardings, mesh, step_rng)
 
   # ---- restore: a fresh stage 2 starts from the stage-1 params (fresh
   # optimizer, step 0); on resume the stage-2 checkpoint wins ------------------
