@@ -161,10 +161,10 @@ def evaluate_tokenizer(tok, clips):
   """Held-out metrics: PSNR (sampled and one-step mean) per budget, the
   model-free baselines, the layout at each budget, the REPA alignment."""
   x = clips['latents']
-  out = {name: psnr(y, clips)
-         for name, y in reconstruction.baselines(x).items()}
-  out['layout clip mean colour'] = layout_psnr(
-      reconstruction.baselines(x)['clip mean colour'], clips)
+  baselines = reconstruction.baselines(x)
+  out = {name: psnr(y, clips) for name, y in baselines.items()}
+  out['layout clip mean colour'] = layout_psnr(baselines['clip mean colour'],
+                                               clips)
   tokens = tok.tokenize(x)
   for k in tokenizer_lib.keep_budgets(K):
     sampled = np.asarray(tok.detokenize(tokens[:, :, :k], **DECODE))

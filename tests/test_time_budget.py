@@ -23,6 +23,6 @@ def test_steps_per_second_leaves_the_state_intact():
   step = jax.jit(lambda s, b: ({'w': s['w'] + b}, {'loss': s['w'].sum()}),
                  donate_argnums=0)
   rate = training.steps_per_second(step, state, jnp.float32(1.0),
-                                      timed_steps=3)
+                                   timed_steps=3)
   assert rate > 0
   assert (state['w'] == 1).all()

@@ -64,8 +64,10 @@ def run(config, workdir: str, writer=None):
 
   # ---- length: config.train.time_budget_s sizes a fresh run from the measured
   # step speed (training.choose_length); the schedule follows the length --------
+  # (The probe's batch bypasses bad_records: it is read again for step 1.)
   if training.choose_length(config, workdir, training.measure_with(
-      train_step, state, train_iter, next_batch)):
+      train_step, state, train_iter,
+      lambda: pipeline.global_batch(next(train_iter), batch_sharding))):
     task = training.tokenizer_task(config)
     train_step = training.jit_step(task, state_shardings, mesh, step_rng)
 
