@@ -6,6 +6,8 @@ setuptools.setup(
     version='0.1.0',
     description='VideoFlexTok: flexible-length coarse-to-fine video tokenization',
     packages=setuptools.find_packages(include=['vftok', 'vftok.*']),
+    # The shipped small pretrained tokenizer (configs/reconstruct.py).
+    package_data={'vftok': ['assets/*/*']},
     python_requires='>=3.11',
     install_requires=[
         'jax>=0.10', 'flax>=0.12', 'optax>=0.2.8', 'orbax-checkpoint>=0.12',
@@ -16,5 +18,7 @@ setuptools.setup(
         'transformers>=4.40', 'pyyaml>=6',
     ],
     # torch and the other reference implementations: requirements-test.txt.
-    extras_require={'test': ['pytest>=8', 'scikit-image>=0.24', 'torch>=2.4']},
+    extras_require={'test': ['pytest>=8', 'scikit-image>=0.24', 'torch>=2.4'],
+                    # The footage set's stills (data/footage.py).
+                    'pretrain': ['scikit-image>=0.24', 'scikit-learn>=1.3']},
 )

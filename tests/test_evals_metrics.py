@@ -343,3 +343,16 @@ def test_reconstruction_baselines(frame_pair):
   assert p['clip mean colour'] < p['2x2 thumbnail'] < p['4x4 thumbnail']
   with pytest.raises(ValueError, match='3x3|4x4'):
     reconstruction.baselines(a[:, :, :30, :30])
+
+
+def test_block_grid_sees_an_8x8_grid_and_only_it():
+  from vftok.evals import reconstruction
+  rng = np.random.default_rng(0)
+  smooth = np.cumsum(rng.normal(size=(2, 3, 32, 32, 3)), axis=3) + 128
+  blocky = smooth + np.repeat(np.repeat(
+      rng.normal(0, 20, (2, 3, 4, 4, 3)), 8, 2), 8, 3)
+  shifted = np.roll(blocky, 4, axis=(2, 3))  # the grid off the 8x8 borders
+  g = reconstruction.block_grid
+  assert np.all(np.abs(g(smooth)) < 1)
+  assert np.all(g(blocky) > 5)
+  assert np.all(g(shifted) < -1)

@@ -55,6 +55,11 @@ CASES = {
     'convert_official': ('convert_official', None, {'path': MISSING},
                          "config.path='{tmp}/missing'",
                          'a released VideoFlexTok model.safetensors'),
+    'reconstruct': ('reconstruct', None, {'video': MISSING},
+                    "config.video='{tmp}/missing'", 'no such file'),
+    'export_tokenizer': ('export_tokenizer', None, {'checkpoint': MISSING},
+                         "config.checkpoint='{tmp}/missing'",
+                         'make one with configs/tokenizer_k600.py'),
 }
 
 

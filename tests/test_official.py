@@ -114,7 +114,7 @@ def test_detokenize(tok, ref):
 def test_notebook_sampling_defaults(tok):
   assert tok.sample_defaults() == dict(
       steps=40, guidance='apg', guidance_scale=25.0, apg_momentum=0.0,
-      apg_eta=0.0, apg_norm_threshold=0.6)
+      apg_eta=0.0, apg_norm_threshold=0.6, time_shift=1.0)
 
 
 def test_conversion_job_workdir(tmp_path, ref):

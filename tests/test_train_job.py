@@ -231,3 +231,53 @@ def test_readme_tokenizer_example_runs_as_written(full_run, tmp_path):
   img = np.asarray(Image.open(png))
   assert img.shape == (32, 3 * 32, 3)           # original | 1 | all tokens
   assert img[:, 32:].std() > 0
+
+
+def test_exported_bundle_reconstructs_a_video_file(full_run, tmp_path):
+  """export_tokenizer -> a bundle that tokenizes exactly as the checkpoint;
+  the reconstruct job reads a real video through it (and through the workdir
+  itself) and writes its table and picture; a second export refuses."""
+  import json
+  import os
+  from vftok import errors
+  from vftok import main
+  from vftok.api import pretrained
+  from vftok.data import demo
+  from vftok.jobs import export_tokenizer
+  from vftok.jobs import reconstruct
+  out, _ = full_run
+  bundle = tmp_path / 'bundle'
+  export_tokenizer.run(load_config('export_tokenizer', checkpoint=str(out)),
+                       str(bundle))
+  assert sorted(os.listdir(bundle)) == sorted(
+      ['codec.npz', 'config.json', 'latents.json', 'params.safetensors'])
+  ref = vftok.Tokenizer.from_checkpoint(str(out))
+  got = pretrained.load(str(bundle))
+  lat = np.random.default_rng(0).normal(size=(2, *ref.latent_shape))
+  np.testing.assert_array_equal(np.asarray(got.tokenizer.tokenize(lat)),
+                                np.asarray(ref.tokenize(lat)))
+  with pytest.raises(errors.InputError, match='already holds a bundle'):
+    pretrained.export(str(out), str(bundle))
+
+  video = os.path.join(demo.video_dir(), 'bikes.mp4')
+  tables = {}
+  for name, source in (('bundle', bundle), ('workdir', out)):
+    c = load_config('reconstruct', video=video, tokenizer=str(source),
+                    num_clips=2, sample_steps=2)
+    main.run_job(reconstruct, c, str(tmp_path / name))
+    with open(tmp_path / name / 'reconstruct.md') as f:
+      text = f.read()
+    for row in ('| 1 |', '| 2 |', '| 4 |', '| clip mean colour |',
+                '| 2x2 thumbnail |', '| 4x4 thumbnail |',
+                '| codec only (ceiling) |'):
+      assert row in text, (row, text)
+    with open(tmp_path / name / 'reconstruct.json') as f:
+      tables[name] = json.load(f)
+    img = np.asarray(Image.open(tmp_path / name / 'reconstruct.png'))
+    assert img.shape[0] == 8 * (32 + 2) + 2  # originals, codec, 3 + 3 rows
+  assert tables['bundle']['psnr'] == tables['workdir']['psnr']
+  assert 0 < tables['bundle']['clip_starts_s'][1] < 10.5  # spread over 10.4 s
+  with pytest.raises(SystemExit, match='no such file'):
+    main.run_job(reconstruct, load_config(
+        'reconstruct', video=str(tmp_path / 'none.mp4'),
+        tokenizer=str(bundle)), str(tmp_path / 'bad'))

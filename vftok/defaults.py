@@ -19,7 +19,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
 
   # ---- data: pre-encoded VAE latent records (vftok/data/records.py) -------
   c.data = ml_collections.ConfigDict()
-  c.data.kind = 'records'            # 'records' | 'demo'
+  c.data.kind = 'records'            # 'records' | 'demo' | 'footage'
   c.data.root = ''                   # demo: where the embedded set is built
   c.data.demo_repa_teacher = 'i3d:Mixed_3c'  # demo: REPA features stored
   c.data.train_pattern = ''          # records: glob of ArrayRecord files
@@ -147,6 +147,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   s.apg_momentum = 0.0
   s.apg_eta = 0.0
   s.apg_norm_threshold = 0.6
+  s.time_shift = 0.0                 # Euler time-grid shift; 0: model.time_shift
   return c
 
 

@@ -67,7 +67,7 @@ def quiet_libraries():
 
 JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
         'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar',
-        'eval_ar', 'convert_official')
+        'eval_ar', 'convert_official', 'reconstruct', 'export_tokenizer')
 
 
 def main(argv):

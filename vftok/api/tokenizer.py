@@ -232,8 +232,12 @@ class Tokenizer:
     notebook's settings unless the config says otherwise)."""
     s = self.config.get('sample') or {}
     defaults = dict(steps=40, guidance='apg', guidance_scale=25.0,
-                    apg_momentum=0.0, apg_eta=0.0, apg_norm_threshold=0.6)
-    return {k: s.get(k, v) for k, v in defaults.items()}
+                    apg_momentum=0.0, apg_eta=0.0, apg_norm_threshold=0.6,
+                    time_shift=0.0)
+    out = {k: s.get(k, v) for k, v in defaults.items()}
+    # 0: the time shift the model was trained with.
+    out['time_shift'] = out['time_shift'] or self.config.model.time_shift
+    return out
 
   def detokenize(self, tokens, steps: Optional[int] = None,
                  guidance_scale: Optional[float] = None, seed: int = 0, *,
@@ -256,7 +260,8 @@ class Tokenizer:
     against the learned null condition: guidance='cfg' (classifier-free) or
     'apg' (adaptive projected guidance with apg_momentum / apg_eta /
     apg_norm_threshold; see flow.Guidance). time_shift: Euler time-grid shift
-    (default: the model's training shift). first_frame [B, H, W, C] or
+    (default: config.sample.time_shift, else the model's training shift).
+    first_frame [B, H, W, C] or
     [B, 1, H, W, C]: decode conditioned on this clean first latent frame
     (decoders fine-tuned with frame conditioning, stage 2); the output's
     frame 0 is exactly it.
@@ -285,8 +290,7 @@ class Tokenizer:
                       float(pick(apg_momentum, 'apg_momentum')),
                       float(pick(apg_eta, 'apg_eta')),
                       float(pick(apg_norm_threshold, 'apg_norm_threshold')))
-    shift = float(self.config.model.time_shift if time_shift is None
-                  else time_shift)
+    shift = float(pick(time_shift, 'time_shift'))
     pt = self.config.model.patch_size[0]
     shape = (b, t * pt, *self.latent_shape[1:])
     if noise is None:

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from vftok.data import demo
+from vftok.data import footage
 from vftok.data import records
 
 TRAIN_FIELDS = ('latents', 'label', 'repa_features')
@@ -81,11 +82,14 @@ class Data:
 
 
 def resolve_patterns(data_config, teacher_factory=None) -> Data:
-  """config.data -> Data; builds the demo set first if kind == 'demo'
-  (`teacher_factory`: see demo.ensure_demo_dataset)."""
+  """config.data -> Data; builds the embedded set first if kind is 'demo'
+  (data/demo.py) or 'footage' (data/footage.py; `teacher_factory`: see
+  demo.ensure_demo_dataset)."""
   kind = data_config.kind
-  if kind == 'demo':
-    p = demo.ensure_demo_dataset(
+  if kind in ('demo', 'footage'):
+    ensure = (demo.ensure_demo_dataset if kind == 'demo'
+              else footage.ensure_footage_dataset)
+    p = ensure(
         data_config.root, data_config.num_frames, data_config.resolution,
         # Workdirs older than the field: the current demo set.
         repa_teacher=data_config.get('demo_repa_teacher', 'i3d:Mixed_3c'),
@@ -93,7 +97,8 @@ def resolve_patterns(data_config, teacher_factory=None) -> Data:
     return Data(p.train_pattern, p.eval_pattern, p.manifest,
                 p.manifest['codec'], p.codec_path, data_config.normalize)
   if kind != 'records':
-    raise ValueError(f"config.data.kind={kind!r}: must be 'records' or 'demo'")
+    raise ValueError(f"config.data.kind={kind!r}: must be 'records', 'demo' "
+                     "or 'footage'")
   train = data_config.train_pattern
   shape = dict(num_frames=data_config.get('num_frames', 17),
                resolution=data_config.get('resolution', 128))

@@ -400,3 +400,42 @@ def read_clips(inputs: Sequence[VideoInput], params: ClipParams, **kwargs
   """All clips in memory (small sets and tests) -> (clips, problems)."""
   problems = []
   return list(iter_clips(inputs, params, problems, **kwargs)), problems
+
+
+def spread_clips(path: str, num_clips: int, params: ClipParams
+                 ) -> Tuple[np.ndarray, List[float]]:
+  """`num_clips` clips spread evenly over one video file, the first at its
+  start and the last ending near its end, each read by seeking to its start
+  (a long video costs no more than a short one) -> (uint8 [N, F, R, R, 3],
+  start of each clip in seconds). A video too short for one clip gives one
+  clip per `num_frames` frames it holds. Errors are one errors.InputError
+  naming the file and the problem."""
+  if not os.path.isfile(path):
+    raise errors.InputError(f'config.video={path!r}: no such file')
+  try:
+    with av.open(path) as container:
+      if not container.streams.video:
+        raise ValueError('no video stream')
+      stream = container.streams.video[0]
+      fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+      seconds = (float(stream.duration * stream.time_base) if stream.duration
+                 else (container.duration or 0) / av.time_base)
+  except (av.FFmpegError, ValueError, OSError) as e:
+    raise errors.InputError(f'config.video={path!r} is not a readable video: '
+                            f'{type(e).__name__}: {e}') from None
+  clip_s = (params.num_frames + 1) / fps  # a frame of slack for rounding
+  starts = (np.linspace(0.0, seconds - clip_s, num_clips).tolist()
+            if seconds > clip_s * 2 and num_clips > 1 else [0.0])
+  problems: List[Problem] = []
+  frames, times = [], []
+  for s in starts:
+    video = VideoInput(path, os.path.basename(path), start=s or None)
+    one = dataclasses.replace(
+        params, max_clips_per_video=1 if len(starts) > 1 else num_clips)
+    for clip in video_clips(video, 0, one, problems):
+      frames.append(clip.frames)
+      times.append(s + clip.start / (params.fps or clip.source_fps))
+  if not frames:
+    why = problems[0][1] if problems else 'no frames decoded'
+    raise errors.InputError(f'config.video={path!r}: {why}')
+  return np.stack(frames), times

@@ -45,29 +45,15 @@ class Evaluator:
     self.tok.params = params
     e = self.config.eval
     psnr: Dict[str, List[np.ndarray]] = {}
-    add = lambda name, px, frames: psnr.setdefault(name, []).append(
-        np.asarray(pixels.psnr(px, frames)))
     rows = None
     for i, batch in enumerate(self.batches):
-      frames = batch['frames']
-      codec_px = self._to_pixels(batch['latents'])
-      add('codec', codec_px, frames)
-      for name, px in baselines(frames).items():
-        add(name, px, frames)
-      tokens = self.tok.tokenize(batch['latents'])
-      recon, mean = {}, {}
-      for k in self.budgets:
-        lat = self.tok.detokenize(tokens[:, :, :k], steps=e.sample_steps,
-                                  guidance_scale=e.guidance_scale, seed=step)
-        recon[k] = self._to_pixels(np.asarray(lat))
-        add(f'k={k}', recon[k], frames)
-        lat = self.tok.detokenize(tokens[:, :, :k], steps=1,
-                                  guidance_scale=1.0, seed=step)
-        mean[k] = self._to_pixels(np.asarray(lat))
-        add(f'mean_k={k}', mean[k], frames)
+      scores, batch_rows = reconstruct_batch(
+          self.tok, batch['latents'], batch['frames'], self._to_pixels,
+          self.budgets, e.sample_steps, e.guidance_scale, seed=step)
+      for name, v in scores.items():
+        psnr.setdefault(name, []).append(v)
       if i == 0:
-        rows = ([frames, codec_px] + [recon[k] for k in self.budgets]
-                + [mean[k] for k in self.budgets])
+        rows = batch_rows
     table = {name: float(np.mean(np.concatenate(v))) for name, v in psnr.items()}
     self._write(step, table, rows)
     return table
@@ -76,21 +62,12 @@ class Evaluator:
     return np.clip(self.codec.decode(self.denormalize(latents)), 0, 255)
 
   def _write(self, step, table, rows):
-    labels = (['original', 'codec'] + [f'{k} tok' for k in self.budgets]
-              + [f'{k} tok mean' for k in self.budgets])
     e = self.config.eval
-    lines = [f'| tokens / latent frame | sampled ({e.sample_steps} steps, '
-             f'guidance {e.guidance_scale:g}) | one-step mean |', '|---|---|---|']
-    lines += [f'| {k} | {table[f"k={k}"]:.2f} | {table[f"mean_k={k}"]:.2f} |'
-              for k in self.budgets]
-    lines += ['| **baselines** | | |']
-    lines += [f'| {name} | {table[name]:.2f} | |' for name in BASELINES]
-    lines += [f'| codec only (ceiling) | {table["codec"]:.2f} | |']
-    text = '\n'.join(lines)
+    text = table_markdown(table, self.budgets, e.sample_steps, e.guidance_scale)
     print(f'\nReconstruction PSNR at step {step} '
           f'({self.config.eval.num_clips} held-out clips):\n{text}\n', flush=True)
     self.writer.write_scalars(step, {f'eval/psnr_{n}': v for n, v in table.items()})
-    grid = make_grid(rows, labels, label_width=76)
+    grid = make_grid(rows, row_labels(self.budgets), label_width=76)
     self.writer.write_images(step, {'eval/reconstructions': grid[None]})
     # Atomic (temp + rename): a run killed here leaves no half-written file.
     with records.atomic_path(
@@ -103,6 +80,74 @@ class Evaluator:
 
 
 BASELINES = ('clip mean colour', '2x2 thumbnail', '4x4 thumbnail')
+
+
+def reconstruct_batch(tok, latents, frames, to_pixels, budgets, steps: int,
+                      guidance_scale: float, seed: int):
+  """PSNR per clip of one batch at every budget, against `frames`.
+
+  tok: an api.Tokenizer; latents: what it takes (normalised); to_pixels:
+  its latents -> pixels (denormalise, codec decode). -> ({'k=<k>' sampled,
+  'mean_k=<k>' one-step mean, 'codec', BASELINES...: float [B]}, the picture's
+  rows in row_labels(budgets) order)."""
+  psnr = {}
+  add = lambda name, px: psnr.__setitem__(
+      name, np.asarray(pixels.psnr(px, frames)))
+  codec_px = to_pixels(latents)
+  add('codec', codec_px)
+  for name, px in baselines(frames).items():
+    add(name, px)
+  tokens = tok.tokenize(latents)
+  recon, mean = {}, {}
+  for k in budgets:
+    lat = tok.detokenize(tokens[:, :, :k], steps=steps,
+                         guidance_scale=guidance_scale, seed=seed)
+    recon[k] = to_pixels(np.asarray(lat))
+    add(f'k={k}', recon[k])
+    lat = tok.detokenize(tokens[:, :, :k], steps=1, guidance_scale=1.0,
+                         seed=seed)
+    mean[k] = to_pixels(np.asarray(lat))
+    add(f'mean_k={k}', mean[k])
+  rows = ([frames, codec_px] + [recon[k] for k in budgets]
+          + [mean[k] for k in budgets])
+  return psnr, rows
+
+
+def block_grid(frames, block: int = 8) -> np.ndarray:
+  """How visible a grid of `block` x `block` blocks is in clips [B, F, H, W,
+  3]: the mean |difference| of neighbouring pixels across block borders
+  minus the mean inside blocks (horizontal and vertical; pixel levels) ->
+  [B]. About 0 for natural video. The patch codec's truncation leaves a
+  faint grid (measured 7.9 on bikes.mp4); the 8x8 speckle of samples that
+  draw each latent position's detail wrongly doubles it (14.5-15.4, the
+  demo model)."""
+  x = np.asarray(frames, np.float32)
+  excess = []
+  for axis in (2, 3):
+    d = np.abs(np.diff(x, axis=axis))
+    border = np.arange(d.shape[axis]) % block == block - 1
+    excess.append(np.compress(border, d, axis=axis).mean(axis=(1, 2, 3, 4))
+                  - np.compress(~border, d, axis=axis).mean(axis=(1, 2, 3, 4)))
+  return (excess[0] + excess[1]) / 2
+
+
+def row_labels(budgets):
+  return (['original', 'codec'] + [f'{k} tok' for k in budgets]
+          + [f'{k} tok mean' for k in budgets])
+
+
+def table_markdown(table: Dict[str, float], budgets, steps: int,
+                   guidance_scale: float) -> str:
+  """The PSNR table (mean dB per row of `reconstruct_batch`'s names): one row
+  per budget, sampled and one-step mean, then the baselines and the codec."""
+  lines = [f'| tokens / latent frame | sampled ({steps} steps, '
+           f'guidance {guidance_scale:g}) | one-step mean |', '|---|---|---|']
+  lines += [f'| {k} | {table[f"k={k}"]:.2f} | {table[f"mean_k={k}"]:.2f} |'
+            for k in budgets]
+  lines += ['| **baselines** | | |']
+  lines += [f'| {name} | {table[name]:.2f} | |' for name in BASELINES]
+  lines += [f'| codec only (ceiling) | {table["codec"]:.2f} | |']
+  return '\n'.join(lines)
 
 
 def baselines(frames) -> Dict[str, np.ndarray]:
