@@ -169,6 +169,11 @@ def test_sweep_command_writes_table_plot_grid(cli_sweep):
   for r in rows:
     assert float(r['rfvd']) >= 0 and np.isfinite(float(r['rfvd']))
     assert 0 < float(r['psnr']) < 100 and -1 <= float(r['ssim']) <= 1
+    # MAE, MSE (pixel levels, clip means): mean(mae)^2 <= mean(mse), and by
+    # Jensen the mean PSNR is at least the PSNR of the mean MSE.
+    mae, mse = float(r['mae']), float(r['mse'])
+    assert 0 < mae and mae ** 2 <= mse * (1 + 1e-6)
+    assert float(r['psnr']) >= 10 * np.log10(255 ** 2 / mse) - 1e-4
     assert 0 <= float(r['class_score']) <= 1
     assert float(r['sec_per_clip_detokenize']) > 0
   md = (out / 'sweep.md').read_text()
@@ -196,7 +201,7 @@ def test_sweep_same_seed_same_numbers(ckpt, cli_sweep, tmp_path):
       2.0,)), str(tmp_path))
   cli = json.loads((cli_sweep[0] / 'sweep.json').read_text())
   want = [r for r in cli['rows'] if r['budget'] == 2 and r['guidance'] == 2.0]
-  keys = ('rfvd', 'psnr', 'ssim')
+  keys = ('rfvd', 'psnr', 'ssim', 'mae', 'mse')
   assert [got['rows'][0][k] for k in keys] == [want[0][k] for k in keys]
   assert got['codec']['rfvd'] == cli['codec']['rfvd']
   # The budgets do not all decode alike (the tokens are read).
@@ -277,7 +282,7 @@ def _sweep_result():
   grid)."""
   budgets, settings = [1, 2], [(1.0, 2)]
   rows = [dict(budget=k, guidance=1.0, steps=2, rfvd=10.0 / k, psnr=20.0 + k,
-               ssim=0.5, class_score=float('nan'),
+               ssim=0.5, mae=8.0, mse=100.0, class_score=float('nan'),
                sec_per_clip_detokenize=0.01) for k in budgets]
   info = dict(checkpoint='/ckpt/tok', step=6, num_clips=2, seed=0, devices=8,
               guidance='cfg', platform='cpu', clip_shape=[17, 32, 32, 3],
@@ -286,7 +291,7 @@ def _sweep_result():
             'i3d_features': 0.1, 'codec_decode': 0.01,
             'compile_seconds': 1.0, 'wall_seconds': 2.0}
   result = dict(info=info, rows=rows, timing=timing,
-                codec=dict(rfvd=1.0, psnr=30.0, ssim=0.9,
+                codec=dict(rfvd=1.0, psnr=30.0, ssim=0.9, mae=2.0, mse=8.0,
                            class_score=float('nan')))
   px = np.zeros((2, 17, 32, 32, 3), np.uint8)
   return result, settings, budgets, {'rows': [px, px], (1.0, 2): [px, px]}

@@ -12,6 +12,7 @@ and compare with the original pixels:
          (config.fvd: standard 400-d logits of 16 frames at 224 x 224)
   PSNR   over each whole clip, averaged over clips (dB)
   SSIM   per frame (Gaussian 11 x 11, sigma 1.5), averaged
+  MAE, MSE  over each whole clip in pixel levels (0-255), averaged (Table 8)
   class  optional: mean p(label | reconstruction) (config.classifier)
 
 The codec's own reconstruction (no tokenizer) is reported as the ceiling.
@@ -56,8 +57,11 @@ from vftok.evals import timing as timing_lib
 from vftok.evals import video_features
 from vftok.models import tokenizer as tokenizer_lib
 
-COLUMNS = ('budget', 'guidance', 'steps', 'rfvd', 'psnr', 'ssim',
+COLUMNS = ('budget', 'guidance', 'steps', 'rfvd', 'psnr', 'ssim', 'mae', 'mse',
            'class_score', 'sec_per_clip_detokenize')
+# Per clip, averaged over clips (Table 8 of the paper also has MAE and MSE:
+# pixel levels 0-255, over every pixel and channel of the clip).
+PIXEL_METRICS = ('psnr', 'ssim', 'mae', 'mse')
 
 
 # ------------------------------------------------------------------- run ---
@@ -122,7 +126,7 @@ def run(config, workdir: str, writer=None) -> Dict:
         video_features.pad_rows(px, config.batch_size), bs),
         sharding.put_global(
             video_features.pad_rows(frames, config.batch_size), bs))
-    for name in ('psnr', 'ssim'):
+    for name in PIXEL_METRICS:
       add(key, name, sharding.fetch(m[name])[:len(px)])
     add(key, 'feats', features(px))
     if classifier is not None:
@@ -174,8 +178,7 @@ def run(config, workdir: str, writer=None) -> Dict:
     a = acc[key]
     out = {'rfvd': frechet.frechet_distance(
         mu, sigma, *frechet.gaussian_stats(np.concatenate(a['feats']))),
-           'psnr': float(np.mean(np.concatenate(a['psnr']))),
-           'ssim': float(np.mean(np.concatenate(a['ssim'])))}
+           **{m: float(np.mean(np.concatenate(a[m]))) for m in PIXEL_METRICS}}
     out['class_score'] = (float(np.mean(np.concatenate(a['class'])))
                           if 'class' in a else float('nan'))
     return out
@@ -229,7 +232,8 @@ def markdown(result) -> str:
   info, rows, ceil, t = (result['info'], result['rows'], result['codec'],
                          result['timing'])
   has_class = np.isfinite(ceil['class_score'])
-  head = ['budget', 'guidance', 'steps', 'rFVD', 'PSNR (dB)', 'SSIM']
+  head = ['budget', 'guidance', 'steps', 'rFVD', 'PSNR (dB)', 'SSIM', 'MAE',
+          'MSE']
   head += ['class score'] if has_class else []
   head += ['s/clip detokenize']
   lines = [
@@ -242,12 +246,14 @@ def markdown(result) -> str:
       '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     cells = [str(r['budget']), f"{r['guidance']:g}", str(r['steps']),
-             _fmt(r['rfvd'], 2), _fmt(r['psnr'], 2), _fmt(r['ssim'], 4)]
+             _fmt(r['rfvd'], 2), _fmt(r['psnr'], 2), _fmt(r['ssim'], 4),
+             _fmt(r['mae'], 2), _fmt(r['mse'], 1)]
     cells += [_fmt(r['class_score'], 3)] if has_class else []
     cells += [_fmt(r['sec_per_clip_detokenize'], 4)]
     lines.append('| ' + ' | '.join(cells) + ' |')
   cells = ['codec only (ceiling)', '', '', _fmt(ceil['rfvd'], 2),
-           _fmt(ceil['psnr'], 2), _fmt(ceil['ssim'], 4)]
+           _fmt(ceil['psnr'], 2), _fmt(ceil['ssim'], 4), _fmt(ceil['mae'], 2),
+           _fmt(ceil['mse'], 1)]
   cells += [_fmt(ceil['class_score'], 3)] if has_class else []
   lines.append('| ' + ' | '.join(cells + ['']) + ' |')
   if has_class:
@@ -305,14 +311,14 @@ def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
 
   for r in result['rows']:
     tag = f"guidance{r['guidance']:g}_steps{r['steps']}"
-    scalars = {f'{m}/{tag}': r[m] for m in ('rfvd', 'psnr', 'ssim')}
+    scalars = {f'{m}/{tag}': r[m] for m in ('rfvd',) + PIXEL_METRICS}
     if np.isfinite(r['class_score']):
       scalars[f'class_score/{tag}'] = r['class_score']
     scalars[f'sec_per_clip_detokenize/{tag}'] = r['sec_per_clip_detokenize']
     writer.write_scalars(r['budget'], scalars)
   for k in budgets:  # the ceiling as a flat line next to the curves
     writer.write_scalars(k, {f'{m}/codec_only': result['codec'][m]
-                             for m in ('rfvd', 'psnr', 'ssim')})
+                             for m in ('rfvd',) + PIXEL_METRICS})
   writer.write_scalars(0, {f'sec_per_clip/{k}': v
                            for k, v in result['timing'].items()
                            if k not in ('compile_seconds', 'wall_seconds')})
