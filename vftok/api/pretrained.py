@@ -7,7 +7,7 @@ A bundle is one small directory that reconstructs pixels with nothing else:
   codec.npz            the latent codec it was trained on (PatchPCACodec)
   latents.json         how codec latents are scaled for the tokenizer
                        (latent_mean / latent_std as the training data's
-                       manifest had them, config.data.normalize) and the
+                       manifest has them, config.data.normalize) and the
                        clip shape (frames, resolution)
 
 `export(workdir, out)` writes one from a train_tokenizer workdir (the
@@ -85,11 +85,12 @@ def export(workdir: str, out: str, step: Optional[int] = None,
         'tokenizer needs its VAE weights: use Tokenizer.from_checkpoint)')
   params = jax.tree.map(lambda a: np.asarray(a, np.float32),
                         jax.device_get(tok.params))
+  # The data manifest's statistics as they are: load() scales with them
+  # through pipeline.Data, the training pipeline's own mechanism.
   latents = dict(
       normalize=config.data.normalize,
-      latent_mean=None if data.latent_mean is None
-      else data.latent_mean.tolist(),
-      latent_std=None if data.latent_std is None else data.latent_std.tolist(),
+      latent_mean=data.manifest.get('latent_mean'),
+      latent_std=data.manifest.get('latent_std'),
       num_frames=config.data.num_frames, resolution=config.data.resolution,
       trained_steps=tok.step, trained_in=os.path.abspath(workdir))
   tmp = f'{out.rstrip(os.sep)}.tmp-{os.getpid()}'
@@ -112,14 +113,6 @@ def export(workdir: str, out: str, step: Optional[int] = None,
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return out
-
-
-def _scaler(mean, std):
-  if mean is None:
-    return (lambda z: np.asarray(z, np.float32),) * 2
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-  return ((lambda z: (np.asarray(z, np.float32) - mean) / std),
-          (lambda z: np.asarray(z, np.float32) * std + mean))
 
 
 def load(path: str = SMALL64, step: Optional[int] = None,
@@ -148,7 +141,10 @@ def load(path: str = SMALL64, step: Optional[int] = None,
       st.load_file(os.path.join(path, PARAMS_FILE)), sep=_SEP)
   tok = tokenizer_api.Tokenizer(config, jax.device_put(params))
   tok.step = latents.get('trained_steps')
-  norm, denorm = _scaler(latents['latent_mean'], latents['latent_std'])
+  stats = {k: latents[k] for k in ('latent_mean', 'latent_std')
+           if latents.get(k) is not None}
+  data = pipeline.Data('', '', stats, normalize=latents['normalize'])
   codec = codecs.PatchPCACodec.load(os.path.join(path, CODEC_FILE))
-  return Pretrained(tok, codec, norm, denorm, latents['num_frames'],
+  return Pretrained(tok, codec, pipeline.make_normalizer(data),
+                    pipeline.make_denormalizer(data), latents['num_frames'],
                     latents['resolution'], path)
