@@ -298,10 +298,18 @@ def describe(config) -> str:
     return (f'AR d{mc.depth} w{mc.width}, {mc.num_frames} frames x '
             f'{config.data.tokens_per_frame or mc.tokens_per_frame} tokens, '
             f'{"text" if mc.text_dim else "class"}-conditioned, {mc.dtype}')
-  return (f'encoder d{m.enc_depth} w{m.enc_width}, decoder d{m.dec_depth} '
+  structure = tokenizer.token_structure(m)
+  params = f'{tokenizer.param_count(m) / 1e6:.1f}M params'
+  if structure == 'grid':  # the paper's comparisons: beside VideoFlexTok's
+    flex = m.copy_and_resolve_references()
+    flex.token_structure, flex.nested_dropout = 'registers', 'pow2'
+    params += (f' (VideoFlexTok at these sizes and K: '
+               f'{tokenizer.param_count(flex) / 1e6:.1f}M)')
+  return (f'{structure} tokenizer, encoder d{m.enc_depth} w{m.enc_width} '
+          f'({tokenizer.encoder_attention(m)}), decoder d{m.dec_depth} '
           f'w{m.dec_width}, {m.latent_frames} x {tuple(m.latent_size)} '
           f'latents, patch {tuple(m.patch_size)}, K={m.tokens_per_frame}, '
-          f'{m.dtype}')
+          f'{m.dtype}; {params}')
 
 
 def main(argv):

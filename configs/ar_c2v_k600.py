@@ -15,6 +15,9 @@ FSDP on a pod: --config.mesh.fsdp=8.
 
 `:36,runlocal` (or `:runlocal`) shrinks it to a CPU smoke test on the demo
 set's tokens (needs --config.tokenizer.checkpoint=<tokenizer workdir>).
+`:grid` (e.g. `:36,grid`) is the same model on the 3D-grid counterpart's
+tokens (configs/tokenizer_k600.py:grid): raster order, one length of 256
+tokens per frame (defaults.ar_grid).
 """
 from vftok import defaults
 from vftok.models import ar_config as ar
@@ -22,7 +25,7 @@ from vftok.models import ar_config as ar
 
 def get_config(arg=None):
   depth, flags = defaults.parse_arg(arg, 36)
-  unknown = flags - {'runlocal'}
+  unknown = flags - {'runlocal', 'grid'}
   if unknown:
     raise ValueError(f'unknown config arguments {sorted(unknown)}')
   if depth not in ar.PAPER_C2V_DEPTHS:
@@ -44,4 +47,6 @@ def get_config(arg=None):
   c.eval.budgets = (1, 4, 16, 32, 256)
   if 'runlocal' in flags:
     defaults.ar_runlocal(c)
+  if 'grid' in flags:
+    defaults.ar_grid(c)
   return c

@@ -16,12 +16,16 @@ the KV-cache speed-up:
 
     python -m vftok.main --config=configs/sample_ar.py --workdir=/tmp/ar_demo/samples \
       --config.ar_workdir=/tmp/ar_demo --config.benchmark
+
+`:grid` is the same model on the demo-size 3D-grid counterpart's tokens
+(configs/demo.py:grid; pass its workdir as tokenizer.checkpoint): raster
+order, one length of 16 tokens per frame.
 """
 from vftok import defaults
 
 
 def get_config(arg=None):
-  del arg
+  flags = defaults.parse_flags(arg, ('grid',))
   c = defaults.ar_demo(defaults.ar_config(4))
   m = c.model
   m.width, m.heads = 128, 4     # head_dim 32
@@ -37,6 +41,8 @@ def get_config(arg=None):
   t.log_every = 20
   t.eval_every = 200
   t.checkpoint_every = 100
+  if 'grid' in flags:   # on configs/demo.py:grid's tokens, raster order
+    defaults.ar_grid(c)
   c.eval.cfg_scale = 1.5
   c.eval.decode_steps = 25
   return c

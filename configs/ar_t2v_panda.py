@@ -23,7 +23,10 @@ d_model (the job checks it). Captions are encoded on the host per batch
 (jobs/train_ar.py); 120 tokens as LlamaGen.
 
 `:runlocal` shrinks it to a CPU smoke test on the demo tokens with the
-bundled MiniLM encoder (needs --config.tokenizer.checkpoint).
+bundled MiniLM encoder (needs --config.tokenizer.checkpoint). `:grid` (e.g.
+`:42,grid`, the paper's 5.2B 3D-grid model) trains on the grid counterpart's
+tokens (configs/tokenizer_panda.py:grid) in raster order, at its one length
+(defaults.ar_grid).
 """
 from vftok import defaults
 from vftok.models import compute_plan
@@ -32,7 +35,7 @@ from vftok.models import ar_config as ar
 
 def get_config(arg=None):
   depth, flags = defaults.parse_arg(arg, 20)
-  unknown = flags - {'runlocal', '4c'}
+  unknown = flags - {'runlocal', '4c', 'grid'}
   if unknown:
     raise ValueError(f'unknown config arguments {sorted(unknown)}')
   if depth not in ar.PAPER_T2V_DEPTHS:
@@ -64,4 +67,6 @@ def get_config(arg=None):
                      'a person cooking in a kitchen')
   if 'runlocal' in flags:
     defaults.ar_runlocal(c, text=True)
+  if 'grid' in flags:
+    defaults.ar_grid(c)
   return c

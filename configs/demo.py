@@ -23,12 +23,17 @@ pretrained tokenizer shipped in vftok/assets/small64 (README "Reconstruct any
 video"; pip install -r requirements-pretrain.txt first):
 
     python -m vftok.main --config=configs/demo.py:footage --workdir=/tmp/small64
+
+`:grid` is the demo-size 3D-grid counterpart (one token per latent patch,
+4 x 4 = 16 per latent frame: as many as the demo's K, no nested dropout;
+defaults.grid_counterpart), `:flat1d` the flat-1D ablation (encoder and
+decoder see every frame; defaults.flat_1d). Both train exactly as the demo.
 """
 from vftok import defaults
 
 
 def get_config(arg=None):
-  flags = defaults.parse_flags(arg, ('stage2', 'footage'))
+  flags = defaults.parse_flags(arg, ('stage2', 'footage', 'grid', 'flat1d'))
   config = defaults.tokenizer_config()
 
   config.data.kind = 'demo'
@@ -128,6 +133,11 @@ def get_config(arg=None):
     # docs/pretrained.md.
     config.sample.steps = e.sample_steps = 10
     config.sample.time_shift = 3.0
+
+  if 'grid' in flags:
+    defaults.grid_counterpart(config)
+  if 'flat1d' in flags:
+    defaults.flat_1d(config)
 
   if 'stage2' in flags:
     defaults.decoder_finetune(config, init_from='/tmp/vftok_demo')

@@ -33,7 +33,8 @@ def get_config(arg=None):
   c.captions = ()            # text models; (): the real clips' captions
   c.samples_per_condition = 4
   c.budgets = ()             # tokens per latent frame; (): 1, 2, 4, ..., K
-  c.cfg_scales = (1.5,)      # AR classifier-free guidance; 1: none
+  c.cfg_scales = (1.0, 1.5)  # AR classifier-free guidance; 1: none (both:
+                             # Fig. 11's with / without CFG)
   c.temperature = 1.0
   c.top_k = 0
   c.top_p = 1.0
@@ -41,7 +42,9 @@ def get_config(arg=None):
 
   # ---- tokens -> latents (the tokenizer's flow decoder) ---------------------
   c.decode = ml_collections.ConfigDict()
-  c.decode.steps = 25
+  c.decode.steps = (25,)     # Euler step counts, e.g. '(5,10,25)': every
+                             # budget decoded at each (Fig. 12: AR tokens x
+                             # decoder steps vs FLOPs)
   c.decode.guidance = 'apg'  # as Tokenizer.detokenize (config.sample)
   c.decode.guidance_scale = 3.0
   c.decode.apg = ml_collections.ConfigDict()
@@ -64,6 +67,13 @@ def get_config(arg=None):
   c.classifier = ml_collections.ConfigDict()
   c.classifier.factory = 'vftok.evals.class_score:load_classifier'
   c.classifier.path = ''     # e.g. the classifier.npz of train_classifier
+
+  # ---- ViCLIP score (text models; off unless given): factory(path) ->
+  # score(videos uint8 [B, F, H, W, 3], captions) -> [B]; vftok ships no
+  # ViCLIP: name your factory and its local weights (evals/frame_scores.py).
+  c.viclip = ml_collections.ConfigDict()
+  c.viclip.factory = ''
+  c.viclip.path = ''
 
   c.grid_samples = 2         # samples per condition in samples_cfg<s>.png
   return c

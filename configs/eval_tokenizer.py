@@ -53,5 +53,18 @@ def get_config(arg=None):
   c.classifier.factory = 'vftok.evals.class_score:load_classifier'
   c.classifier.path = ''   # e.g. the classifier.npz of train_classifier
 
+  # ---- LPIPS (Table 8; off unless a path is given) ---------------------------
+  # A local file with the lpips package's LPIPS state_dict (backbone + linear
+  # layers; vftok/evals/lpips.py says how to write it). No download.
+  c.lpips_weights = ''
+
+  # ---- rFID (Table 8; off unless a path is given): per-frame features -------
+  # factory(path) -> features(frames [N, H, W, 3] uint8) -> [N, D]; '' : the
+  # built-in DINOv2 CLS features from a local HF DINOv2 dir (FD-DINOv2). For
+  # the Inception-v3 FID plug your factory (vftok/evals/frame_scores.py).
+  c.rfid = ml_collections.ConfigDict()
+  c.rfid.factory = ''
+  c.rfid.path = ''
+
   c.grid_clips = 2         # clips shown in each reconstruction grid
   return c

@@ -13,13 +13,23 @@ Arguments (comma-separated):
              videos). The paper fine-tunes its d18-d28 decoder for 400B tokens
              and notes that a short fine-tuning already gives frame
              conditioning; this uses 100B (a quarter of stage 1).
+  grid       the 3D-grid controlled counterpart at the same sizes (Figs. 6,
+             7, 11): one token per latent patch (256 per latent frame), no
+             registers, no nested dropout; defaults.grid_counterpart.
+  flat1d     Table 2's flat-1D tokens: encoder (and decoder) attend to every
+             frame; defaults.flat_1d.
   runlocal   a CPU smoke test on the embedded demo data (same code path).
+
+Parameter counts (benchmarks/bench_train_step.py prints them): d18-d18
+VideoFlexTok 899.8M, its grid counterpart 898.3M (no register table;
+REPA head and adaLN included).
 """
 from vftok import defaults
 
 
 def get_config(arg=None):
-  flags = defaults.parse_flags(arg, ('d12', 'stage2', 'runlocal'))
+  flags = defaults.parse_flags(arg, ('d12', 'stage2', 'grid', 'flat1d',
+                                      'runlocal'))
   depth = 12 if 'd12' in flags else 18
   c = defaults.tokenizer_config()
 
@@ -59,9 +69,13 @@ def get_config(arg=None):
   c.train.total_steps = defaults.steps_for_tokens(
       c, 100e9 if 'd12' in flags else 400e9)
 
+  if 'runlocal' in flags:
+    defaults.runlocal(c)
+  if 'grid' in flags:
+    defaults.grid_counterpart(c)
+  if 'flat1d' in flags:
+    defaults.flat_1d(c)
   if 'stage2' in flags:
     defaults.decoder_finetune(c)
     c.train.total_steps = defaults.steps_for_tokens(c, 100e9)
-  if 'runlocal' in flags:
-    defaults.runlocal(c)
   return c

@@ -6,12 +6,16 @@
 Latents are 5 x 32 x 32 x 16; [1, 2, 2] patchification keeps 256 patches per
 latent frame. Batch 10240 as in the paper; scale it to your pod (the lr is
 not rescaled automatically). `:runlocal` shrinks it to a CPU smoke test.
+`:grid` is the 3D-grid controlled counterpart at the same sizes: one token
+per [1, 2, 2] latent patch, 256 per latent frame, no nested dropout
+(defaults.grid_counterpart; parameters: VideoFlexTok d18-d28 2537.0M, grid
+2535.5M, REPA head and adaLN included).
 """
 from vftok import defaults
 
 
 def get_config(arg=None):
-  flags = defaults.parse_flags(arg, ('runlocal',))
+  flags = defaults.parse_flags(arg, ('grid', 'runlocal'))
   c = defaults.tokenizer_config()
 
   # ---- data: VidTok latents of 17 x 256 x 256 clips ------------------------
@@ -39,4 +43,6 @@ def get_config(arg=None):
   c.train.total_steps = defaults.steps_for_tokens(c, 400e9)
   if 'runlocal' in flags:
     defaults.runlocal(c)
+  if 'grid' in flags:
+    defaults.grid_counterpart(c)
   return c

@@ -379,7 +379,7 @@ def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
   e.ar_workdir = str(work)
   e.classes, e.samples_per_condition = (1, 3), 3   # 6 samples: 1 padded batch
   e.budgets, e.cfg_scales = (1, K), (1.0, 2.0)
-  e.decode.steps = 1
+  e.decode.steps = (1, 2)   # Fig. 12's axis: each budget at both
   e.fvd.layer, e.fvd.resolution = 'pool', 32      # I3D small enough for CI
   e.classifier.factory = 'constant_classifier:make'
   e.classifier.path = 'unused'
@@ -389,9 +389,23 @@ def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
                'samples_cfg1.png'):
     assert (out / name).exists(), name
   rows = result['rows']
-  assert [(r['cfg_scale'], r['budget']) for r in rows] == [
-      (1.0, 1), (1.0, K), (2.0, 1), (2.0, K)]
-  assert [r['tokens_per_video'] for r in rows] == [T, T * K] * 2
+  assert [(r['cfg_scale'], r['budget'], r['decode_steps']) for r in rows] == [
+      (g, n, s) for g in (1.0, 2.0) for n in (1, K) for s in (1, 2)]
+  assert [r['tokens_per_video'] for r in rows] == [T, T, T * K, T * K] * 2
+  # Inference FLOPs (Fig. 12): the AR part grows with the tokens and doubles
+  # with CFG; the decoder part is per step (all K slots, mask-token padded).
+  by = {(r['cfg_scale'], r['budget'], r['decode_steps']): r for r in rows}
+  for g in (1.0, 2.0):
+    assert by[g, K, 1]['gflops_ar'] > by[g, 1, 1]['gflops_ar']
+    for n in (1, K):
+      assert by[g, n, 2]['gflops_decode'] == pytest.approx(
+          2 * by[g, n, 1]['gflops_decode'])
+      assert by[g, n, 1]['gflops_decode'] == by[g, 1, 1]['gflops_decode']
+  assert by[2.0, K, 1]['gflops_ar'] == pytest.approx(
+      2 * by[1.0, K, 1]['gflops_ar'])
+  for r in rows:
+    assert r['gflops_per_video'] == pytest.approx(r['gflops_ar'] +
+                                                  r['gflops_decode'])
   for r in rows:
     assert np.isfinite(r['gfvd']) and r['gfvd'] >= 0
     # p(conditioning class): samples of classes 1 and 3 -> (0.2 + 0.4) / 2.
@@ -406,9 +420,9 @@ def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
     assert len(f.read().strip().splitlines()) == 1 + len(rows)
 
   # One setting of the sweep on its own: identical numbers (paired keys).
-  e.budgets, e.cfg_scales = (K,), (2.0,)
+  e.budgets, e.cfg_scales, e.decode.steps = (K,), (2.0,), (2,)
   again = eval_ar.run(e, str(tmp_path / 'again'))['rows'][0]
-  assert again['gfvd'] == rows[3]['gfvd']
+  assert again['gfvd'] == by[2.0, K, 2]['gfvd']
 
   bad = [(dict(budgets=(K + 1,)), 'must be in'),
          (dict(cfg_scales=()), 'cfg_scales'),
@@ -420,6 +434,10 @@ def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
     c.update(fields)
     with pytest.raises(ValueError, match=match):
       eval_ar.run(c, str(tmp_path / 'bad'))
+  c = e.copy_and_resolve_references()
+  c.decode.steps = (0,)
+  with pytest.raises(ValueError, match='step counts must be >= 1'):
+    eval_ar.run(c, str(tmp_path / 'bad'))
   c = e.copy_and_resolve_references()
   c.ar_workdir = str(demo_ar[0].parent.parent)
   with pytest.raises(ValueError, match='is not a train_ar workdir'):

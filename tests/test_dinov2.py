@@ -129,3 +129,21 @@ def test_patch_feature_fn(checkpoints, kind, layer):
   assert float(jnp.std(feats)) > 0
   with pytest.raises(ValueError, match='multiples'):
     dinov2.make_patch_feature_fn(path, image_size=30)
+
+
+def test_rfid_frame_features_are_dinov2_cls_tokens(checkpoints):
+  """The built-in rFID features (evals/frame_scores.py): each uint8 frame
+  ImageNet-normalised, the reference model's final CLS token."""
+  from vftok.evals import frame_scores  # pylint: disable=g-import-not-at-top
+  model, path = checkpoints['plain']
+  frames = np.random.default_rng(2).integers(0, 256, (3, 28, 28, 3),
+                                             dtype=np.uint8)
+  assert callable(frame_scores.make_frame_features('', path))  # the default
+  ours = frame_scores.dinov2_frame_features(path, image_size=28, batch_size=2)(
+      frames)
+  x = (frames / 255.0 - np.asarray(dinov2.IMAGENET_MEAN)) / np.asarray(
+      dinov2.IMAGENET_STD)
+  with torch.no_grad():
+    ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32)))
+  np.testing.assert_allclose(ours, ref.last_hidden_state[:, 0].numpy(),
+                             atol=ATOL)

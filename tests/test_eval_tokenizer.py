@@ -138,22 +138,51 @@ class Bright:
 def make(path):
   assert path == 'unused-path'
   return Bright()
+def frame_stats(path):
+  assert path.endswith('frame_stats_weights')
+  def features(frames):   # per-frame channel means and stds: [N, 6]
+    f = np.asarray(frames, np.float32).reshape(len(frames), -1, 3)
+    return np.concatenate([f.mean(1), f.std(1)], axis=1)
+  return features
 '''
+
+
+def random_lpips_alex(path):
+  """An LPIPS (AlexNet) weights file with the package's state_dict keys and
+  random values (tests/test_lpips.py checks the computation itself)."""
+  rng = np.random.default_rng(0)
+  convs = ((1, 0, 64, 3, 11), (2, 3, 192, 64, 5), (3, 6, 384, 192, 3),
+           (4, 8, 256, 384, 3), (5, 10, 256, 256, 3))
+  state = {}
+  for l, (s, i, out, cin, k) in enumerate(convs):
+    state[f'net.slice{s}.{i}.weight'] = rng.normal(
+        0, (cin * k * k) ** -0.5, (out, cin, k, k)).astype(np.float32)
+    state[f'net.slice{s}.{i}.bias'] = np.zeros(out, np.float32)
+    state[f'lin{l}.model.1.weight'] = rng.uniform(
+        0, 0.1, (1, out, 1, 1)).astype(np.float32)
+  np.savez(path, **state)
+  return str(path)
 
 
 @pytest.fixture(scope='module')
 def cli_sweep(ckpt, tmp_path_factory):
-  """The documented command, with a plug-in classifier from another module."""
+  """The documented command, with a plug-in classifier from another module
+  and LPIPS from a local weights file."""
   out = tmp_path_factory.mktemp('sweep')
   plugin = tmp_path_factory.mktemp('plugin')
   (plugin / 'fake_classifier.py').write_text(FAKE_CLASSIFIER)
+  weights = random_lpips_alex(plugin / 'lpips_alex.npz')
+  (plugin / 'frame_stats_weights').write_text('')
   cmd = [sys.executable, '-m', 'vftok.main',
          '--config=configs/eval_tokenizer.py', f'--config.checkpoint={ckpt}',
          f'--workdir={out}', f'--config.num_clips={NUM_CLIPS}',
          '--config.guidance_scales=(1.0,2.0)', '--config.sample_steps=(2,)',
          '--config.fvd.layer=pool', '--config.fvd.resolution=16',
          '--config.classifier.factory=fake_classifier:make',
-         '--config.classifier.path=unused-path']
+         '--config.classifier.path=unused-path',
+         f'--config.lpips_weights={weights}',
+         '--config.rfid.factory=fake_classifier:frame_stats',
+         f'--config.rfid.path={plugin / "frame_stats_weights"}']
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(str(plugin)),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -175,10 +204,14 @@ def test_sweep_command_writes_table_plot_grid(cli_sweep):
     assert 0 < mae and mae ** 2 <= mse * (1 + 1e-6)
     assert float(r['psnr']) >= 10 * np.log10(255 ** 2 / mse) - 1e-4
     assert 0 <= float(r['class_score']) <= 1
+    assert 0 < float(r['lpips']) < 10
+    assert float(r['rfid']) >= 0 and np.isfinite(float(r['rfid']))
     assert float(r['sec_per_clip_detokenize']) > 0
   md = (out / 'sweep.md').read_text()
   assert md in stdout  # printed with the table
   assert md.count('\n| ') == len(rows) + 2  # header, rows, codec ceiling
+  assert '| rFVD | rFID | PSNR (dB) |' in md
+  assert '| MSE | LPIPS | class score |' in md
   for line in ('| 4 | 2 | 2 |', 'codec only (ceiling)', '- tokenize:',
                '- detokenize, 2 Euler steps, guidance 1.0:',
                'guidance 2.0 (CFG', '- I3D features (I3D pool (1024-d)',
@@ -263,6 +296,14 @@ def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
     eval_tokenizer.run(eval_config(ckpt, batch_size=6), str(tmp_path / 'o'))
   with pytest.raises(ValueError, match=r'budgets must be in \[1, 4\]'):
     eval_tokenizer.run(eval_config(ckpt, budgets=(8,)), str(tmp_path / 'o'))
+  c = eval_config(ckpt)
+  c.rfid.factory = 'fake:features'
+  with pytest.raises(ValueError, match='config.rfid.path is empty'):
+    eval_tokenizer.run(c, str(tmp_path / 'o'))
+  with pytest.raises(ValueError, match='lpips_weights=.*no such file'):
+    eval_tokenizer.run(eval_config(ckpt, lpips_weights=str(tmp_path / 'x.pt')),
+                       str(tmp_path / 'o'))
+  assert not (tmp_path / 'o').exists()
   # Through the command line: one error line, not a cascade.
   proc = subprocess.run(
       [sys.executable, '-m', 'vftok.main', '--config=configs/eval_tokenizer.py',
@@ -282,8 +323,9 @@ def _sweep_result():
   grid)."""
   budgets, settings = [1, 2], [(1.0, 2)]
   rows = [dict(budget=k, guidance=1.0, steps=2, rfvd=10.0 / k, psnr=20.0 + k,
-               ssim=0.5, mae=8.0, mse=100.0, class_score=float('nan'),
-               sec_per_clip_detokenize=0.01) for k in budgets]
+               ssim=0.5, mae=8.0, mse=100.0, lpips=0.1 * k, rfid=5.0 / k,
+               class_score=float('nan'), sec_per_clip_detokenize=0.01)
+          for k in budgets]
   info = dict(checkpoint='/ckpt/tok', step=6, num_clips=2, seed=0, devices=8,
               guidance='cfg', platform='cpu', clip_shape=[17, 32, 32, 3],
               features='I3D pool, 16 px', classifier='')
@@ -292,7 +334,7 @@ def _sweep_result():
             'compile_seconds': 1.0, 'wall_seconds': 2.0}
   result = dict(info=info, rows=rows, timing=timing,
                 codec=dict(rfvd=1.0, psnr=30.0, ssim=0.9, mae=2.0, mse=8.0,
-                           class_score=float('nan')))
+                           lpips=0.05, rfid=1.0, class_score=float('nan')))
   px = np.zeros((2, 17, 32, 32, 3), np.uint8)
   return result, settings, budgets, {'rows': [px, px], (1.0, 2): [px, px]}
 

@@ -63,11 +63,13 @@ def _tokenizer_step_flops(config):
       state, batch, jax.random.key(0), *task.extra).compile())
 
 
-@pytest.mark.parametrize('stage', [1, 2])
+@pytest.mark.parametrize('stage', [1, 2, 'grid'])
 def test_tokenizer_train_step_matches_xla(stage):
   config = _tiny_tokenizer()
   if stage == 2:
     defaults.decoder_finetune(config)   # frozen encoder: forward only
+  if stage == 'grid':                   # encoder without registers
+    defaults.grid_counterpart(config)
   xla = _tokenizer_step_flops(config)
   analytic = flops.train_step(config, 'xla')
   assert 0.95 <= xla / analytic <= 1.10, (xla, analytic)

@@ -67,6 +67,12 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   # adaLN modulation per sub-sequence (adaLN params = block params, Table 5).
   m.decoder_registers_first = True
   m.adaln_subsequences = 2
+  # Token structure: 'registers' (VideoFlexTok: K coarse-to-fine tokens per
+  # frame) or 'grid' (the paper's 3D-grid counterpart: one token per latent
+  # patch, K = h * w, no nested dropout; models/encoder.py). The encoder's
+  # mask: 'time_causal' (the paper) or 'full' (Table 2's flat 1D).
+  m.token_structure = 'registers'
+  m.encoder_attention = 'time_causal'
   m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
   m.uncond_prob = 0.1                # all registers -> learned null (CFG)
   m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'
@@ -170,6 +176,34 @@ def decoder_finetune(config, init_from: str = ''):
   config.model.first_frame_prob = 0.5
   config.optim.freeze = ('encoder',)
   config.train.init_from = init_from
+  return config
+
+
+def grid_counterpart(config):
+  """The paper's 3D-grid controlled counterpart of a tokenizer config (Figs.
+  6, 7, 11): the same latents, encoder, flow decoder and REPA; one token per
+  latent patch (K = h * w, raster order) instead of K registers, and no
+  nested dropout. The decoder takes the grid tokens in the registers' place
+  in its sequence, so at K600 / Panda (K = h * w = 256) its sequence, FLOPs
+  and mask are VideoFlexTok's own: the two differ only in token structure
+  and nested dropout, as the paper states."""
+  m = config.model
+  _, ph, pw = m.patch_size
+  m.token_structure = 'grid'
+  m.tokens_per_frame = (m.latent_size[0] // ph) * (m.latent_size[1] // pw)
+  m.nested_dropout = 'none'
+  return config
+
+
+def flat_1d(config):
+  """Table 2's flat-1D ablation (LARP-style tokens): the encoder's registers
+  and patches see every frame. The decoder then attends fully too: a
+  frame's registers may describe any frame, so a time-causal decoder would
+  only force the encoder to route content back into time order, the
+  structure this ablation removes. Refused by streaming, long videos and
+  stage-2 frame conditioning (tokenizer.check_structure)."""
+  config.model.encoder_attention = 'full'
+  config.model.decoder_attention = 'full'
   return config
 
 
@@ -342,6 +376,16 @@ def ar_set_length(config, tokens: float, batch: int,
   config.data.global_batch_size = batch
   config.train.total_steps = steps
   config.optim.warmup_steps = max(1, int(round(warmup_fraction * steps)))
+  return config
+
+
+def ar_grid(config):
+  """The AR model of the 3D-grid counterpart (defaults.grid_counterpart's
+  tokens): raster-scan order (models/token_order.py), trained and sampled
+  at its one length, all h * w tokens per frame. At K600 / Panda that is
+  256, VideoFlexTok's K: the same sequence length and model."""
+  config.order = 'raster'
+  config.eval.budgets = (config.model.tokens_per_frame,)
   return config
 
 

@@ -67,6 +67,11 @@ def clip_noise(seed: int, ids, shape):
 class Tokenizer:
   """A VideoFlexTok tokenizer: float latents <-> int32 tokens [B, T, K].
 
+  The same class serves the paper's controlled counterparts: a grid
+  tokenizer (config.model.token_structure='grid', K = latent patches per
+  frame, decoded only at all K) and the flat-1D ablation (its tokens depend
+  on every frame: no streaming, no long videos).
+
   mesh (optional): run on a device mesh with the batch split over every
   device (params replicated, unless already laid out on that mesh); inputs
   may be host arrays that every process holds in full, outputs are global
@@ -276,6 +281,10 @@ class Tokenizer:
     b, t, k = tokens.shape
     if not 1 <= k <= k_max:
       raise ValueError(f'tokens per frame must be in [1, {k_max}], got {k}')
+    if k != k_max and tokenizer_lib.is_grid(self.config.model):
+      raise ValueError(f'a grid tokenizer decodes all its {k_max} tokens per '
+                       f'frame (one per latent patch), got {k}: it has no '
+                       'coarse-to-fine order to truncate')
     if steps < 1:
       raise ValueError(f'steps must be >= 1, got {steps}')
     codes = fsq.indices_to_codes(tokens, self.levels)  # validates the id range
@@ -400,15 +409,18 @@ class Tokenizer:
              ) -> streaming.TokenStream:
     """A streaming tokenizer: push one latent frame at a time, get its K
     tokens (identical to `tokenize` on the whole clip; see streaming.py)."""
+    tokenizer_lib.require_time_causal(self.config.model, 'streaming')
     max_frames = max_frames or self.config.model.max_frames
     return streaming.TokenStream(self, batch, max_frames)
 
   def tokenize_long(self, chunk_latents):
     """Latents of a long video's overlapping chunks -> tokens [B, F, K]; see
     long_video.py (F = latent frames of the whole video)."""
+    tokenizer_lib.require_time_causal(self.config.model, 'a long video')
     return long_video.tokenize_long(self, chunk_latents)
 
   def detokenize_long(self, tokens, reencode_last_frame, **kwargs):
     """tokens [B, F, k] of `tokenize_long` -> per-chunk latents; chunk i > 0 is
     decoded conditioned on chunk i - 1's last decoded frame. See long_video.py."""
+    tokenizer_lib.require_time_causal(self.config.model, 'a long video')
     return long_video.detokenize_long(self, tokens, reencode_last_frame, **kwargs)

@@ -93,27 +93,28 @@ def score_clips(classifier: Callable, clips, labels) -> float:
 
 # ---------------------------------------------------------------- plug-in ---
 
-def load_factory(spec: str) -> Callable:
-  """'pkg.module:attr' or 'pkg.module.attr' -> the object it names."""
+def load_factory(spec: str, what: str = 'classifier') -> Callable:
+  """'pkg.module:attr' or 'pkg.module.attr' -> the object it names (`what`:
+  the kind of factory, for the messages)."""
   if ':' in spec:
     module, _, attr = spec.partition(':')
   else:
     module, _, attr = spec.rpartition('.')
   if not module or not attr:
-    raise ValueError(f'classifier factory {spec!r} must be a dotted path '
+    raise ValueError(f'{what} factory {spec!r} must be a dotted path '
                      "'package.module:function'")
   try:
     obj = importlib.import_module(module)
   except ImportError as e:
-    raise ValueError(f'classifier factory {spec!r}: cannot import {module!r} '
+    raise ValueError(f'{what} factory {spec!r}: cannot import {module!r} '
                      f'({e})') from None
   for part in attr.split('.'):
     if not hasattr(obj, part):
-      raise ValueError(f'classifier factory {spec!r}: {module!r} has no '
+      raise ValueError(f'{what} factory {spec!r}: {module!r} has no '
                        f'attribute {attr!r}')
     obj = getattr(obj, part)
   if not callable(obj):
-    raise ValueError(f'classifier factory {spec!r} is not callable')
+    raise ValueError(f'{what} factory {spec!r} is not callable')
   return obj
 
 

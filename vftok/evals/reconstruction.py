@@ -31,7 +31,7 @@ from vftok.models import tokenizer as tokenizer_lib
 class Evaluator:
   def __init__(self, config, data, workdir: str, writer):
     self.config, self.workdir, self.writer = config, workdir, writer
-    self.budgets = tokenizer_lib.keep_budgets(config.model.tokens_per_frame)
+    self.budgets = tokenizer_lib.budgets(config.model)
     self.batches = pipeline.make_eval_batches(
         config.data, data, num_clips=config.eval.num_clips,
         batch_size=min(config.eval.num_clips, 8))

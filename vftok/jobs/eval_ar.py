@@ -6,7 +6,9 @@
 
 For every AR CFG scale and every budget n (tokens per latent frame; in the
 time-first order a budget-n sequence is a prefix of the full one, so one
-model serves all budgets):
+model serves all budgets; a grid tokenizer's raster-order model has one
+budget, all its tokens, on the same tokens-per-frame axis: Fig. 7; pass
+cfg_scales (1.0, s) for the with / without CFG comparison of Fig. 11):
 
   1. sample `samples_per_condition` token sequences per condition (every
      class of a class-conditioned model, or the captions of a text model)
@@ -18,7 +20,10 @@ model serves all budgets):
      logits of 16 frames at 224 x 224);
   4. class score: mean p(conditioning class | sample) under a pluggable video
      classifier (config.classifier; the paper uses UMT-L on Kinetics-600, the
-     demo the I3D softmax regression of configs/train_classifier.py).
+     demo the I3D softmax regression of configs/train_classifier.py);
+     text models: the ViCLIP score, mean cosine(video, caption) under a
+     pluggable scorer with the user's weights (config.viclip;
+     evals/frame_scores.py).
 
 Writes eval_ar.csv / .md / .json, eval_ar.png (gFVD and class score vs
 budget, one line per CFG scale; dashed: the real clips' class score),
@@ -45,6 +50,7 @@ from vftok.api import generator
 from vftok.models import ar_sampling
 from vftok import api
 from vftok import checkpoint
+from vftok import errors
 from vftok import training
 from vftok.models.pretrained import text_encoders
 from vftok.evals import media
@@ -54,13 +60,17 @@ from vftok.data import pipeline
 from vftok.data import records
 from vftok.evals import budget_plot
 from vftok.evals import class_score
+from vftok.evals import frame_scores
 from vftok.evals import eval_data
 from vftok.evals import frechet
 from vftok.evals import timing as timing_lib
 from vftok.evals import video_features
 from vftok.models import ar
+from vftok.models import flops as flops_lib
+from vftok.models import tokenizer as tokenizer_lib
 
-COLUMNS = ('budget', 'cfg_scale', 'tokens_per_video', 'gfvd', 'class_score',
+COLUMNS = ('budget', 'cfg_scale', 'decode_steps', 'tokens_per_video', 'gfvd',
+           'class_score', 'viclip_score', 'gflops_per_video', 'gflops_ar', 'gflops_decode',
            'sec_per_video_ar', 'sec_per_video_decode')
 
 
@@ -113,6 +123,18 @@ def _step(value):
   return None if value is None or int(value) < 0 else int(value)
 
 
+def decode_step_counts(decode_config):
+  """config.decode.steps: one Euler step count or several (Fig. 12's
+  decoder-steps axis: every budget is decoded at each)."""
+  steps = decode_config.steps
+  steps = [int(v) for v in (steps if isinstance(steps, (tuple, list))
+                            else (steps,))]
+  if not steps or min(steps) < 1:
+    raise ValueError(f'config.decode.steps={decode_config.steps}: Euler step '
+                     'counts must be >= 1')
+  return steps
+
+
 def _check(config, tok, mc, devices: int):
   if config.batch_size < 1 or config.batch_size % devices:
     raise ValueError(f'config.batch_size={config.batch_size} must be a '
@@ -120,18 +142,24 @@ def _check(config, tok, mc, devices: int):
   if config.samples_per_condition < 1:
     raise ValueError('config.samples_per_condition must be >= 1')
   limit = min(tok.tokens_per_frame, mc.tokens_per_frame)
+  grid = tokenizer_lib.is_grid(tok.config.model)
   budgets = sorted({int(n) for n in config.budgets}) or [
-      2 ** i for i in range(limit.bit_length()) if 2 ** i <= limit]
-  if budgets[0] < 1 or budgets[-1] > limit:
+      n for n in tokenizer_lib.budgets(tok.config.model) if n <= limit]
+  if not budgets or budgets[0] < 1 or budgets[-1] > limit:
     raise ValueError(f'config.budgets={tuple(config.budgets)} must be in [1, '
                      f'{limit}] (tokens per latent frame of the tokenizer and '
                      'the AR model)')
+  if grid and budgets != [tok.tokens_per_frame]:
+    raise ValueError(f'config.budgets={tuple(config.budgets)}: a grid '
+                     f'tokenizer has one length, all {tok.tokens_per_frame} '
+                     'tokens per frame (set budgets=() or that)')
   if int(np.prod(tok.levels)) > mc.vocab_size:
     raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
                      f'the AR vocabulary only {mc.vocab_size}')
   scales = [float(s) for s in config.cfg_scales]
   if not scales:
     raise ValueError('config.cfg_scales must not be empty')
+  decode_step_counts(config.decode)
   return budgets, scales
 
 
@@ -183,6 +211,15 @@ def run(config, workdir: str, writer=None) -> Dict:
     if len(classifier.class_names) != mc.num_classes:
       raise ValueError(f'the classifier knows {len(classifier.class_names)} '
                        f'classes, the AR model {mc.num_classes}')
+  viclip = None
+  v = config.get('viclip') or {}
+  if v.get('factory') or v.get('path'):
+    if not mc.text_dim:
+      raise errors.InputError('config.viclip: the ViCLIP score is for text-'
+                              'conditioned AR models; this one is class-'
+                              'conditioned (use config.classifier)')
+    viclip = frame_scores.make_text_video_score(v.get('factory', ''),
+                                                v.get('path', ''))
   encoder = text_encoders.from_config(ar_config)
   records.makedirs(workdir)
   writer = writer or metric_writers.create_default_writer(
@@ -197,9 +234,10 @@ def run(config, workdir: str, writer=None) -> Dict:
           encoder, ar_config.text.max_length) if encoder else None),
       temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
   d = config.decode
-  decode_args = dict(steps=d.steps, guidance=d.guidance,
-                     guidance_scale=d.guidance_scale,
+  decode_args = dict(guidance=d.guidance, guidance_scale=d.guidance_scale,
                      **{f'apg_{k}': v for k, v in d.apg.items()})
+  step_counts = decode_step_counts(d)
+  text_length = ar_config.text.max_length if mc.text_dim else 0
   codec = latent_codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
   features = video_features.I3DFeatures(
@@ -218,41 +256,55 @@ def run(config, workdir: str, writer=None) -> Dict:
   for s in scales:
     for n in budgets:
       tokens = sampler(rows, n, config.seed, s)
-      pixels, decoded = [], timer.seconds.get(f'detokenize/n{n}', 0.0)
-      for start in range(0, len(rows), config.batch_size):
-        chunk = video_features.pad_rows(tokens[start:start + config.batch_size],
-                                        config.batch_size)
-        noise = tok.clip_noise(video_features.pad_rows(
-            ids[start:start + config.batch_size], config.batch_size),
-                               config.seed)
-        # Budgets share one compilation: tokens are padded with the mask token.
-        lat = sharding.fetch(timer(f'detokenize/n{n}', tok.detokenize,
-                                   chunk, noise=noise,
-                                   compile_key='detokenize', **decode_args))
-        m = min(config.batch_size, len(rows) - start)
-        pixels.append(media.to_uint8(codec.decode(denormalize(lat[:m]))))
-      pixels = np.concatenate(pixels)
-      gfvd = frechet.frechet_distance(
-          mu, sigma, *frechet.gaussian_stats(features(pixels)))
-      score = float('nan')
-      if classifier is not None:
-        t0 = time.perf_counter()
-        score = float(np.mean(class_score.true_class_probs(classifier(pixels),
-                                                           want)))
-        classifier_seconds += time.perf_counter() - t0
-      decoded = timer.seconds[f'detokenize/n{n}'] - decoded
-      results.append(dict(
-          budget=n, cfg_scale=s, tokens_per_video=int(tokens[0].size),
-          gfvd=gfvd, class_score=score,
-          sec_per_video_ar=timer.seconds[f'ar/n{n}_cfg{s:g}'] / len(rows),
-          sec_per_video_decode=decoded / len(rows)))
-      if s == scales[0]:
-        per = config.grid_samples
-        grids[n] = np.stack([pixels[i * config.samples_per_condition:
-                                    i * config.samples_per_condition + per]
-                             for i in range(len(conditions))])
-      logging.info('cfg %g, %d tokens/frame: gFVD %.2f, class score %.3f '
-                   '(%.0f s)', s, n, gfvd, score, time.perf_counter() - t_start)
+      for steps in step_counts:
+        name = f'detokenize/n{n}_s{steps}'
+        pixels, decoded = [], timer.seconds.get(name, 0.0)
+        for start in range(0, len(rows), config.batch_size):
+          chunk = video_features.pad_rows(
+              tokens[start:start + config.batch_size], config.batch_size)
+          noise = tok.clip_noise(video_features.pad_rows(
+              ids[start:start + config.batch_size], config.batch_size),
+                                 config.seed)
+          # Budgets share one compilation (tokens padded with the mask token).
+          lat = sharding.fetch(timer(name, tok.detokenize, chunk, noise=noise,
+                                     steps=steps,
+                                     compile_key=('detokenize', steps),
+                                     **decode_args))
+          m = min(config.batch_size, len(rows) - start)
+          pixels.append(media.to_uint8(codec.decode(denormalize(lat[:m]))))
+        pixels = np.concatenate(pixels)
+        gfvd = frechet.frechet_distance(
+            mu, sigma, *frechet.gaussian_stats(features(pixels)))
+        score = float('nan')
+        if classifier is not None:
+          t0 = time.perf_counter()
+          score = float(np.mean(class_score.true_class_probs(
+              classifier(pixels), want)))
+          classifier_seconds += time.perf_counter() - t0
+        text_score = float('nan')
+        if viclip is not None:
+          text_score = float(np.mean(np.asarray(
+              viclip(pixels, [c.caption for c in rows]))))
+        decoded = timer.seconds[name] - decoded
+        cost = flops_lib.ar_inference(
+            tok.config.model, mc, n, steps, d.guidance_scale != 1.0,
+            s != 1.0, text_length)
+        results.append(dict(
+            budget=n, cfg_scale=s, decode_steps=steps,
+            tokens_per_video=int(tokens[0].size), gfvd=gfvd,
+            class_score=score, viclip_score=text_score,
+            gflops_per_video=(cost['ar'] + cost['decoder']) / 1e9,
+            gflops_ar=cost['ar'] / 1e9, gflops_decode=cost['decoder'] / 1e9,
+            sec_per_video_ar=timer.seconds[f'ar/n{n}_cfg{s:g}'] / len(rows),
+            sec_per_video_decode=decoded / len(rows)))
+        if s == scales[0] and steps == step_counts[0]:
+          per = config.grid_samples
+          grids[n] = np.stack([pixels[i * config.samples_per_condition:
+                                      i * config.samples_per_condition + per]
+                               for i in range(len(conditions))])
+        logging.info('cfg %g, %d tokens/frame, %d decoder steps: gFVD %.2f, '
+                     'class score %.3f (%.0f s)', s, n, steps, gfvd, score,
+                     time.perf_counter() - t_start)
 
   timing = dict(
       i3d_features=features.seconds_per_clip,
@@ -261,6 +313,8 @@ def run(config, workdir: str, writer=None) -> Dict:
       compile_seconds=timer.compile_seconds + features.compile_seconds,
       wall_seconds=time.perf_counter() - t_start)
   info = dict(
+      token_structure=tokenizer_lib.token_structure(tok.config.model),
+      order=ar_config.order,
       ar_workdir=os.path.abspath(config.ar_workdir), ar_step=ar_step,
       tokenizer_workdir=os.path.abspath(tok_dir), tokenizer_step=tok_step,
       conditions=[c.name for c in conditions],
@@ -280,6 +334,9 @@ def run(config, workdir: str, writer=None) -> Dict:
 
 # ------------------------------------------------------------------ output ---
 
+_STRUCTURE_NAMES = {'registers': 'VideoFlexTok', 'grid': '3D-grid'}
+
+
 def _fmt(x, digits):
   return 'n/a' if x is None or not np.isfinite(x) else f'{x:.{digits}f}'
 
@@ -287,16 +344,20 @@ def _fmt(x, digits):
 def markdown(result) -> str:
   info, rows, t = result['info'], result['rows'], result['timing']
   has_class = any(np.isfinite(r['class_score']) for r in rows)
-  head = ['tokens/frame', 'AR CFG', 'tokens/video', 'gFVD']
+  has_viclip = any(np.isfinite(r.get('viclip_score', np.nan)) for r in rows)
+  head = ['tokens/frame', 'AR CFG', 'decoder steps', 'tokens/video', 'gFVD']
   head += ['class score'] if has_class else []
-  head += ['s/video AR', 's/video decode']
+  head += ['ViCLIP score'] if has_viclip else []
+  head += ['GFLOPs/video (AR + decoder)', 's/video AR', 's/video decode']
   d = info['decode']
   lines = [
       f"# AR evaluation: {info['ar_workdir']} (step {info['ar_step']})", '',
+      f"{_STRUCTURE_NAMES[info['token_structure']]} tokens in "
+      f"{info['order'].replace('_', '-')} order; "
       f"{len(info['conditions'])} conditions x {info['samples_per_condition']}"
       f" samples per budget vs {info['num_real_clips']} real held-out clips; "
       f"tokenizer {info['tokenizer_workdir']} (step {info['tokenizer_step']}),"
-      f" decoded with {d['steps']} Euler steps, {d['guidance']} "
+      f" decoded by the flow decoder with {d['guidance']} "
       f"{d['guidance_scale']:g}; sampling temperature {info['temperature']:g}, "
       f"top-k {info['top_k']}, top-p {info['top_p']:g}; seed {info['seed']}; "
       f"{info['devices']} {info['platform']} device(s). gFVD: "
@@ -304,10 +365,13 @@ def markdown(result) -> str:
       'numbers at equal clip counts).', '',
       '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
-    cells = [str(r['budget']), f"{r['cfg_scale']:g}",
+    cells = [str(r['budget']), f"{r['cfg_scale']:g}", str(r['decode_steps']),
              str(r['tokens_per_video']), _fmt(r['gfvd'], 2)]
     cells += [_fmt(r['class_score'], 3)] if has_class else []
-    cells += [_fmt(r['sec_per_video_ar'], 4),
+    cells += [_fmt(r['viclip_score'], 4)] if has_viclip else []
+    cells += [f"{r['gflops_per_video']:.3g} ({r['gflops_ar']:.3g} + "
+              f"{r['gflops_decode']:.3g})",
+              _fmt(r['sec_per_video_ar'], 4),
               _fmt(r['sec_per_video_decode'], 4)]
     lines.append('| ' + ' | '.join(cells) + ' |')
   if has_class:
@@ -319,6 +383,10 @@ def markdown(result) -> str:
             'decoding per row above;',
             f"I3D features {t['i3d_features']:.4f}; classifier "
             f"{_fmt(t['classifier'], 4)}.", '',
+            'GFLOPs per video: analytic (vftok/models/flops.py '
+            'ar_inference): AR sampling with the KV cache (x2 with AR CFG) '
+            'plus the flow decoder at all K register slots per step (x2 with '
+            'decoder guidance): the paper\'s Fig. 12 axis.', '',
             f"Compilation {t['compile_seconds']:.1f} s; wall time "
             f"{t['wall_seconds']:.1f} s."]
   return '\n'.join(lines) + '\n'
@@ -329,8 +397,10 @@ def _write(workdir, result, conditions, grids, writer):
   budget_plot.write_tables(workdir, 'eval_ar', result, COLUMNS, text)
   info = result['info']
   with records.atomic_path(os.path.join(workdir, 'eval_ar.png')) as tmp:
+    several = len({r['decode_steps'] for r in result['rows']}) > 1
     budget_plot.plot_budget_curves(
-        tmp, result['rows'], lambda r: f"AR CFG {r['cfg_scale']:g}",
+        tmp, result['rows'], lambda r: f"AR CFG {r['cfg_scale']:g}" + (
+            f", {r['decode_steps']} decoder steps" if several else ''),
         (('gfvd', 'gFVD (lower is better)'),
          ('class_score', 'class score (higher is better)')),
         reference=result['real'], reference_label='real clips',
@@ -342,10 +412,11 @@ def _write(workdir, result, conditions, grids, writer):
                           grids, formats=())
   print('\n' + text, flush=True)
   for r in result['rows']:
-    tag = f"cfg{r['cfg_scale']:g}"
+    tag = f"cfg{r['cfg_scale']:g}_s{r['decode_steps']}"
     scalars = {f'gfvd/{tag}': r['gfvd'],
                f'sec_per_video_ar/{tag}': r['sec_per_video_ar']}
-    if np.isfinite(r['class_score']):
-      scalars[f'class_score/{tag}'] = r['class_score']
+    for m in ('class_score', 'viclip_score'):
+      if np.isfinite(r[m]):
+        scalars[f'{m}/{tag}'] = r[m]
     writer.write_scalars(r['budget'], scalars)
   writer.write_texts(0, {'eval_ar': text})

@@ -13,6 +13,11 @@ and compare with the original pixels:
   PSNR   over each whole clip, averaged over clips (dB)
   SSIM   per frame (Gaussian 11 x 11, sigma 1.5), averaged
   MAE, MSE  over each whole clip in pixel levels (0-255), averaged (Table 8)
+  LPIPS  optional: per frame, averaged (config.lpips_weights: a local
+         lpips-package state_dict; vftok/evals/lpips.py)
+  rFID   optional: Fréchet distance of per-frame image features of every
+         reconstructed vs original frame (config.rfid: a pluggable feature
+         factory and its local weights; evals/frame_scores.py)
   class  optional: mean p(label | reconstruction) (config.classifier)
 
 The codec's own reconstruction (no tokenizer) is reported as the ceiling.
@@ -49,7 +54,9 @@ from vftok.data import records
 from vftok.evals import budget_plot
 from vftok.evals import class_score
 from vftok.evals import eval_data
+from vftok.evals import frame_scores
 from vftok.evals import frechet
+from vftok.evals import lpips
 from vftok.evals import pixels
 from vftok.evals import reconstruction
 from vftok import api
@@ -57,8 +64,8 @@ from vftok.evals import timing as timing_lib
 from vftok.evals import video_features
 from vftok.models import tokenizer as tokenizer_lib
 
-COLUMNS = ('budget', 'guidance', 'steps', 'rfvd', 'psnr', 'ssim', 'mae', 'mse',
-           'class_score', 'sec_per_clip_detokenize')
+COLUMNS = ('budget', 'guidance', 'steps', 'rfvd', 'rfid', 'psnr', 'ssim', 'mae',
+           'mse', 'lpips', 'class_score', 'sec_per_clip_detokenize')
 # Per clip, averaged over clips (Table 8 of the paper also has MAE and MSE:
 # pixel levels 0-255, over every pixel and channel of the clip).
 PIXEL_METRICS = ('psnr', 'ssim', 'mae', 'mse')
@@ -66,16 +73,21 @@ PIXEL_METRICS = ('psnr', 'ssim', 'mae', 'mse')
 
 # ------------------------------------------------------------------- run ---
 
-def _check(config, registers: int, devices: int):
+def _check(config, model_config, devices: int):
   if config.batch_size < 1 or config.batch_size % devices:
     raise ValueError(f'config.batch_size={config.batch_size} must be a '
                      f'positive multiple of the {devices} devices (the batch '
                      'is split over them)')
   budgets = sorted(set(int(k) for k in config.budgets))
-  budgets = budgets or tokenizer_lib.keep_budgets(registers)
-  if budgets[0] < 1 or budgets[-1] > registers:
+  allowed = tokenizer_lib.budgets(model_config)
+  budgets = budgets or allowed
+  if budgets[0] < 1 or budgets[-1] > allowed[-1]:
     raise ValueError(f'config.budgets={tuple(config.budgets)}: budgets must '
-                     f'be in [1, {registers}] (tokens per latent frame)')
+                     f'be in [1, {allowed[-1]}] (tokens per latent frame)')
+  if tokenizer_lib.is_grid(model_config) and budgets != allowed:
+    raise ValueError(f'config.budgets={tuple(config.budgets)}: a grid '
+                     f'tokenizer decodes only all its {allowed[0]} tokens per '
+                     'frame')
   steps = [int(s) for s in config.sample_steps]
   guidance = [float(g) for g in config.guidance_scales]
   if not steps or min(steps) < 1 or not guidance:
@@ -91,7 +103,7 @@ def run(config, workdir: str, writer=None) -> Dict:
   tok = api.Tokenizer.from_checkpoint(config.checkpoint, config.step,
                                       mesh=mesh)
   step = tok.step
-  budgets, settings = _check(config, tok.tokens_per_frame, mesh.size)
+  budgets, settings = _check(config, tok.config.model, mesh.size)
   data, n, batches = eval_data.eval_batches(config, tok.config)
   codec = latent_codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
@@ -99,6 +111,12 @@ def run(config, workdir: str, writer=None) -> Dict:
   if config.classifier.path:
     classifier = class_score.make_classifier(config.classifier.factory,
                                              config.classifier.path)
+  perceptual = (lpips.LPIPS(config.lpips_weights)
+                if config.get('lpips_weights') else None)
+  rfid = config.get('rfid') or {}
+  frame_features = (frame_scores.make_frame_features(rfid.get('factory', ''),
+                                                     rfid.get('path', ''))
+                    if rfid.get('path') or rfid.get('factory') else None)
   # Every input is loaded (a missing one: one errors.InputError); now the
   # workdir is made.
   records.makedirs(workdir)
@@ -128,6 +146,10 @@ def run(config, workdir: str, writer=None) -> Dict:
             video_features.pad_rows(frames, config.batch_size), bs))
     for name in PIXEL_METRICS:
       add(key, name, sharding.fetch(m[name])[:len(px)])
+    if perceptual is not None:
+      add(key, 'lpips', perceptual(px, frames))
+    if frame_features is not None:
+      add(key, 'frame_feats', frame_features(frame_scores.frames_of(px)))
     add(key, 'feats', features(px))
     if classifier is not None:
       add(key, 'class', class_score.true_class_probs(classifier(px), labels))
@@ -144,6 +166,9 @@ def run(config, workdir: str, writer=None) -> Dict:
     tokens = sharding.fetch(timer('tokenize', tok.tokenize, video_features.pad_rows(
         batch['latents'], config.batch_size)))
     add('original', 'feats', features(frames))
+    if frame_features is not None:
+      add('original', 'frame_feats',
+          frame_features(frame_scores.frames_of(frames)))
     if classifier is not None:
       add('original', 'class',
           class_score.true_class_probs(classifier(frames), labels))
@@ -173,6 +198,8 @@ def run(config, workdir: str, writer=None) -> Dict:
 
   real = np.concatenate(acc['original']['feats'])
   mu, sigma = frechet.gaussian_stats(real)
+  real_frames = (frechet.gaussian_stats(np.concatenate(
+      acc['original']['frame_feats'])) if frame_features is not None else None)
 
   def summarize(key):
     a = acc[key]
@@ -181,6 +208,10 @@ def run(config, workdir: str, writer=None) -> Dict:
            **{m: float(np.mean(np.concatenate(a[m]))) for m in PIXEL_METRICS}}
     out['class_score'] = (float(np.mean(np.concatenate(a['class'])))
                           if 'class' in a else float('nan'))
+    out['lpips'] = (float(np.mean(np.concatenate(a['lpips'])))
+                    if 'lpips' in a else float('nan'))
+    out['rfid'] = (frechet.frechet_distance(*real_frames, *frechet.gaussian_stats(
+        np.concatenate(a['frame_feats']))) if real_frames else float('nan'))
     return out
 
   rows = []
@@ -213,7 +244,10 @@ def run(config, workdir: str, writer=None) -> Dict:
               platform=jax.devices()[0].platform,
               clip_shape=list(grid['rows'][0].shape[1:]),
               features=features.description,
-              classifier=(config.classifier.path if classifier else ''))
+              classifier=(config.classifier.path if classifier else ''),
+              lpips=perceptual.path if perceptual else '',
+              rfid=(f"{rfid.get('factory') or frame_scores.DINOV2_FACTORY} "
+                    f"({rfid.get('path')})" if frame_features else ''))
   result = dict(info=info, rows=rows, codec=ceiling, timing=timing)
   if jax.process_index() == 0:
     _write(workdir, result, settings, budgets, grid, config.grid_clips,
@@ -232,8 +266,12 @@ def markdown(result) -> str:
   info, rows, ceil, t = (result['info'], result['rows'], result['codec'],
                          result['timing'])
   has_class = np.isfinite(ceil['class_score'])
-  head = ['budget', 'guidance', 'steps', 'rFVD', 'PSNR (dB)', 'SSIM', 'MAE',
-          'MSE']
+  has_lpips = np.isfinite(ceil.get('lpips', np.nan))
+  has_rfid = np.isfinite(ceil.get('rfid', np.nan))
+  head = ['budget', 'guidance', 'steps', 'rFVD']
+  head += ['rFID'] if has_rfid else []
+  head += ['PSNR (dB)', 'SSIM', 'MAE', 'MSE']
+  head += ['LPIPS'] if has_lpips else []
   head += ['class score'] if has_class else []
   head += ['s/clip detokenize']
   lines = [
@@ -246,14 +284,19 @@ def markdown(result) -> str:
       '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     cells = [str(r['budget']), f"{r['guidance']:g}", str(r['steps']),
-             _fmt(r['rfvd'], 2), _fmt(r['psnr'], 2), _fmt(r['ssim'], 4),
+             _fmt(r['rfvd'], 2)]
+    cells += [_fmt(r['rfid'], 2)] if has_rfid else []
+    cells += [_fmt(r['psnr'], 2), _fmt(r['ssim'], 4),
              _fmt(r['mae'], 2), _fmt(r['mse'], 1)]
+    cells += [_fmt(r['lpips'], 4)] if has_lpips else []
     cells += [_fmt(r['class_score'], 3)] if has_class else []
     cells += [_fmt(r['sec_per_clip_detokenize'], 4)]
     lines.append('| ' + ' | '.join(cells) + ' |')
-  cells = ['codec only (ceiling)', '', '', _fmt(ceil['rfvd'], 2),
-           _fmt(ceil['psnr'], 2), _fmt(ceil['ssim'], 4), _fmt(ceil['mae'], 2),
+  cells = ['codec only (ceiling)', '', '', _fmt(ceil['rfvd'], 2)]
+  cells += [_fmt(ceil['rfid'], 2)] if has_rfid else []
+  cells += [_fmt(ceil['psnr'], 2), _fmt(ceil['ssim'], 4), _fmt(ceil['mae'], 2),
            _fmt(ceil['mse'], 1)]
+  cells += [_fmt(ceil['lpips'], 4)] if has_lpips else []
   cells += [_fmt(ceil['class_score'], 3)] if has_class else []
   lines.append('| ' + ' | '.join(cells + ['']) + ' |')
   if has_class:
@@ -312,8 +355,9 @@ def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
   for r in result['rows']:
     tag = f"guidance{r['guidance']:g}_steps{r['steps']}"
     scalars = {f'{m}/{tag}': r[m] for m in ('rfvd',) + PIXEL_METRICS}
-    if np.isfinite(r['class_score']):
-      scalars[f'class_score/{tag}'] = r['class_score']
+    for m in ('class_score', 'lpips', 'rfid'):
+      if np.isfinite(r[m]):
+        scalars[f'{m}/{tag}'] = r[m]
     scalars[f'sec_per_clip_detokenize/{tag}'] = r['sec_per_clip_detokenize']
     writer.write_scalars(r['budget'], scalars)
   for k in budgets:  # the ceiling as a flat line next to the curves

@@ -54,9 +54,10 @@ def run(config, workdir: str):
   t0 = time.time()
   model = pretrained.load(config.tokenizer or pretrained.SMALL64)
   tok = model.tokenizer
-  budgets = list(config.budgets) or tokenizer_lib.keep_budgets(
-      tok.tokens_per_frame)
-  bad = [k for k in budgets if not 1 <= k <= tok.tokens_per_frame]
+  budgets = list(config.budgets) or tokenizer_lib.budgets(tok.config.model)
+  grid = tokenizer_lib.is_grid(tok.config.model)
+  bad = [k for k in budgets if not 1 <= k <= tok.tokens_per_frame
+         or (grid and k != tok.tokens_per_frame)]
   if bad:
     raise errors.InputError(f'config.budgets={tuple(config.budgets)}: {bad} '
                             f'outside 1..{tok.tokens_per_frame}')

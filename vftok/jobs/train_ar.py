@@ -43,6 +43,7 @@ from vftok.data import records
 from vftok.data import tokens as token_records_lib
 from vftok.models import ar
 from vftok.models import layers
+from vftok.models import tokenizer as tokenizer_lib
 from vftok.models.pretrained import text_encoders
 
 
@@ -129,9 +130,17 @@ def check_inputs(config, workdir: str):
         '--config.tokenizer.checkpoint=DIR, the --workdir of a '
         f'train_tokenizer run; {checkpoint.MAKE_WORKDIR["train_tokenizer"]}')
   if config.tokenizer.checkpoint:
-    checkpoint.check_workdir(config.tokenizer.checkpoint, 'train_tokenizer',
-                             int(config.tokenizer.step),
-                             field='tokenizer.checkpoint')
+    _, _, tok_config = checkpoint.check_workdir(
+        config.tokenizer.checkpoint, 'train_tokenizer',
+        int(config.tokenizer.step), field='tokenizer.checkpoint')
+    grid = tokenizer_lib.is_grid(tok_config.model)
+    if grid != (config.order == 'raster'):
+      raise errors.InputError(
+          f'config.order={config.order!r} with a '
+          f"{'grid' if grid else 'VideoFlexTok'} tokenizer "
+          f'(tokenizer.checkpoint): grid tokens are generated in raster '
+          "order (configs' :grid variants), VideoFlexTok's in 'time_first' "
+          "(or 'depth_first')")
 
 
 def token_records(config, workdir: str) -> str:

@@ -21,6 +21,7 @@ from vftok import training
 from vftok.data import pipeline
 from vftok.evals import reconstruction
 from vftok.models import layers
+from vftok.models import tokenizer as tokenizer_lib
 from vftok.models.pretrained import features
 
 
@@ -97,6 +98,9 @@ def check_inputs(config, workdir: str):
   workdir: the data (-> pipeline.Data; the demo set is built under
   config.data.root on first use), the REPA teacher's weights and, on a fresh
   start, the stage-1 workdir of train.init_from."""
+  # A token structure the config contradicts (a grid K that is not h * w,
+  # flat-1D tokens with frame conditioning) before the data is even built.
+  tokenizer_lib.check_structure(config.model)
   data = training.resolve_data(config.data)
   features.check(config.model)
   init_from = config.train.get('init_from')

@@ -12,6 +12,15 @@ and carry no other position.
 
 Because frame t never sees frames > t, tokens of a prefix of frames do not
 depend on later frames: tokenization can stream (see `tests/test_streaming.py`).
+
+Two controlled variants for the paper's comparisons (config.model):
+  * token_structure='grid', the 3D-grid counterpart (Figs. 6, 7, 11): no
+    registers; the sequence is [p_1, ..., p_T] under the same mask and every
+    latent patch's output is read out to one FSQ token, so tokens are
+    [T, h * w] in raster order (K = h * w).
+  * attention='full', the flat-1D ablation (Table 2): registers and patches
+    see every frame (masks.encoder_mask); tokens of frame t then depend on
+    later frames, so nothing that streams or chunks may use it.
 """
 from typing import Any, Optional, Sequence
 
@@ -42,9 +51,16 @@ class Encoder(nn.Module):
   readout_scale: float = 1.0
   pos_init_std: float = 0.02        # learned patch position embedding
   mlp_ratio: float = 4.0
+  token_structure: str = 'registers'  # 'registers' | 'grid' (module doc)
+  attention: str = 'time_causal'    # masks.ENCODER_ATTENTION
   remat: str = 'none'               # layers.REMAT_POLICIES
   attention_impl: Optional[str] = None  # config.model.attention_impl: layers.attend
   dtype: Any = jnp.float32
+
+  @property
+  def registers_in_sequence(self) -> int:
+    """Registers per frame in the encoder sequence (0 for grid tokens)."""
+    return 0 if self.token_structure == 'grid' else self.registers
 
   @nn.compact
   def __call__(self, latents, skip_rounding=None, cache=None, frame_offset=0):
@@ -61,7 +77,10 @@ class Encoder(nn.Module):
     """
     patches = layers.patchify(latents.astype(self.dtype), self.patch_size)
     b, t, n, _ = patches.shape
-    k = self.registers
+    k = self.registers_in_sequence
+    if self.token_structure == 'grid' and n != self.registers:
+      raise ValueError(f'grid tokens: {n} latent patches per frame but '
+                       f'{self.registers} tokens per frame')
     if cache is None and t > self.max_frames:
       raise ValueError(f'{t} latent frames (after time patching) but this '
                        f'encoder has registers for at most {self.max_frames}')
@@ -72,16 +91,18 @@ class Encoder(nn.Module):
     pos = layers.axis_posemb(pos, (t, *self.grid_hw), (frame_offset, 0, 0),
                              self.pos_kind)
     x = x + pos.reshape(t, n, self.width).astype(self.dtype)
-    regs = layers.learned('registers', (self.max_frames, k, self.width),
-                          (None, 'registers', 'embed'), self, 0.02)
-    regs = jax.lax.dynamic_slice_in_dim(regs, frame_offset, t, axis=0)
-    regs = jnp.broadcast_to(regs.astype(self.dtype), (b, t, k, self.width))
     self.sow('intermediates', 'patches_in', x)
-    self.sow('intermediates', 'registers_in', regs)
-    x = jnp.concatenate([x, regs], axis=2).reshape(b, t * (n + k), self.width)
+    if k:
+      regs = layers.learned('registers', (self.max_frames, k, self.width),
+                            (None, 'registers', 'embed'), self, 0.02)
+      regs = jax.lax.dynamic_slice_in_dim(regs, frame_offset, t, axis=0)
+      regs = jnp.broadcast_to(regs.astype(self.dtype), (b, t, k, self.width))
+      self.sow('intermediates', 'registers_in', regs)
+      x = jnp.concatenate([x, regs], axis=2)
+    x = x.reshape(b, t * (n + k), self.width)
 
     layout = masks.interleaved(t, n, k, registers_first=False)
-    mask = masks.encoder_mask(layout, layout)
+    mask = masks.encoder_mask(layout, layout, self.attention)
     if cache is not None:
       # Cached positions before frame_offset are earlier frames: visible to
       # every token of the new frames (time-causal); later slots are empty.
@@ -102,7 +123,9 @@ class Encoder(nn.Module):
         x, (k_i, v_i) = block(x, mask, (cache['k'][i], cache['v'][i]))
         new_k.append(k_i)
         new_v.append(v_i)
-    x = x.reshape(b, t, n + k, self.width)[:, :, n:]
+    # The token readout: the registers' outputs, or every patch's (grid).
+    x = x.reshape(b, t, n + k, self.width)
+    x = x[:, :, n:] if k else x
     self.sow('intermediates', 'registers_out', x)
     z = layers.dense(len(self.fsq_levels), ('embed', 'codes'), 'to_codes',
                      jnp.float32, use_bias=True)(layers.layer_norm(x))
@@ -119,6 +142,6 @@ class Encoder(nn.Module):
   def init_cache(self, batch: int, max_frames: int, dtype=jnp.float32):
     """Empty KV cache for streaming up to `max_frames` latent frames."""
     n = self.grid_hw[0] * self.grid_hw[1]
-    shape = (self.depth, batch, max_frames * (n + self.registers),
+    shape = (self.depth, batch, max_frames * (n + self.registers_in_sequence),
              self.width // self.head_dim, self.head_dim)
     return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}

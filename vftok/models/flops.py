@@ -23,6 +23,7 @@ from vftok.models import ar_config
 from vftok.models import attention_kernels
 from vftok.models import layers
 from vftok.models import masks
+from vftok.models import tokenizer as tokenizer_lib
 
 
 # Dense peak TFLOP/s per device (vendor datasheets): (bf16, float32). The
@@ -93,12 +94,17 @@ class TokenizerShapes:
     self.k = m.tokens_per_frame
     self.patch_dim = pt * ph * pw * m.latent_channels
     self.codes = len(m.fsq_levels)
-    enc = masks.interleaved(self.t, self.n, self.k, registers_first=False)
+    # A grid tokenizer's encoder holds no registers (its tokens are the
+    # patches' outputs); its decoder sequence is VideoFlexTok's.
+    k_enc = 0 if tokenizer_lib.is_grid(m) else self.k
+    enc = masks.interleaved(self.t, self.n, k_enc, registers_first=False)
     dec = masks.interleaved(self.t, self.n, self.k, m.decoder_registers_first)
     repa = masks.patches_only(self.t, self.n)
-    self.encoder_mask = masks.encoder_mask(enc, enc)
+    self.encoder_mask = masks.encoder_mask(
+        enc, enc, tokenizer_lib.encoder_attention(m))
     self.decoder_mask = masks.decoder_mask(m.decoder_attention)(dec, dec)
     self.repa_mask = masks.time_causal_mask(repa, repa)
+    self.encoder_length = self.t * (self.n + k_enc)
     self.length = self.t * (self.n + self.k)
 
 
@@ -109,7 +115,7 @@ def tokenizer_forward(m, impl: Optional[str] = None,
   s = TokenizerShapes(m)
   l, we, wd = s.length, m.enc_width, m.dec_width
   dens = lambda mask: attention_density(mask, impl, block)
-  enc = block_flops(l, we, m.mlp_ratio, dens(s.encoder_mask))
+  enc = block_flops(s.encoder_length, we, m.mlp_ratio, dens(s.encoder_mask))
   encoder = (m.enc_depth * _sum(enc) + matmul(s.t * s.n, s.patch_dim, we)
              + matmul(s.t * s.k, we, s.codes))
   dec = block_flops(l, wd, m.mlp_ratio, dens(s.decoder_mask))
@@ -173,6 +179,33 @@ def ar_forward(c, length: int, text_length: int = 0,
              + attention_flops(length, lt, w, 1.0))
     total += cross_blocks * cross + matmul(text_length, c.text_dim, w)
   return total
+
+
+def ar_sample(c, length: int, text_length: int = 0, cfg: bool = False
+              ) -> float:
+  """Forward FLOPs of sampling one sequence of `length` tokens with the KV
+  cache: each token's projections, MLP and output head once, and attention
+  of token i over its i + 1 keys (the causal triangle, not the dense L x L
+  of training); twice with CFG (a conditional and a null row per sample)."""
+  dense = ar_forward(c, length, text_length, 'xla')
+  triangle = (length + 1) / (2 * length)
+  unused = c.depth * attention_flops(length, length, c.width, 1.0) * (
+      1 - triangle)
+  return (dense - unused) * (2 if cfg else 1)
+
+
+def ar_inference(tokenizer_model, c, tokens_per_frame: int, decode_steps: int,
+                 guided_decoder: bool, cfg: bool, text_length: int = 0
+                 ) -> Dict[str, float]:
+  """Inference FLOPs of one generated video (Fig. 12's axis): {'ar': the AR
+  model sampling T x n tokens, 'decoder': the flow decoder's Euler steps}.
+  The decoder's cost does not fall with n: budgets pad with the mask token
+  (as eval_ar decodes them), so it is `decode_steps` full passes, two with
+  decoder guidance."""
+  length = c.num_frames * tokens_per_frame
+  return {'ar': ar_sample(c, length, text_length, cfg),
+          'decoder': decode_steps * detokenize_step(
+              tokenizer_model, guided=guided_decoder)}
 
 
 def ar_train_step(config, impl: Optional[str] = None,

@@ -50,17 +50,28 @@ def patches_only(num_frames: int, patches_per_frame: int) -> Layout:
   return interleaved(num_frames, patches_per_frame, 0, registers_first=False)
 
 
-def encoder_mask(q: Layout, k: Layout) -> np.ndarray:
-  """Time-causal; within a frame patches see patches, register i sees the
-  frame's patches and registers <= i. bool [Lq, Lk]."""
+ENCODER_ATTENTION = ('time_causal', 'full')
+
+
+def encoder_mask(q: Layout, k: Layout, attention: str = 'time_causal'
+                 ) -> np.ndarray:
+  """bool [Lq, Lk]. Within a frame patches see patches and register i sees
+  the patches and registers <= i; every token sees every earlier frame whole
+  ('time_causal', the paper's 2D tokens) or every other frame whole ('full':
+  the flat-1D ablation of Table 2, LARP-style full self-attention across
+  frames; the same within-frame pattern, so the time-causal mask is its
+  subset)."""
+  if attention not in ENCODER_ATTENTION:
+    raise ValueError(f'unknown encoder attention {attention!r}; choose from '
+                     f'{ENCODER_ATTENTION}')
   fq, fk = q.frame[:, None], k.frame[None, :]
   q_reg, k_reg = q.is_register[:, None], k.is_register[None, :]
-  same = fq == fk
   within = np.where(
       q_reg,
       ~k_reg | (k.register[None, :] <= q.register[:, None]),
       ~k_reg)
-  return (fk < fq) | (same & within)
+  other = (fk != fq) if attention == 'full' else (fk < fq)
+  return other | ((fq == fk) & within)
 
 
 def time_causal_mask(q: Layout, k: Layout) -> np.ndarray:

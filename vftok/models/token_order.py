@@ -8,6 +8,9 @@ T latent frames, K coarse-to-fine tokens per frame. Two flat orders:
     every token budget n and can stop early.
   * 'depth_first': all K tokens of frame 1, then frame 2, ...; s = t * K + k.
     A budget n < K needs a model trained on [T, n] grids.
+  * 'raster': the same index map under the name it has for grid tokens
+    ([T, h * w], the 3D-grid counterpart): frame by frame, row by row,
+    the paper's raster-scan order for its grid baseline.
 
 Functions take NumPy or JAX arrays (tracers included) and only use array
 methods, so the result has the input's array type; leading dims before the
@@ -17,7 +20,7 @@ from typing import Tuple
 
 import numpy as np
 
-ORDERS = ('time_first', 'depth_first')
+ORDERS = ('time_first', 'depth_first', 'raster')
 
 
 def _check(order: str):

@@ -18,10 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vftok import errors
 from vftok import flow
 from vftok.models import decoder as decoder_lib
 from vftok.models import encoder as encoder_lib
 from vftok.models import layers
+from vftok.models import masks
 from vftok.models import repa as repa_lib
 
 
@@ -57,9 +59,74 @@ def grid_hw(model_config):
   return h // ph, w // pw
 
 
+TOKEN_STRUCTURES = ('registers', 'grid')
+
+
+def token_structure(model_config) -> str:
+  """'registers' (VideoFlexTok) or 'grid' (the 3D-grid counterpart: one
+  token per latent patch; encoder.py). Configs written before the field
+  existed are VideoFlexTok's."""
+  return model_config.get('token_structure', 'registers')
+
+
+def encoder_attention(model_config) -> str:
+  """'time_causal' (the paper's 2D tokens) or 'full' (Table 2's flat 1D)."""
+  return model_config.get('encoder_attention', 'time_causal')
+
+
+def is_grid(model_config) -> bool:
+  return token_structure(model_config) == 'grid'
+
+
+def check_structure(model_config) -> None:
+  """One errors.InputError naming the field for a token structure the rest
+  of the config contradicts (checked by `build`, so at every job's start)."""
+  m = model_config
+  kind, attention = token_structure(m), encoder_attention(m)
+  if kind not in TOKEN_STRUCTURES:
+    raise errors.InputError(f'config.model.token_structure={kind!r}: choose '
+                            f'from {TOKEN_STRUCTURES}')
+  if attention not in masks.ENCODER_ATTENTION:
+    raise errors.InputError(f'config.model.encoder_attention={attention!r}: '
+                            f'choose from {masks.ENCODER_ATTENTION}')
+  if kind == 'grid':
+    h, w = grid_hw(m)
+    if m.tokens_per_frame != h * w:
+      raise errors.InputError(
+          f'config.model.tokens_per_frame={m.tokens_per_frame}: a grid '
+          f'tokenizer has one token per latent patch, {h} x {w} = {h * w} '
+          'per frame (set it to that)')
+    if m.nested_dropout != 'none':
+      raise errors.InputError(
+          f"config.model.nested_dropout={m.nested_dropout!r}: a grid "
+          "tokenizer has no coarse-to-fine order to train (set 'none')")
+  if attention == 'full' and m.first_frame_prob > 0:
+    raise errors.InputError(
+        "config.model.encoder_attention='full' (flat-1D tokens) with "
+        f'first_frame_prob={m.first_frame_prob}: first-frame conditioning '
+        '(stage 2, long videos) needs time-causal tokens')
+
+
+def require_time_causal(model_config, what: str) -> None:
+  """Streaming, long videos and frame conditioning read a frame's tokens as
+  depending on that frame and earlier ones only: refuse flat-1D tokens."""
+  if encoder_attention(model_config) != 'time_causal':
+    raise ValueError(f"{what} needs time-causal tokens; this tokenizer's "
+                     "encoder sees every frame (model.encoder_attention="
+                     f"{encoder_attention(model_config)!r}, the flat-1D ablation)")
+
+
+def budgets(model_config):
+  """Token budgets a tokenizer decodes at: 1, 2, 4, ..., K, or only all K
+  for a grid tokenizer (no nested dropout: fewer tokens mean nothing)."""
+  k = model_config.tokens_per_frame
+  return [k] if is_grid(model_config) else keep_budgets(k)
+
+
 def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
   """width_override: build the same model at another width (muP base shapes)."""
   m = model_config
+  check_structure(m)
   enc_w = width_override or m.enc_width
   dec_w = width_override or m.dec_width
   grid = grid_hw(m)
@@ -75,6 +142,8 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
                                   fsq_levels=tuple(m.fsq_levels),
                                   readout_scale=m.fsq_readout_scale,
                                   pos_init_std=m.enc_pos_init_std,
+                                  token_structure=token_structure(m),
+                                  attention=encoder_attention(m),
                                   **common),
       decoder=decoder_lib.Decoder(
           width=dec_w, depth=m.dec_depth, latent_channels=m.latent_channels,
@@ -88,6 +157,14 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
                                   head_dim=m.head_dim, feature_dim=m.repa_dim,
                                   mlp_ratio=m.mlp_ratio, dtype=dtype,
                                   **speed))
+
+
+def param_count(model_config) -> int:
+  """Parameters of the tokenizer a config builds (abstract: nothing is
+  allocated, so the paper sizes count on any host)."""
+  shapes = jax.eval_shape(build(model_config).init, jax.random.key(0),
+                          *dummy_inputs(model_config))
+  return layers.count_params(shapes['params'])
 
 
 def dummy_inputs(model_config, batch=1):
