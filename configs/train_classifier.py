@@ -38,6 +38,15 @@ def get_config(arg=None):
   c.features.num_frames = 16
   c.features.batch_size = 8
 
+  # Optional: also fit on the reconstructions of these tokenizer workdirs
+  # (each at every budget it decodes), so that the classifier scores the
+  # pixel domain of decoded samples (vftok/jobs/train_classifier.py).
+  c.reconstructions = ml_collections.ConfigDict()
+  c.reconstructions.tokenizers = ()
+  c.reconstructions.clips_per_class = 16
+  c.reconstructions.sample_steps = 25
+  c.reconstructions.guidance_scale = 3.0   # APG, the demo's sampler
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 500
   c.train.learning_rate = 0.01

@@ -60,6 +60,9 @@ CASES = {
     'export_tokenizer': ('export_tokenizer', None, {'checkpoint': MISSING},
                          "config.checkpoint='{tmp}/missing'",
                          'make one with configs/tokenizer_k600.py'),
+    'paper_mini': ('paper_mini', None, {'tokenizer_workdir': MISSING},
+                   "config.tokenizer_workdir='{tmp}/missing'",
+                   'make one with configs/tokenizer_k600.py'),
 }
 
 
@@ -74,7 +77,7 @@ def _set(config, dotted, value):
 def _fatal(job: str, config, workdir) -> str:
   """main.run_job's exit message for `config` (asserted to be one line)."""
   with pytest.raises(SystemExit) as e:
-    main.run_job(importlib.import_module(f'vftok.jobs.{job}'), config,
+    main.run_job(importlib.import_module(main.job_module(job)), config,
                  str(workdir))
   message = e.value.code
   assert isinstance(message, str) and message.startswith('FATAL '), message

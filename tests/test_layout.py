@@ -1,8 +1,8 @@
 """The package's shape (README "Layout"), checked from the source.
 
 Imports point one way:
-    main -> jobs -> api, evals -> training -> models, flow, data
-         -> optim, sharding, checkpoint
+    main -> experiments -> jobs -> api, evals -> training -> models, flow,
+         data -> optim, sharding, checkpoint
 Every import counts, also one inside a function: a lazy import still ties
 the two modules together.
 """
@@ -77,14 +77,17 @@ def _violations(src_layers, banned):
 
 def test_layers_point_down():
   assert not _violations({'models'}, {'evals', 'jobs', 'api', 'training',
-                                      'main'})
+                                      'main', 'experiments'})
   assert not _violations({'data'}, {'models', 'evals', 'jobs', 'api',
-                                    'training', 'main'})
+                                    'training', 'main', 'experiments'})
   assert not _violations({'optim', 'sharding', 'checkpoint', 'flow'},
                          {'models', 'evals', 'jobs', 'api', 'training',
-                          'main'})
-  assert not _violations({'training'}, {'evals', 'jobs', 'api', 'main'})
-  assert not _violations({'api', 'evals'}, {'jobs', 'main'})
+                          'main', 'experiments'})
+  assert not _violations({'training'}, {'evals', 'jobs', 'api', 'main',
+                                        'experiments'})
+  assert not _violations({'api', 'evals'}, {'jobs', 'main', 'experiments'})
+  assert not _violations({'jobs'}, {'experiments', 'main'})
+  assert not _violations({'experiments'}, {'main'})
 
 
 def test_no_job_imports_another_job():

@@ -281,24 +281,3 @@ def test_exported_bundle_reconstructs_a_video_file(full_run, tmp_path):
     main.run_job(reconstruct, load_config(
         'reconstruct', video=str(tmp_path / 'none.mp4'),
         tokenizer=str(bundle)), str(tmp_path / 'bad'))
-
-
-def test_grid_counterpart_trains_through_main_and_decodes_all_tokens(
-    data_root, tmp_path):
-  """configs/demo.py:grid's structure at the e2e sizes: the job trains it
-  (through vftok.main's run_job), its table has the one budget K = h * w,
-  and the workdir loads as a Tokenizer that refuses any other budget."""
-  from vftok import main  # pylint: disable=g-import-not-at-top
-  c = defaults.grid_counterpart(e2e_config(data_root))
-  c.train.total_steps = c.train.eval_every = c.train.checkpoint_every = 2
-  work = tmp_path / 'grid'
-  main.run_job(train_tokenizer, c, str(work))
-  table = (work / 'psnr_2.md').read_text()
-  rows = [line for line in table.splitlines() if line.startswith('| 16 ')]
-  assert len(rows) == 1 and '| 1 ' not in table
-  tok = vftok.Tokenizer.from_checkpoint(str(work))
-  x = np.random.default_rng(0).normal(size=(1, 5, 4, 4, 16)).astype(np.float32)
-  tokens = np.asarray(tok.tokenize(x))
-  assert tokens.shape == (1, 5, 16)
-  with pytest.raises(ValueError, match='grid tokenizer'):
-    tok.detokenize(tokens[:, :, :1], steps=1)

@@ -65,9 +65,19 @@ def quiet_libraries():
     handler.addFilter(_OwnInfoOnly())
 
 
+# Experiments run several jobs in phases (vftok/experiments/): a layer above
+# the jobs, which never import one another.
+EXPERIMENTS = ('paper_mini',)
 JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
         'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar',
-        'eval_ar', 'convert_official', 'reconstruct', 'export_tokenizer')
+        'eval_ar', 'convert_official', 'reconstruct',
+        'export_tokenizer') + EXPERIMENTS
+
+
+def job_module(job: str) -> str:
+  """The module whose run(config, workdir) runs `config.job`."""
+  return (f'vftok.experiments.{job}' if job in EXPERIMENTS
+          else f'vftok.jobs.{job}')
 
 
 def main(argv):
@@ -88,7 +98,7 @@ def main(argv):
     sys.exit(f'FATAL {e}')
   logging.info('JAX %s: process %d of %d, devices %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
-  run_job(importlib.import_module(f'vftok.jobs.{config.job}'), config,
+  run_job(importlib.import_module(job_module(config.job)), config,
           _WORKDIR.value)
 
 

@@ -40,10 +40,15 @@ def plot_budget_curves(path: str, rows: Sequence[Dict],
                        metrics: Sequence[Tuple[str, str]], *,
                        reference: Optional[Dict[str, float]] = None,
                        reference_label: str = 'reference',
-                       title: str = '', panel_width: float = 4.3):
-  """rows: dicts with 'budget' and each metric key; series(row) -> the label
-  of the line the row belongs to; metrics: (key, panel title) pairs.
-  Metrics that are NaN in every row (e.g. no classifier) are left out."""
+                       title: str = '', panel_width: float = 4.3,
+                       xlabel: str = 'tokens per latent frame',
+                       log_x: bool = True,
+                       tick_format: Callable[[float], str] = lambda v: f'{v:g}'):
+  """rows: dicts with 'budget' (the x value) and each metric key;
+  series(row) -> the label of the line the row belongs to; metrics: (key,
+  panel title) pairs. Metrics that are NaN in every row (e.g. no classifier)
+  are left out. Another x axis (AR size, CFG scale): xlabel, log_x (log2)
+  and tick_format."""
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -67,10 +72,11 @@ def plot_budget_curves(path: str, rows: Sequence[Dict],
     ref = (reference or {}).get(key)
     if ref is not None and np.isfinite(ref):
       ax.axhline(ref, color='gray', linestyle='--', label=reference_label)
-    ax.set_xscale('log', base=2)
+    if log_x:
+      ax.set_xscale('log', base=2)
     ax.set_xticks(budgets)
-    ax.set_xticklabels([str(k) for k in budgets])
-    ax.set_xlabel('tokens per latent frame')
+    ax.set_xticklabels([tick_format(k) for k in budgets])
+    ax.set_xlabel(xlabel)
     ax.set_title(name)
     ax.grid(alpha=0.3)
   for ax in axes:

@@ -298,7 +298,7 @@ def run(config, workdir: str, writer=None) -> Dict:
             sec_per_video_ar=timer.seconds[f'ar/n{n}_cfg{s:g}'] / len(rows),
             sec_per_video_decode=decoded / len(rows)))
         if s == scales[0] and steps == step_counts[0]:
-          per = config.grid_samples
+          per = min(config.grid_samples, config.samples_per_condition)
           grids[n] = np.stack([pixels[i * config.samples_per_condition:
                                       i * config.samples_per_condition + per]
                                for i in range(len(conditions))])
