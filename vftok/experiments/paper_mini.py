@@ -143,6 +143,8 @@ class Experiment:
         sc = c.sweep.copy_and_resolve_references()
         sc.checkpoint, sc.data_root = self.tokenizer_dir(kind), self.data_root
         sc.seed = c.seed
+        # The class score of the reconstructions: what samples can reach.
+        sc.classifier.path = self.path('classifier', 'classifier.npz')
         eval_tokenizer.run(sc, self.path(f'sweep_{kind}'))
       out.append((f'sweep_{kind}', sweep))
     for kind in TOKENIZERS:
