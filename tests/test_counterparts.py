@@ -156,3 +156,14 @@ def test_grid_ar_configs_generate_in_raster_order_at_one_length():
     assert c.model.tokens_per_frame == k
   assert load_config('tokenizer_k600', 'grid').model.tokens_per_frame == 256
   assert load_config('tokenizer_panda', 'grid').model.tokens_per_frame == 256
+
+
+def test_grid_counterpart_differs_only_by_the_encoder_register_table():
+  """tokenizer.param_count (printed by bench_train_step beside VideoFlexTok's):
+  the grid model lacks exactly the [max_frames, K, width] register table."""
+  flex = load_config('demo').model
+  grid = load_config('demo', 'grid').model
+  assert grid.tokens_per_frame == flex.tokens_per_frame
+  missing = flex.max_frames * flex.tokens_per_frame * flex.enc_width
+  assert (tokenizer_lib.param_count(flex) - tokenizer_lib.param_count(grid)
+          == missing)
