@@ -13,6 +13,13 @@ fig11_cfg.png and paper_mini.json. Each phase lives in its own subdirectory
 and is skipped once finished, so a re-run continues where it stopped.
 --config.tokenizer_workdir=DIR reuses a finished configs/demo.py run as the
 VideoFlexTok tokenizer (the grid one then copies its config and steps).
+Ranges over seeds (each number's median and min-max, each finding held on
+n of 3 seeds):
+
+    python -m vftok.main --config=configs/paper_mini.py \
+        --workdir=/tmp/paper_mini_seeds --config.seeds='(0,1,2)' \
+        --config.tokenizer_workdir='/tmp/vftok_demo_s{seed}'
+
 
 Every sub-config below is the named config file's, with the changes listed;
 override any field on the command line, e.g. --config.ar_large.train.total_steps=600.
@@ -39,7 +46,12 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.job = 'paper_mini'
   c.seed = 0
-  c.tokenizer_workdir = ''     # a finished configs/demo.py run to reuse
+  # Several seeds, e.g. --config.seeds='(0,1,2)': one whole run per seed in
+  # <workdir>/seed_<s>, and the report gives each number's range over them.
+  c.seeds = ()
+  # A finished configs/demo.py run to reuse; with several seeds one per seed,
+  # `{seed}` in the path standing for it (e.g. /tmp/vftok_demo_s{seed}).
+  c.tokenizer_workdir = ''
 
   # ---- tokenizers: equal size and steps (no machine-sized length) ---------
   c.tokenizer = _load('demo')

@@ -48,7 +48,8 @@ def plot_budget_curves(path: str, rows: Sequence[Dict],
   series(row) -> the label of the line the row belongs to; metrics: (key,
   panel title) pairs. Metrics that are NaN in every row (e.g. no classifier)
   are left out. Another x axis (AR size, CFG scale): xlabel, log_x (log2)
-  and tick_format."""
+  and tick_format. Rows with `<metric>_min` / `_max` (combined over seeds)
+  draw that range as a band around the line."""
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -67,8 +68,18 @@ def plot_budget_curves(path: str, rows: Sequence[Dict],
     for label in labels:
       line = sorted((r for r in rows if series(r) == label),
                     key=lambda r: r['budget'])
-      ax.plot([r['budget'] for r in line], [r[key] for r in line],
-              marker='o', label=label)
+      xs = [r['budget'] for r in line]
+      drawn = ax.plot(xs, [r[key] for r in line], marker='o', label=label)
+      if all(np.isfinite(r.get(f'{key}_min', np.nan)) for r in line):
+        # Rows combined over seeds: the range around the median (a bar for
+        # a one-point line, e.g. the grid's one budget).
+        lo = [r[f'{key}_min'] for r in line]
+        hi = [r[f'{key}_max'] for r in line]
+        color = drawn[0].get_color()
+        if len(line) == 1:
+          ax.vlines(xs, lo, hi, color=color, alpha=0.5, linewidth=4)
+        else:
+          ax.fill_between(xs, lo, hi, alpha=0.2, color=color, linewidth=0)
     ref = (reference or {}).get(key)
     if ref is not None and np.isfinite(ref):
       ax.axhline(ref, color='gray', linestyle='--', label=reference_label)

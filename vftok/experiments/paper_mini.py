@@ -12,7 +12,10 @@ that runs the jobs of Figs. 6, 7 and 11 on the demo set, phase by phase.
 Each phase runs the ordinary job (`vftok.jobs.*.run`) in <workdir>/<phase>
 with a config derived here, and is recorded in <workdir>/phases.json when it
 finishes: a re-run skips finished phases, and a training phase cut off
-midway resumes from its own checkpoint. This module sits above the jobs
+midway resumes from its own checkpoint. With `seeds` (e.g. (0, 1, 2)) each
+seed is one such run in <workdir>/seed_<s>, and the report in <workdir>
+gives every number as its median and range over the seeds
+(experiments/seed_ranges.py). This module sits above the jobs
 (main -> experiments -> jobs): jobs never import one another.
 """
 import json
@@ -26,8 +29,10 @@ import numpy as np
 
 from vftok import checkpoint
 from vftok import defaults
+from vftok import errors
 from vftok.data import records
 from vftok.evals import budget_plot
+from vftok.experiments import seed_ranges
 from vftok.jobs import eval_ar
 from vftok.jobs import eval_tokenizer
 from vftok.jobs import train_ar
@@ -162,7 +167,10 @@ class Experiment:
 
 
 def run(config, workdir: str):
-  """Runs (or continues) every phase; -> the report's summary dict."""
+  """Runs (or continues) every phase, of every seed when config.seeds is
+  set; -> the report's summary dict."""
+  if config.seeds:
+    return run_seeds(config, workdir)
   exp = Experiment(config, workdir)
   phases = exp.phases()   # checks the reused tokenizer workdir first
   records.makedirs(workdir)
@@ -170,6 +178,40 @@ def run(config, workdir: str):
     exp.run_phase(name, fn)
   with open(exp.path('paper_mini.json')) as f:
     return json.load(f)
+
+
+def seed_config(config, seed: int):
+  """One seed's config: `{seed}` in tokenizer_workdir becomes the seed."""
+  c = config.copy_and_resolve_references()
+  c.seeds, c.seed = (), int(seed)
+  c.tokenizer_workdir = config.tokenizer_workdir.replace('{seed}', str(seed))
+  return c
+
+
+def run_seeds(config, workdir: str):
+  """Each seed's whole experiment in <workdir>/seed_<s>, then the report
+  over the seeds in <workdir>."""
+  seeds = tuple(int(s) for s in config.seeds)
+  if len(set(seeds)) != len(seeds):
+    raise errors.InputError(f'seeds {seeds} names a seed twice')
+  if (len(seeds) > 1 and config.tokenizer_workdir
+      and '{seed}' not in config.tokenizer_workdir):
+    raise errors.InputError(
+        f'tokenizer_workdir {config.tokenizer_workdir!r} is one run for '
+        f'{len(seeds)} seeds: the VideoFlexTok rows would not vary with the '
+        'seed while the grid rows do; name one finished configs/demo.py run '
+        'per seed with {seed} in the path (e.g. /tmp/vftok_demo_s{seed})')
+  exps = [Experiment(seed_config(config, s), os.path.join(workdir, f'seed_{s}'))
+          for s in seeds]
+  phases = [exp.phases() for exp in exps]   # every seed's inputs checked first
+  records.makedirs(workdir)
+  for exp, seed_phases in zip(exps, phases):
+    logging.info('paper_mini: seed %d in %s', exp.config.seed, exp.workdir)
+    records.makedirs(exp.workdir)
+    for name, fn in seed_phases:
+      exp.run_phase(name, fn)
+  summaries = [_load_json(exp.path('paper_mini.json')) for exp in exps]
+  return write_seed_report(workdir, seeds, summaries)
 
 
 # ------------------------------------------------------------------ report ---
@@ -206,6 +248,7 @@ def collect(exp: Experiment) -> Dict:
             class_score=float(r['class_score']),
             rfvd=float(rec.get('rfvd', np.nan)),
             psnr=float(rec.get('psnr', np.nan)),
+            recon_class_score=float(rec.get('class_score', np.nan)),
             gflops_per_video=float(r['gflops_per_video'])))
   # Chance: a sampler that ignores the class (whatever it draws) scores the
   # mean over the classes of p(class | sample) = 1 / classes.
@@ -267,22 +310,37 @@ def findings(summary) -> List[Dict]:
   return out
 
 
-def markdown(exp: Experiment, summary, checks) -> str:
-  head = ['tokenizer', 'AR', 'AR params', 'tokens/frame', 'AR CFG', 'gFVD',
-          'class score', 'rFVD', 'PSNR (dB)', 'GFLOPs/video']
-  lines = ['# The paper in miniature', '',
-           f'Workdir {os.path.abspath(exp.workdir)}; the demo set\'s 4 classes '
-           f'(chance {summary["chance"]:.2f}; real held-out clips score '
-           f'{summary["real_class_score"]:.3f} with the same classifier). '
-           'rFVD and PSNR: the tokenizer\'s reconstructions at that budget '
-           '(sweep); gFVD and class score: AR samples decoded by it.', '',
-           '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  for r in summary['rows']:
+# A table row's identity, and its numbers: (key, column, format).
+ROW_KEYS = ('tokenizer', 'ar_size', 'tokens_per_frame', 'cfg_scale')
+METRICS = (('gfvd', 'gFVD', '.1f'), ('class_score', 'class score', '.3f'),
+           ('recon_class_score', 'recon. class score', '.3f'),
+           ('rfvd', 'rFVD', '.1f'), ('psnr', 'PSNR (dB)', '.2f'),
+           ('gflops_per_video', 'GFLOPs/video', '.3g'))
+ABOUT = ('rFVD, PSNR and recon. class score: the tokenizer\'s reconstructions '
+         'at that budget (sweep; their class score is what samples can '
+         'reach); gFVD and class score: AR samples decoded by it.')
+
+
+def table(rows) -> List[str]:
+  """The markdown table; a cell is 'median (min-max)' for rows combined over
+  seeds (seed_ranges.combine_rows), the value for one seed's."""
+  head = (['tokenizer', 'AR', 'AR params', 'tokens/frame', 'AR CFG'] +
+          [name for _, name, _ in METRICS])
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
     lines.append('| ' + ' | '.join([
         NAMES[r['tokenizer']], r['ar_size'], f"{r['ar_params'] / 1e6:.2f}M",
-        str(r['tokens_per_frame']), f"{r['cfg_scale']:g}", f"{r['gfvd']:.1f}",
-        f"{r['class_score']:.3f}", f"{r['rfvd']:.1f}", f"{r['psnr']:.2f}",
-        f"{r['gflops_per_video']:.3g}"]) + ' |')
+        str(r['tokens_per_frame']), f"{r['cfg_scale']:g}"] + [
+            seed_ranges.cell(r, key, fmt) for key, _, fmt in METRICS]) + ' |')
+  return lines
+
+
+def markdown(exp: Experiment, summary, checks) -> str:
+  lines = ['# The paper in miniature', '',
+           f'Workdir {os.path.abspath(exp.workdir)}, seed {exp.config.seed}; '
+           f'the demo set\'s 4 classes (chance {summary["chance"]:.2f}; real '
+           f'held-out clips score {summary["real_class_score"]:.3f} with the '
+           f'same classifier). {ABOUT}', ''] + table(summary['rows'])
   lines += ['', '## The paper\'s findings, checked', '']
   for c in checks:
     lines.append(f"- {'yes' if c['holds'] else 'no'}: {c['claim']} "
@@ -302,14 +360,59 @@ def write_report(exp: Experiment):
   with records.atomic_path(exp.path('paper_mini.md')) as tmp:
     with open(tmp, 'w') as f:
       f.write(markdown(exp, summary, checks))
-  _plots(exp, rows, summary)
+  _plots(exp.workdir, rows, summary)
   with records.atomic_path(exp.path('paper_mini.json')) as tmp:
     with open(tmp, 'w') as f:
       json.dump(summary, f, indent=2)
   print('\n' + markdown(exp, summary, checks), flush=True)
 
 
-def _plots(exp, rows, summary):
+def write_seed_report(workdir: str, seeds, summaries) -> Dict:
+  """paper_mini.md / .json and the figures over the seeds' summaries."""
+  rows = seed_ranges.combine_rows([s['rows'] for s in summaries], ROW_KEYS,
+                                  [key for key, _, _ in METRICS])
+  checks = seed_ranges.combine_findings([s['findings'] for s in summaries])
+  real = [s['real_class_score'] for s in summaries]
+  minutes = [sum(s['phase_seconds'].values()) / 60 for s in summaries]
+  summary = dict(seeds=list(seeds), rows=rows, findings=checks,
+                 chance=summaries[0]['chance'],
+                 real_class_score=float(np.median(real)),
+                 real_class_score_min=float(min(real)),
+                 real_class_score_max=float(max(real)),
+                 minutes_per_seed=minutes)
+  lines = ['# The paper in miniature, over seeds ' +
+           ', '.join(map(str, seeds)), '',
+           f'Workdir {os.path.abspath(workdir)} (one run per seed in '
+           f'seed_<s>/). Each cell: the median over the {len(seeds)} seeds '
+           '(min–max). The demo set\'s 4 classes (chance '
+           f'{summary["chance"]:.2f}; real held-out clips score '
+           f'{seed_ranges.cell(summary, "real_class_score", ".3f")} with each '
+           f'seed\'s classifier). {ABOUT}', ''] + table(rows)
+  lines += ['', '## The paper\'s findings, checked on each seed', '']
+  for c in checks:
+    lines.append(f"- {seed_ranges.verdict(c)}: {c['claim']} "
+                 f"({'; '.join(c['numbers'])})")
+  lines += ['', 'Minutes per seed: ' + ', '.join(
+      f'seed {s} {m:.1f}' for s, m in zip(seeds, minutes)) + '.']
+  text = '\n'.join(lines) + '\n'
+  with records.atomic_path(os.path.join(workdir, 'paper_mini.md')) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
+  _plots(workdir, rows, summary)
+  with records.atomic_path(os.path.join(workdir, 'paper_mini.json')) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(summary, f, indent=2)
+  print('\n' + text, flush=True)
+  return summary
+
+
+def _in(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def _plots(workdir: str, rows, summary):
+  """Figs. 7, 6 and 11; rows combined over seeds draw their range as a
+  band around the median."""
   cfgs = sorted({r['cfg_scale'] for r in rows})
   guided = cfgs[-1]
   metrics = (('gfvd', 'gFVD (lower is better)'),
@@ -318,7 +421,7 @@ def _plots(exp, rows, summary):
   # Fig. 7: metrics vs tokens per frame, one line per tokenizer x AR size.
   sel = [dict(r, budget=r['tokens_per_frame']) for r in rows
          if r['cfg_scale'] == guided]
-  with records.atomic_path(exp.path('fig7_budgets.png')) as tmp:
+  with records.atomic_path(_in(workdir, 'fig7_budgets.png')) as tmp:
     budget_plot.plot_budget_curves(
         tmp, sel, lambda r: f"{NAMES[r['tokenizer']]}, {r['ar_size']} AR",
         metrics, reference=ref, reference_label='real clips',
@@ -326,7 +429,7 @@ def _plots(exp, rows, summary):
   # Fig. 6: metrics vs AR size at each budget.
   sel = [dict(r, budget=r['ar_params']) for r in rows
          if r['cfg_scale'] == guided]
-  with records.atomic_path(exp.path('fig6_model_size.png')) as tmp:
+  with records.atomic_path(_in(workdir, 'fig6_model_size.png')) as tmp:
     budget_plot.plot_budget_curves(
         tmp, sel, lambda r: f"{NAMES[r['tokenizer']]}, "
                             f"{r['tokens_per_frame']} tokens/frame",
@@ -338,7 +441,7 @@ def _plots(exp, rows, summary):
   k = max(r['tokens_per_frame'] for r in rows if r['tokenizer'] == 'grid')
   sel = [dict(r, budget=r['cfg_scale']) for r in rows
          if r['tokens_per_frame'] == k]
-  with records.atomic_path(exp.path('fig11_cfg.png')) as tmp:
+  with records.atomic_path(_in(workdir, 'fig11_cfg.png')) as tmp:
     budget_plot.plot_budget_curves(
         tmp, sel, lambda r: f"{NAMES[r['tokenizer']]}, {r['ar_size']} AR",
         metrics, title=f'AR CFG scale at {k} tokens per frame',
