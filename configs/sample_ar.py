@@ -7,6 +7,11 @@
     # text-conditioned workdir:
     #   --config.captions="('a man talking in a moving car',)"
 
+    # image-to-video from held-out clips 0 and 5 (their first latent frame
+    # kept), or an edit keeping every frame's first 2 tokens:
+    #   --config.given.clips='(0, 5)' --config.given.frames=1
+    #   --config.given.clips='(0, 5)' --config.given.tokens=2 --config.classes='(3,)'
+
 Writes OUT/<prefix>.png (one row per condition x budget), <prefix>_n<n>.mp4 /
 .gif, <prefix>.npz (tokens) and <prefix>.json (settings, tokens/s, paths).
 """
@@ -36,4 +41,15 @@ def get_config(arg=None):
   c.formats = ('mp4', 'gif')
   c.prefix = 'samples'
   c.benchmark = False           # tokens/s with and without the KV cache
+
+  # Sampling from given tokens: these held-out clips of the tokenizer's data
+  # are tokenized and part of their tokens kept (exactly), the rest sampled
+  # with them in the context; `samples` videos per clip and condition, and
+  # a first row showing the clips.
+  c.given = ml_collections.ConfigDict()
+  c.given.clips = ()            # eval clip indices; () : from scratch
+  c.given.frames = 0            # keep the first latent frames whole
+  #                               (1: image-to-video; more: continuation)
+  c.given.tokens = 0            # keep every frame's first tokens (an edit:
+  #                               the coarse content under a new condition)
   return c

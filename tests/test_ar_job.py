@@ -23,10 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import vftok
 from vftok import checkpoint
 from vftok import defaults
 from vftok import sharding
 from vftok import training
+from vftok.api import generator
+from vftok.data import pipeline
 from vftok.data import records
 from vftok.jobs import eval_ar
 from vftok.jobs import sample_ar
@@ -276,6 +279,32 @@ def test_demo_tokens_train_samples_and_sample_job(demo_ar, tmp_path):
                                            'no_kv_cache'}
   assert json.loads((out / 'samples.json').read_text())['ar_step'] == 2
 
+  # Image-to-video from held-out clips 1 and 0: their first latent frame's
+  # tokens come back exactly in every sample of every class.
+  s.benchmark, s.samples, s.prefix = False, 1, 'i2v'
+  s.given.clips, s.given.frames = (1, 0), 1
+  report = sample_ar.run(s, str(out))
+  tok = vftok.Tokenizer.from_checkpoint(report['tokenizer_workdir'])
+  data = generator.latent_data(checkpoint.load_workdir_config(str(work)), tok)
+  _, ds = pipeline.eval_dataset(data, num_clips=2, batch_size=2)
+  clips = np.asarray(tok.tokenize(ds[0]['latents'][[1, 0]]))
+  sampled = np.load(out / 'i2v.npz')
+  for n in (1, K):
+    got = sampled[f'n{n}']                  # [classes, clips, T, n]
+    assert got.shape == (2, 2, T, n)
+    np.testing.assert_array_equal(
+        got[:, :, 0], np.broadcast_to(clips[:, 0, :n], (2, 2, n)))
+  assert report['given']['clips'] == [1, 0]
+  assert (out / 'i2v.png').exists()
+  bad = s.copy_and_resolve_references()
+  bad.given.tokens = 1            # with frames: ambiguous
+  with pytest.raises(ValueError, match='exactly one of given.frames'):
+    sample_ar.run(bad, str(tmp_path / 'bad'))
+  bad.given.frames = 0            # tokens=1 keeps all of budget 1
+  with pytest.raises(ValueError, match='keeps every token at budget 1'):
+    sample_ar.run(bad, str(tmp_path / 'bad'))
+  assert not (tmp_path / 'bad').exists()
+
 
 class _WordTokenizer:
   """HF-tokenizer-like: words -> ids by hash, padded to max_length."""
@@ -424,7 +453,7 @@ def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
   again = eval_ar.run(e, str(tmp_path / 'again'))['rows'][0]
   assert again['gfvd'] == by[2.0, K, 2]['gfvd']
 
-  bad = [(dict(budgets=(K + 1,)), 'must be in'),
+  bad = [(dict(budgets=(K + 1,)), r'outside \[1, '),
          (dict(cfg_scales=()), 'cfg_scales'),
          (dict(classes=(4,)), 'outside'),
          (dict(captions=('a cat',)), 'not text-'),

@@ -45,6 +45,24 @@ def test_grid_tokenizer_has_one_token_per_latent_patch_and_all_budgets_only():
     tok.detokenize(tokens[:, :, :4], steps=2)
 
 
+def test_one_budget_rule_for_every_job():
+  """tokenizer.check_budgets: the budgets eval_tokenizer, eval_ar and
+  reconstruct evaluate, and the rule detokenize applies to one k."""
+  flex, grid = load_config('demo').model, load_config('demo', 'grid').model
+  assert tokenizer_lib.check_budgets(flex) == [1, 2, 4, 8, 16]
+  assert tokenizer_lib.check_budgets(flex, (8, 2, 8)) == [2, 8]
+  assert tokenizer_lib.check_budgets(flex, limit=4) == [1, 2, 4]  # AR's K
+  assert tokenizer_lib.check_budgets(grid) == [16]
+  for model, requested, limit, match in (
+      (flex, (0,), None, r'0 tokens .* outside \[1, 16\]'),
+      (flex, (8,), 4, r'8 tokens .* outside \[1, 4\]'),
+      (grid, (4,), None, 'grid tokenizer decodes all its 16'),
+      (grid, (), 8, r'budgets \[16\] is within \[1, 8\]')):
+    with pytest.raises(errors.InputError, match=match):
+      tokenizer_lib.check_budgets(model, requested, limit, field='budgets')
+  assert tokenizer_lib.budget_error(flex, 3) is None   # any k, not just 2^i
+
+
 def test_grid_tokens_are_local_and_time_causal():
   """Token (t, i) reads the whole clip up to frame t: changing the last
   frame leaves earlier frames' tokens as they were."""

@@ -294,7 +294,8 @@ def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
     api.Tokenizer.from_checkpoint(ckpt, step=7)
   with pytest.raises(ValueError, match='multiple of the 8 devices'):
     eval_tokenizer.run(eval_config(ckpt, batch_size=6), str(tmp_path / 'o'))
-  with pytest.raises(ValueError, match=r'budgets must be in \[1, 4\]'):
+  with pytest.raises(ValueError,
+                     match=r'budgets=\(8,\): 8 tokens .* outside \[1, 4\]'):
     eval_tokenizer.run(eval_config(ckpt, budgets=(8,)), str(tmp_path / 'o'))
   c = eval_config(ckpt)
   c.rfid.factory = 'fake:features'

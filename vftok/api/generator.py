@@ -89,15 +89,21 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
                   num_frames: int, order: str = 'time_first',
                   embed_captions=None, cfg_scale: float = 1.0,
                   temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, use_kv_cache: bool = True
+                  top_p: float = 1.0, use_kv_cache: bool = True,
+                  given: Optional[Dict[int, np.ndarray]] = None
                   ) -> Tuple[Dict[int, np.ndarray], Dict[int, float]]:
   """-> ({n: int32 [C, samples, T, n]}, {n: seconds of the sample call}).
 
   params: the (unboxed) 'params' tree. embed_captions: captions ->
   (emb, mask) for caption conditions (text_encoders.CaptionEmbedder).
+  given: {n: int [samples, T, n]}, the tokens each sample keeps at budget n
+  (-1: sampled), the same for every condition (ar_sampling.sample's given).
   """
   kwargs = {}
   rows = [c for c in conditions for _ in range(samples)]
+  if given is not None and any(np.shape(g)[0] != samples
+                               for g in given.values()):
+    raise ValueError(f'given tokens must have {samples} rows (one per sample)')
   if any(c.class_label is not None for c in rows):
     kwargs['class_labels'] = jnp.asarray([c.class_label for c in rows],
                                          jnp.int32)
@@ -112,11 +118,14 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
   tokens, seconds = {}, {}
   for n in budgets:
     start = time.perf_counter()
+    keep = None
+    if given is not None:   # every condition keeps the same tokens
+      keep = np.tile(np.asarray(given[n]), (len(conditions), 1, 1))
     out = ar_sampling.sample(
         model, params, jax.random.fold_in(jax.random.key(seed), n),
         num_frames=num_frames, tokens_per_frame_budget=int(n), order=order,
         cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
-        top_p=top_p, use_kv_cache=use_kv_cache, **kwargs)
+        top_p=top_p, use_kv_cache=use_kv_cache, given=keep, **kwargs)
     out = np.asarray(jax.block_until_ready(out))
     seconds[n] = time.perf_counter() - start
     tokens[n] = out.reshape(len(conditions), samples, *out.shape[1:])

@@ -279,12 +279,9 @@ class Tokenizer:
     if tokens.ndim != 3:
       raise ValueError(f'tokens must be [B, T, k], got shape {tokens.shape}')
     b, t, k = tokens.shape
-    if not 1 <= k <= k_max:
-      raise ValueError(f'tokens per frame must be in [1, {k_max}], got {k}')
-    if k != k_max and tokenizer_lib.is_grid(self.config.model):
-      raise ValueError(f'a grid tokenizer decodes all its {k_max} tokens per '
-                       f'frame (one per latent patch), got {k}: it has no '
-                       'coarse-to-fine order to truncate')
+    err = tokenizer_lib.budget_error(self.config.model, k)
+    if err:
+      raise ValueError(f'tokens of shape {tokens.shape}: {err}')
     if steps < 1:
       raise ValueError(f'steps must be >= 1, got {steps}')
     codes = fsq.indices_to_codes(tokens, self.levels)  # validates the id range

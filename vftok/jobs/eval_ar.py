@@ -141,18 +141,9 @@ def _check(config, tok, mc, devices: int):
                      f'positive multiple of the {devices} devices')
   if config.samples_per_condition < 1:
     raise ValueError('config.samples_per_condition must be >= 1')
-  limit = min(tok.tokens_per_frame, mc.tokens_per_frame)
-  grid = tokenizer_lib.is_grid(tok.config.model)
-  budgets = sorted({int(n) for n in config.budgets}) or [
-      n for n in tokenizer_lib.budgets(tok.config.model) if n <= limit]
-  if not budgets or budgets[0] < 1 or budgets[-1] > limit:
-    raise ValueError(f'config.budgets={tuple(config.budgets)} must be in [1, '
-                     f'{limit}] (tokens per latent frame of the tokenizer and '
-                     'the AR model)')
-  if grid and budgets != [tok.tokens_per_frame]:
-    raise ValueError(f'config.budgets={tuple(config.budgets)}: a grid '
-                     f'tokenizer has one length, all {tok.tokens_per_frame} '
-                     'tokens per frame (set budgets=() or that)')
+  # Budgets up to the shorter of the tokenizer's and the AR model's frames.
+  budgets = tokenizer_lib.check_budgets(tok.config.model, config.budgets,
+                                        limit=mc.tokens_per_frame)
   if int(np.prod(tok.levels)) > mc.vocab_size:
     raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
                      f'the AR vocabulary only {mc.vocab_size}')

@@ -78,16 +78,7 @@ def _check(config, model_config, devices: int):
     raise ValueError(f'config.batch_size={config.batch_size} must be a '
                      f'positive multiple of the {devices} devices (the batch '
                      'is split over them)')
-  budgets = sorted(set(int(k) for k in config.budgets))
-  allowed = tokenizer_lib.budgets(model_config)
-  budgets = budgets or allowed
-  if budgets[0] < 1 or budgets[-1] > allowed[-1]:
-    raise ValueError(f'config.budgets={tuple(config.budgets)}: budgets must '
-                     f'be in [1, {allowed[-1]}] (tokens per latent frame)')
-  if tokenizer_lib.is_grid(model_config) and budgets != allowed:
-    raise ValueError(f'config.budgets={tuple(config.budgets)}: a grid '
-                     f'tokenizer decodes only all its {allowed[0]} tokens per '
-                     'frame')
+  budgets = tokenizer_lib.check_budgets(model_config, config.budgets)
   steps = [int(s) for s in config.sample_steps]
   guidance = [float(g) for g in config.guidance_scales]
   if not steps or min(steps) < 1 or not guidance:

@@ -54,13 +54,7 @@ def run(config, workdir: str):
   t0 = time.time()
   model = pretrained.load(config.tokenizer or pretrained.SMALL64)
   tok = model.tokenizer
-  budgets = list(config.budgets) or tokenizer_lib.budgets(tok.config.model)
-  grid = tokenizer_lib.is_grid(tok.config.model)
-  bad = [k for k in budgets if not 1 <= k <= tok.tokens_per_frame
-         or (grid and k != tok.tokens_per_frame)]
-  if bad:
-    raise errors.InputError(f'config.budgets={tuple(config.budgets)}: {bad} '
-                            f'outside 1..{tok.tokens_per_frame}')
+  budgets = tokenizer_lib.check_budgets(tok.config.model, config.budgets)
   frames, starts = video_io.spread_clips(
       os.path.expanduser(config.video), config.num_clips,
       video_io.ClipParams(num_frames=model.num_frames,

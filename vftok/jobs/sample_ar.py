@@ -13,7 +13,10 @@ codec (pixels) -> OUT/<prefix>.png (one row per condition x budget),
 OUT/<prefix>_n<n>.mp4 / .gif (per budget: conditions x samples, animated),
 OUT/<prefix>.npz (tokens) and OUT/<prefix>.json (settings, tokens/s, paths).
 With benchmark=True the sampling speed is measured with and without the KV
-cache, each after a compiling warm-up call.
+cache, each after a compiling warm-up call. With given.clips the samples
+start from those held-out clips' tokens (`given_tokens`): image-to-video and
+continuation (given.frames) or an edit that keeps every frame's first tokens
+(given.tokens); the PNG's first row shows the clips.
 """
 import json
 import os
@@ -27,14 +30,69 @@ from vftok import sharding
 from vftok import api
 from vftok.api import generator
 from vftok import checkpoint
+from vftok import errors
 from vftok import training
 from vftok.models.pretrained import text_encoders
+from vftok.data import pipeline
 from vftok.data import records
 from vftok.models import ar
+from vftok.models import tokenizer as tokenizer_lib
 
 
 def _step(value):
   return None if value is None or int(value) < 0 else int(value)
+
+
+def check_given(g, budgets, num_frames: int):
+  """config.given: clips with exactly one of frames / tokens, each of which
+  leaves something to sample at every budget."""
+  if not g.clips:
+    if g.frames or g.tokens:
+      raise errors.InputError('config.given.frames / .tokens need '
+                              'config.given.clips (the clips to start from)')
+    return
+  if bool(g.frames) == bool(g.tokens):
+    raise errors.InputError(
+        'config.given.clips needs exactly one of given.frames (keep the first '
+        'latent frames: image-to-video, continuation) and given.tokens (keep '
+        "every frame's first tokens: an edit)")
+  if min(g.clips) < 0:
+    raise errors.InputError(f'config.given.clips={tuple(g.clips)}: clip '
+                            'indices are >= 0')
+  if not 0 <= g.frames < num_frames:
+    raise errors.InputError(f'config.given.frames={g.frames}: keep 1 to '
+                            f'{num_frames - 1} of the {num_frames} latent '
+                            'frames (all of them leave nothing to sample)')
+  if g.tokens < 0 or (g.tokens and g.tokens >= budgets[0]):
+    raise errors.InputError(
+        f'config.given.tokens={g.tokens}: keeps every token at budget '
+        f'{budgets[0]}; choose budgets above it (config.budgets={budgets})')
+
+
+def given_tokens(g, tok, data: pipeline.Data, budgets, samples: int):
+  """-> ({n: int32 [clips * samples, T, n], -1 where sampled}, the clips'
+  frames uint8 [clips, F, H, W, 3], their labels) for config.given."""
+  if g.frames:
+    tokenizer_lib.require_time_causal(tok.config.model,
+                                      'image-to-video / continuation')
+  clips = [int(i) for i in g.clips]
+  count, ds = pipeline.eval_dataset(data, num_clips=max(clips) + 1,
+                                    batch_size=max(clips) + 1)
+  if max(clips) >= count:
+    raise errors.InputError(f'config.given.clips={tuple(clips)}: the '
+                            f'tokenizer\'s evaluation set has {count} clips')
+  batch = ds[0]
+  tokens = np.asarray(tok.tokenize(batch['latents'][clips]))
+  tokens = np.repeat(tokens, samples, axis=0)
+  given = {}
+  for n in budgets:
+    keep = np.full(tokens[:, :, :n].shape, -1, np.int32)
+    if g.frames:
+      keep[:, :g.frames] = tokens[:, :g.frames, :n]
+    else:
+      keep[:, :, :g.tokens] = tokens[:, :, :g.tokens]
+    given[n] = keep
+  return given, batch['frames'][clips], batch['label'][clips]
 
 
 def run(config, workdir: str, writer=None) -> Dict:
@@ -63,24 +121,29 @@ def run(config, workdir: str, writer=None) -> Dict:
                                       field='tokenizer_workdir')
   m = tok.config.model
   num_frames = int(m.latent_frames) // int(m.patch_size[0])
-  budgets = sorted({int(n) for n in config.budgets})
-  if budgets[0] < 1 or budgets[-1] > min(tok.tokens_per_frame,
-                                         mc.tokens_per_frame):
-    raise ValueError(f'budgets {budgets} must be in [1, '
-                     f'{min(tok.tokens_per_frame, mc.tokens_per_frame)}]')
+  budgets = tokenizer_lib.check_budgets(m, config.budgets,
+                                        limit=mc.tokens_per_frame)
   if int(np.prod(tok.levels)) > mc.vocab_size:
     raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
                      f'the AR vocabulary only {mc.vocab_size}')
+  check_given(config.given, budgets, num_frames)
+  data = generator.latent_data(ar_config, tok)
+  given, source, source_labels = None, None, None
+  samples = config.samples
+  if config.given.clips:
+    given, source, source_labels = given_tokens(config.given, tok, data,
+                                                budgets, config.samples)
+    samples = len(config.given.clips) * config.samples  # per condition
   records.makedirs(workdir)
 
   sample = lambda use_kv_cache: generator.sample_tokens(
-      model, params['params'], conditions, budgets, config.samples,
+      model, params['params'], conditions, budgets, samples,
       seed=config.seed, num_frames=num_frames, order=ar_config.order,
       embed_captions=embed, cfg_scale=config.cfg_scale,
       temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-      use_kv_cache=use_kv_cache)
+      use_kv_cache=use_kv_cache, given=given)
   tokens, seconds = sample(True)
-  rows = len(conditions) * config.samples
+  rows = len(conditions) * samples
   count = {n: rows * num_frames * n for n in budgets}
   speed = {'kv_cache_first_call': {n: count[n] / seconds[n]
                                    for n in budgets}}
@@ -95,12 +158,16 @@ def run(config, workdir: str, writer=None) -> Dict:
         if not np.array_equal(again[n], tokens[n]) and use_cache:
           raise AssertionError('sampling is not deterministic given the seed')
 
-  decoder = generator.Decoder(tok, generator.latent_data(ar_config, tok),
-                              config.decode_steps, config.decode_guidance,
-                              config.seed)
+  decoder = generator.Decoder(tok, data, config.decode_steps,
+                              config.decode_guidance, config.seed)
   pixels = generator.decode_all(decoder, tokens)
+  shown = conditions
+  if source is not None:   # a first row: each column's clip
+    clip_row = np.repeat(source, config.samples, axis=0)[None]
+    pixels = {n: np.concatenate([clip_row, px]) for n, px in pixels.items()}
+    shown = [generator.Condition('given clip')] + list(conditions)
   prefix = config.prefix
-  paths = generator.write_outputs(workdir, prefix, conditions, pixels,
+  paths = generator.write_outputs(workdir, prefix, shown, pixels,
                                   fps=config.fps,
                                   formats=tuple(config.formats))
   with records.atomic_path(os.path.join(workdir, f'{prefix}.npz')) as tmp:
@@ -109,7 +176,10 @@ def run(config, workdir: str, writer=None) -> Dict:
   report = dict(
       ar_workdir=config.ar_workdir, ar_step=step, tokenizer_workdir=tok_dir,
       conditions=[c.__dict__ for c in conditions], budgets=budgets,
-      samples_per_condition=config.samples, num_frames=num_frames,
+      samples_per_condition=samples, num_frames=num_frames,
+      given=(dict(clips=list(config.given.clips), frames=config.given.frames,
+                  tokens=config.given.tokens, labels=source_labels)
+             if given is not None else None),
       cfg_scale=config.cfg_scale, temperature=config.temperature,
       top_k=config.top_k, top_p=config.top_p, seed=config.seed,
       tokens_per_sec=speed, device=str(jax.devices()[0].platform),
@@ -117,7 +187,7 @@ def run(config, workdir: str, writer=None) -> Dict:
   with records.atomic_path(os.path.join(workdir, f'{prefix}.json')) as tmp:
     with open(tmp, 'w') as f:
       json.dump(records.jsonable(report), f, indent=2)
-  lines = [f'AR step {step}: {len(conditions)} conditions x {config.samples} '
+  lines = [f'AR step {step}: {len(conditions)} conditions x {samples} '
            f'samples, {num_frames} latent frames']
   for name, per in speed.items():
     lines.append(f'  tokens/s {name:20s} ' + '  '.join(

@@ -11,6 +11,15 @@ flexible at inference).
     whole (partly filled) sequence and reads the logits of the current slot.
     Quadratically slower; kept as the reference the cache must reproduce.
 
+Given tokens (`given`, `given_mask`) fix any set of positions: at a given
+position the given token is written instead of a drawn one, and every later
+position is fed it, so the free tokens are drawn from the model's conditional
+p(x_i | x_<i) with the given ones in the context (image-to-video, continuation,
+keep-the-coarse-tokens edits). A given token after a free one in the order is
+seen only by the positions after it: the AR model cannot condition on its
+future, so image-to-video in time-first order conditions level j of every
+frame on levels <= j of the given frame.
+
 Classifier-free guidance runs the conditional and the null-conditioned rows
 as one doubled batch and combines l_u + s * (l_c - l_u); both rows are then
 fed the same sampled token. Per-step randomness is fold_in(rng, position), so
@@ -103,12 +112,37 @@ def _conditions(config, batch, class_labels, text_emb, text_mask, use_cfg):
   return cond
 
 
+def check_given(given, given_mask, shape, vocab_size: int):
+  """-> (int32 tokens, bool mask), both `shape` [B, T, n]; the mask defaults
+  to given >= 0 (-1 marks a position to sample). One ValueError for a shape
+  or a given token outside the vocabulary."""
+  given = np.asarray(given)
+  if given_mask is None:
+    given_mask = given >= 0
+  given_mask = np.asarray(given_mask)
+  for name, x in (('given', given), ('given_mask', given_mask)):
+    if x.shape != tuple(shape):
+      raise ValueError(f'{name} has shape {x.shape}; sampling {shape} '
+                       '[batch, frames, tokens per frame]')
+  if not np.issubdtype(given.dtype, np.integer):
+    raise ValueError(f'given must be integer token ids, got {given.dtype}')
+  if given_mask.dtype != bool:
+    raise ValueError(f'given_mask must be boolean, got {given_mask.dtype}')
+  bad = given[given_mask]
+  bad = bad[(bad < 0) | (bad >= vocab_size)]
+  if bad.size:
+    raise ValueError(f'given tokens {sorted(set(bad.tolist()))[:5]} are '
+                     f'outside the vocabulary [0, {vocab_size})')
+  return (np.where(given_mask, given, 0).astype(np.int32),
+          given_mask.astype(bool))
+
+
 @functools.partial(jax.jit, static_argnames=(
     'model', 'batch', 'num_frames', 'n', 'order', 'use_cfg', 'greedy',
     'top_k', 'use_top_p', 'use_kv_cache'))
 def _sample(model, params, rng, class_labels, text_emb, text_mask, cfg_scale,
-            temperature, top_p, *, batch, num_frames, n, order, use_cfg,
-            greedy, top_k, use_top_p, use_kv_cache):
+            temperature, top_p, given, given_mask, *, batch, num_frames, n,
+            order, use_cfg, greedy, top_k, use_top_p, use_kv_cache):
   config = model.config
   frame_index, token_index = (jnp.asarray(a) for a in
                               token_order.positions(num_frames, n, order))
@@ -118,13 +152,21 @@ def _sample(model, params, rng, class_labels, text_emb, text_mask, cfg_scale,
   rows = 2 * batch if use_cfg else batch
   double = (lambda x: jnp.concatenate([x, x])) if use_cfg else (lambda x: x)
 
+  if given is not None:   # [B, T, n] -> [B, L] in the sampling order
+    given = token_order.to_sequence(given, order)
+    given_mask = token_order.to_sequence(given_mask, order)
+
   def pick(logits, i):  # logits [rows, V] of slot i -> tokens [batch]
     if use_cfg:
       cond_l, uncond_l = logits[:batch], logits[batch:]
       logits = uncond_l + cfg_scale * (cond_l - uncond_l)
-    return select_tokens(logits, jax.random.fold_in(rng, i),
-                         temperature=temperature, top_k=top_k, top_p=top_p,
-                         greedy=greedy, use_top_p=use_top_p)
+    drawn = select_tokens(logits, jax.random.fold_in(rng, i),
+                          temperature=temperature, top_k=top_k, top_p=top_p,
+                          greedy=greedy, use_top_p=use_top_p)
+    if given is None:
+      return drawn
+    at = lambda x: jax.lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
+    return jnp.where(at(given_mask), at(given), drawn)
 
   def put(seq, tok, i):
     return jax.lax.dynamic_update_slice_in_dim(seq, tok[:, None], i, axis=1)
@@ -167,8 +209,13 @@ def sample(model: 'ar_lib.ARTransformer', params, rng, *, num_frames: int,
            class_labels=None, text_emb=None, text_mask=None,
            cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, use_kv_cache: bool = True,
-           batch_size: Optional[int] = None):
+           batch_size: Optional[int] = None, given=None, given_mask=None):
   """Samples tokens int32 [B, num_frames, tokens_per_frame_budget].
+
+  given / given_mask [B, num_frames, n]: tokens to keep where the mask is
+  True (default mask: given >= 0), returned exactly; the other positions
+  are sampled with them in the context (see the module docstring). B is
+  given's when nothing else sets it.
 
   params: the model's (unboxed) 'params' tree. B comes from class_labels
   [B] or text_emb [B, Lt, Dt] (text_mask [B, Lt], default all True), or
@@ -189,12 +236,20 @@ def sample(model: 'ar_lib.ARTransformer', params, rng, *, num_frames: int,
     raise ValueError('text_emb given to a model without cross-attention')
   if class_labels is not None and not config.num_classes:
     raise ValueError('class_labels given to a model without classes')
+  if given is not None and batch_size is None:
+    batch_size = np.shape(given)[0]
   batch = _batch_size(batch_size, class_labels, text_emb)
+  if given is not None:
+    given, given_mask = check_given(
+        given, given_mask, (batch, num_frames, tokens_per_frame_budget),
+        config.vocab_size)
+  elif given_mask is not None:
+    raise ValueError('given_mask without given tokens')
   greedy = float(temperature) == 0.0
   return _sample(
       model, params, rng, class_labels, text_emb, text_mask,
       jnp.float32(cfg_scale), jnp.float32(1.0 if greedy else temperature),
-      jnp.float32(top_p), batch=batch, num_frames=int(num_frames),
+      jnp.float32(top_p), given, given_mask, batch=batch, num_frames=int(num_frames),
       n=int(tokens_per_frame_budget), order=order,
       use_cfg=float(cfg_scale) != 1.0, greedy=greedy, top_k=int(top_k),
       use_top_p=float(top_p) < 1.0, use_kv_cache=bool(use_kv_cache))

@@ -123,6 +123,43 @@ def budgets(model_config):
   return [k] if is_grid(model_config) else keep_budgets(k)
 
 
+def budget_error(model_config, k: int, limit=None):
+  """Why k tokens per latent frame cannot be decoded (k above `limit`, e.g.
+  an AR model's length, or the tokenizer's K; a grid tokenizer's k other than
+  all its tokens), or None. The one rule behind `detokenize` and every job's
+  `budgets` (check_budgets)."""
+  top = model_config.tokens_per_frame
+  limit = top if limit is None else min(int(limit), top)
+  if not 1 <= k <= limit:
+    return f'{k} tokens per latent frame is outside [1, {limit}]'
+  if is_grid(model_config) and k != top:
+    return (f'a grid tokenizer decodes all its {top} tokens per frame (one per '
+            f'latent patch), not {k}: it has no coarse-to-fine order to '
+            'truncate')
+  return None
+
+
+def check_budgets(model_config, requested=(), limit=None,
+                  field: str = 'config.budgets'):
+  """The budgets a job evaluates: `requested` sorted and unique or, when
+  empty, every budget the tokenizer decodes up to `limit`. One
+  errors.InputError naming `field` for a budget budget_error refuses."""
+  chosen = sorted({int(k) for k in requested})
+  if not chosen:
+    chosen = [k for k in budgets(model_config) if limit is None or k <= limit]
+    if not chosen:
+      raise errors.InputError(
+          f'{field}=(): none of the tokenizer\'s budgets '
+          f'{budgets(model_config)} is within [1, {limit}] tokens per latent '
+          'frame')
+  for k in chosen:
+    err = budget_error(model_config, k, limit)
+    if err:
+      raise errors.InputError(f'{field}={tuple(requested)}: {err} (set () '
+                              'for every budget the tokenizer decodes)')
+  return chosen
+
+
 def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
   """width_override: build the same model at another width (muP base shapes)."""
   m = model_config
