@@ -44,10 +44,26 @@ def test_tokenize_is_deterministic_and_prefix_causal(tok):
   np.testing.assert_array_equal(full[:, :2], np.asarray(tok.tokenize(x[:, :2])))
 
 
+def test_any_latent_size_equals_a_tokenizer_built_for_it(tok):
+  """Latents of another (here non-square) size go through the same params
+  as through a tokenizer configured for that size."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict(tok.config.to_dict())
+  c.model.latent_size = (6, 2)
+  native = vftok.Tokenizer(c, tok.params)
+  x = np.random.default_rng(3).normal(size=(2, 3, 6, 2, 4)).astype(np.float32)
+  tokens = np.asarray(tok.tokenize(x))
+  np.testing.assert_array_equal(tokens, np.asarray(native.tokenize(x)))
+  out = tok.detokenize(tokens, steps=2, seed=4, latent_size=(6, 2))
+  assert out.shape == x.shape
+  np.testing.assert_array_equal(out, native.detokenize(tokens, steps=2, seed=4))
+
+
 @pytest.mark.parametrize('bad,match', [
     (np.zeros((2, 3, 4, 4)), r'\[B, T, H, W, C\]'),
     (np.zeros((2, 3, 4, 4, 5)), 'channels'),
-    (np.zeros((2, 3, 8, 4, 4)), 'expects'),
+    (np.zeros((2, 3, 17, 4, 4)), 'position tables cover 16 per axis'),
+    (np.zeros((2, 6, 4, 4, 4)), 'registers and position tables cover 5'),
     (np.full((1, 3, 4, 4, 4), np.nan), 'NaN'),
 ])
 def test_tokenize_rejects_bad_latents(tok, bad, match):
@@ -58,8 +74,8 @@ def test_tokenize_rejects_bad_latents(tok, bad, match):
 @pytest.mark.parametrize('bad,match', [
     (np.full((1, 3, 2), 64000), 'outside'),
     (np.full((1, 3, 2), -5), 'outside'),
-    (np.zeros((1, 3, 5), np.int32), 'tokens per frame'),
-    (np.zeros((1, 3, 0), np.int32), 'tokens per frame'),
+    (np.zeros((1, 3, 5), np.int32), r'5 tokens per latent frame is outside \[1, 4\]'),
+    (np.zeros((1, 3, 0), np.int32), 'tokens per latent frame'),
     (np.zeros((3, 2), np.int32), r'\[B, T, k\]'),
 ])
 def test_detokenize_rejects_bad_tokens(tok, bad, match):

@@ -111,6 +111,59 @@ def test_detokenize(tok, ref):
     _close(out, _cl(ref[name]), name, DETOK_TOL)
 
 
+# tests/fixtures/official_p122: [1, 2, 2] patches, written by the release's
+# code (its make_fixture.py) with tokenize / detokenize at several latent
+# sizes; from_official(path) alone must take each of them.
+P122 = os.path.join(HERE, 'fixtures', 'official_p122')
+
+
+@pytest.fixture(scope='module')
+def p122():
+  with open(os.path.join(P122, 'meta.json')) as f:
+    meta = json.load(f)
+  return (api.Tokenizer.from_official(os.path.join(P122, 'model.safetensors')),
+          dict(np.load(os.path.join(P122, 'reference.npz'))), meta)
+
+
+def test_release_checkpoint_takes_any_latent_size(p122):
+  """Square, 16:9-like, tall and the largest size the position tables
+  cover: tokens equal, detokenize at k = 2 and 8, no guidance and the
+  notebook's APG, within the dev fixture's tolerance."""
+  tok, ref, meta = p122
+  assert tuple(tok.config.model.patch_size) == (1, 2, 2)
+  assert len(meta['sizes']) == 4
+  for name, (t, h, w) in meta['sizes'].items():
+    lat = _cl(ref[f'latents_{name}'])
+    tokens = np.asarray(tok.tokenize(lat))
+    np.testing.assert_array_equal(tokens, ref[f'tokens_{name}'], err_msg=name)
+    noise = _cl(ref[f'detok_noise_{name}'])
+    for k in meta['keep']:
+      for kind, kwargs in (('noguid', dict(guidance_scale=1.0)),
+                           ('apg', APG)):
+        want = _cl(ref[f'detok_{name}_k{k}_{kind}'])
+        # The size from the noise, and from latent_size with seeded noise.
+        out = tok.detokenize(tokens[:, :, :k], steps=meta['timesteps'],
+                             noise=noise, **kwargs)
+        _close(out, want, f'detok_{name}_k{k}_{kind}', DETOK_TOL)
+    sized = tok.detokenize(tokens, steps=1, latent_size=(h, w))
+    assert sized.shape == (2, t, h, w, 16)
+
+
+def test_latent_sizes_outside_the_model_are_one_error(p122):
+  tok = p122[0]
+  lat = lambda t, h, w: np.zeros((1, t, h, w, 16), np.float32)
+  for shape, match in (((2, 5, 8), 'multiples of the patch size 2 x 2'),
+                       ((2, 18, 8), 'position tables cover 8 per axis'),
+                       ((5, 8, 8), 'registers and position tables cover 4')):
+    with pytest.raises(ValueError, match=match):
+      tok.tokenize(lat(*shape))
+  tokens = np.zeros((1, 2, 8), np.int32)
+  with pytest.raises(ValueError, match=r'at latent_size \(6, 20\)'):
+    tok.detokenize(tokens, steps=1, latent_size=(6, 20))
+  with pytest.raises(ValueError, match='this stream takes'):
+    tok.stream().push(lat(1, 6, 8)[:, 0])
+
+
 def test_notebook_sampling_defaults(tok):
   assert tok.sample_defaults() == dict(
       steps=40, guidance='apg', guidance_scale=25.0, apg_momentum=0.0,
@@ -251,14 +304,14 @@ def test_release_file_with_vidtok_works_on_pixels(tmp_path):
   tensors.update({f'vae.vidtok.{k}': v for k, v in load_file(vae_file).items()})
   path = str(tmp_path / 'with_vae.safetensors')
   save_file(tensors, path, metadata=header['__metadata__'])
-  tok = api.Tokenizer.from_official(path, latent_shape=SHAPE)
+  tok = api.Tokenizer.from_official(path)   # any frame size: 32 x 48 here
   assert tok.vae is not None
   frames = np.random.default_rng(0).integers(0, 256, (2, 9, 32, 48, 3),
                                              dtype=np.uint8)
   tokens = tok.encode_video(frames)
   want = tok.tokenize(np.asarray(tok.vae.encode(frames / 127.5 - 1.0)))
   np.testing.assert_array_equal(tokens, np.asarray(want))
-  video = tok.decode_video(tokens[:, :, :2], steps=2)
+  video = tok.decode_video(tokens[:, :, :2], steps=2, latent_size=(4, 6))
   assert video.shape == frames.shape and video.dtype == np.uint8
   with pytest.raises(ValueError, match='uint8'):
     tok.encode_video(frames.astype(np.float32))

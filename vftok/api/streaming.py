@@ -53,7 +53,7 @@ class TokenStream:
     if self.pushed >= self.max_frames:
       raise ValueError(f'stream is full: {self.max_frames} frames pushed '
                        '(start a new stream or raise max_frames)')
-    latents = self.tok._check_latents(frame)  # shape, channels, finiteness
+    latents = self.tok._check_latents(frame, native_size=True)  # pylint: disable=protected-access
     tokens, self.cache = _step(self.tok, self.tok.params, self.cache,
                                jnp.asarray(latents),
                                jnp.asarray(self.pushed, jnp.int32))

@@ -93,7 +93,20 @@ class Tokenizer:
     m = config.model
     self.model = tokenizer_lib.build(
         m, layers.optional_dtype(config.model.dtype))
+    self._models = {tuple(m.latent_size): self.model}   # by latent (H, W)
     self.levels = tuple(m.fsq_levels)
+
+  def model_for(self, hw):
+    """The model for latent frames of (H, W): the same params, a module with
+    that patch grid (masks and position crops are static per grid). jit
+    traces once per input shape, so each size compiles once."""
+    hw = tuple(int(v) for v in hw)
+    if hw not in self._models:
+      m = ml_collections.ConfigDict(self.config.model.to_dict())
+      m.latent_size = hw
+      self._models[hw] = tokenizer_lib.build(
+          m, layers.optional_dtype(m.dtype))
+    return self._models[hw]
 
   # ---- construction -------------------------------------------------------
   @classmethod
@@ -124,8 +137,10 @@ class Tokenizer:
     read offline from `path`: its config is parsed safely and mapped onto the
     vftok model (vftok/models/pretrained/official.py), its tensors converted.
 
-    latent_shape: (T, h, w) of the latents this tokenizer takes (default:
-    5 latent frames of 16 x 16 patches, the K600 / Panda clips). mesh: put
+    latent_shape: (T, h, w), the default size (detokenize's latent_size,
+    streams; default: up to 5 latent frames of 16 x 16 patches, the K600 /
+    Panda clips). tokenize takes any size the position tables cover, and
+    detokenize any latent_size (non-square included). mesh: put
     each tensor straight into its shards (params sharded by their logical
     axes) instead of on the default device.
     """
@@ -162,7 +177,9 @@ class Tokenizer:
   def tokens_per_frame(self) -> int:
     return self.config.model.tokens_per_frame
 
-  def _check_latents(self, latents):
+  def _check_latents(self, latents, native_size: bool = False):
+    """Any (T, H, W) the model covers (latent_grid_error); native_size: only
+    the config's (H, W) (a stream's cache is sized for it)."""
     latents = np.asarray(latents)
     _, h, w, c = self.latent_shape
     if latents.ndim != 5:
@@ -170,13 +187,12 @@ class Tokenizer:
     if latents.shape[-1] != c:
       raise ValueError(f'latents have {latents.shape[-1]} channels; this '
                        f'tokenizer expects {c}')
-    if latents.shape[2:4] != (h, w):
-      raise ValueError(f'latent frames are {latents.shape[2:4]}; this tokenizer '
-                       f'expects {(h, w)}')
-    pt = self.config.model.patch_size[0]
-    if latents.shape[1] < 1 or latents.shape[1] % pt:
-      raise ValueError(f'latent frame count {latents.shape[1]} must be a '
-                       f'positive multiple of the time patch size {pt}')
+    if native_size and latents.shape[2:4] != (h, w):
+      raise ValueError(f'latent frames are {latents.shape[2:4]}; this stream '
+                       f'takes {(h, w)}')
+    err = tokenizer_lib.latent_grid_error(self.config.model, latents.shape[1:4])
+    if err:
+      raise ValueError(f'latents of shape {latents.shape}: {err}')
     if not np.all(np.isfinite(latents)):
       raise ValueError('latents contain NaN or Inf values')
     return latents.astype(np.float32)
@@ -184,8 +200,8 @@ class Tokenizer:
   # ---- tokenize / detokenize ---------------------------------------------
   @functools.partial(jax.jit, static_argnums=0)
   def _encode(self, params, latents):
-    codes, _ = self.model.apply(params, latents,
-                                method=tokenizer_lib.VideoFlexTok.encode)
+    codes, _ = self.model_for(latents.shape[2:4]).apply(
+        params, latents, method=tokenizer_lib.VideoFlexTok.encode)
     return fsq.codes_to_indices(codes, self.levels)
 
   def _put(self, x):
@@ -222,9 +238,10 @@ class Tokenizer:
     b = codes.shape[0]
     prefix = None if first_frame is None else jnp.ones((b,), jnp.int32)
     null = jnp.ones((b,), bool)
+    model = self.model_for(noise.shape[2:4])
 
     def velocity(x, t, cond):
-      v, _ = self.model.apply(params, codes, x, t, keep,
+      v, _ = model.apply(params, codes, x, t, keep,
                               None if cond else null, prefix,
                               method=tokenizer_lib.VideoFlexTok.decode)
       return v
@@ -251,9 +268,14 @@ class Tokenizer:
                  apg_eta: Optional[float] = None,
                  apg_norm_threshold: Optional[float] = None,
                  time_shift: Optional[float] = None,
-                 first_frame=None, pad_with_mask_token: bool = True
-                 ) -> jax.Array:
+                 first_frame=None, pad_with_mask_token: bool = True,
+                 latent_size=None) -> jax.Array:
     """int tokens [B, T, k], 1 <= k <= K -> latents [B, T, H, W, C].
+
+    latent_size (H, W): the latent frame size to decode (tokens do not
+    carry it; any size the model covers, see latent_grid_error); default:
+    the noise's when given, else the config's (the release's
+    vae_video_sizes).
 
     pad_with_mask_token (default, how the models are trained): registers
     k..K-1 are the learned mask token, so fewer tokens give a coarser
@@ -289,16 +311,24 @@ class Tokenizer:
     if pad_with_mask_token:
       codes = jnp.pad(codes, ((0, 0), (0, 0), (0, k_max - k), (0, 0)))
       keep = tokenizer_lib.keep_first(k, b, k_max)
+    pt = self.config.model.patch_size[0]
+    if latent_size is None:
+      latent_size = (np.shape(noise)[2:4] if noise is not None
+                     and np.ndim(noise) == 5 else self.latent_shape[1:3])
+    hw = tuple(int(v) for v in latent_size)
+    err = tokenizer_lib.latent_grid_error(self.config.model, (t * pt, *hw))
+    if err:
+      raise ValueError(f'tokens of shape {tokens.shape} at latent_size {hw}: '
+                       f'{err}')
     if first_frame is not None:
-      first_frame = self._check_first_frame(first_frame, b)
+      first_frame = self._check_first_frame(first_frame, b, hw)
     g = flow.Guidance(float(pick(guidance_scale, 'guidance_scale')),
                       pick(guidance, 'guidance'),
                       float(pick(apg_momentum, 'apg_momentum')),
                       float(pick(apg_eta, 'apg_eta')),
                       float(pick(apg_norm_threshold, 'apg_norm_threshold')))
     shift = float(pick(time_shift, 'time_shift'))
-    pt = self.config.model.patch_size[0]
-    shape = (b, t * pt, *self.latent_shape[1:])
+    shape = (b, t * pt, *hw, self.latent_shape[-1])
     if noise is None:
       noise = jax.random.normal(jax.random.key(seed), shape)
     elif not isinstance(noise, jax.Array):  # a global array stays on device
@@ -313,9 +343,9 @@ class Tokenizer:
                         steps, g, shift, self._put(noise),
                         self._put(first_frame))
 
-  def _check_first_frame(self, frame, batch: int):
+  def _check_first_frame(self, frame, batch: int, hw):
     frame = np.asarray(frame, np.float32)
-    _, h, w, c = self.latent_shape
+    (h, w), c = hw, self.latent_shape[-1]
     if frame.ndim == 4:
       frame = frame[:, None]
     if frame.shape != (batch, 1, h, w, c):
@@ -351,8 +381,8 @@ class Tokenizer:
     from vftok.models.pretrained import vidtok  # pylint: disable=g-import-not-at-top
     video = frames.astype(jnp.float32) / 127.5 - 1.0
     latents, _ = vidtok._moments(self.vae.cfg, vae_params, video)  # pylint: disable=protected-access
-    codes, _ = self.model.apply(params, latents,
-                                method=tokenizer_lib.VideoFlexTok.encode)
+    codes, _ = self.model_for(latents.shape[2:4]).apply(
+        params, latents, method=tokenizer_lib.VideoFlexTok.encode)
     return fsq.codes_to_indices(codes, self.levels)
 
   def _check_frames(self, frames):

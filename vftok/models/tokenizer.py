@@ -123,6 +123,35 @@ def budgets(model_config):
   return [k] if is_grid(model_config) else keep_budgets(k)
 
 
+def latent_grid_error(model_config, shape):
+  """Why latents of (T, H, W) latent frames x height x width cannot go
+  through this tokenizer, or None. The params fit any grid the learned
+  position tables and the per-frame registers cover (patch-divisible); a
+  grid tokenizer's token count is its patch grid, so it takes only its own."""
+  m = model_config
+  t, h, w = (int(v) for v in shape)
+  pt, ph, pw = m.patch_size
+  if t < 1 or t % pt:
+    return (f'{t} latent frames: need a positive multiple of the time patch '
+            f'size {pt}')
+  if h < ph or w < pw or h % ph or w % pw:
+    return (f'latent frames of {h} x {w}: need multiples of the patch size '
+            f'{ph} x {pw}')
+  if is_grid(m) and (h, w) != tuple(m.latent_size):
+    return (f'latent frames of {h} x {w}: a grid tokenizer has one token per '
+            f'latent patch, so it takes only its own {tuple(m.latent_size)}')
+  most = m.pos_max_size
+  if max(h // ph, w // pw) > most:
+    return (f'latent frames of {h} x {w} are {h // ph} x {w // pw} patches; '
+            f'the position tables cover {most} per axis (at most '
+            f'{most * ph} x {most * pw} latents)')
+  frames = min(m.max_frames, most, m.register_pos_max_size)
+  if t // pt > frames:
+    return (f'{t} latent frames: the registers and position tables cover '
+            f'{frames * pt} (longer videos: tokenize_long)')
+  return None
+
+
 def budget_error(model_config, k: int, limit=None):
   """Why k tokens per latent frame cannot be decoded (k above `limit`, e.g.
   an AR model's length, or the tokenizer's K; a grid tokenizer's k other than
