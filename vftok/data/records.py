@@ -4,7 +4,12 @@ A record holds a clip already encoded by a 3D causal VAE (VidTok
 kl_causal_488_16chn contract: F = 4n + 1 RGB frames of H x W pixels become
 T = (F - 1) / 4 + 1 latent frames of H/8 x W/8 x C, C = 16):
 
-  latents        float16 | float32 [T, h, w, C]   finite
+  latents        float16 | float32 [T, h, w, C]   finite; a clip longer
+                                                  than 17 frames: its
+                                                  17-frame chunks' latents
+                                                  one after the other
+                                                  (data/chunks.py; manifest
+                                                  `chunks`)
   label          int                              class id, -1 if none
   caption        str                              '' if none
   source         str                              '<video id>:<start frame>'
@@ -46,6 +51,7 @@ from etils import epath
 import numpy as np
 
 from vftok import errors
+from vftok.data import chunks
 
 MAGIC = b'VFTK1'
 MANIFEST = 'manifest.json'
@@ -138,9 +144,10 @@ def validate_example(ex: Dict[str, Any], channels: Optional[int] = 16):
     f = fr.shape[0]
     if (f - 1) % 4:
       raise ValueError(f'{f} frames: must be 4n+1 (causal VAE contract)')
-    if (f - 1) // 4 + 1 != t:
+    if chunks.stored_latent_frames(f) != t:
       raise ValueError(f'{t} latent frames but {f} pixel frames: expected '
-                       f'(F-1)/4+1 = {(f - 1) // 4 + 1}')
+                       f'{chunks.stored_latent_frames(f)} ((F-1)/4+1, or per '
+                       '17-frame chunk for longer clips: data/chunks.py)')
     if fr.shape[1:3] != (8 * h, 8 * w):
       raise ValueError(f'frames {fr.shape[1:3]} are not 8x latents {(h, w)}')
   if ex.get('repa_features') is not None:

@@ -1,6 +1,9 @@
 """Token records: latent records -> the AR model's input (tokens uint16
 [T / time patch, K] per clip with the latent record's label, caption and
-source, optionally caption embeddings), written as shards.
+source, optionally caption embeddings), written as shards. Long clips
+(latents stored per 17-frame chunk, data/chunks.py) go through the
+tokenizer's tokenize_long: [(F - 1) / 4 + 1, K]. config.tokens_per_frame
+keeps the first n of every frame's K (the AR model's budget).
 
 Phases: plan (one output shard per input file) -> tokenize this worker's
 unfinished shards -> finalize (manifest.json, when all are done). Latents
@@ -19,6 +22,7 @@ from array_record.python import array_record_module
 import numpy as np
 
 from vftok import errors
+from vftok.data import chunks
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.data import shards
@@ -61,6 +65,12 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
   if shape and list(shape[1:]) != [h, w, c]:
     raise errors.InputError(f'the records hold latents {shape}; the '
                             f'tokenizer expects [T, {h}, {w}, {c}]')
+  keep = int(config.get('tokens_per_frame', 0)) or tokenizer.tokens_per_frame
+  if not 1 <= keep <= tokenizer.tokens_per_frame:
+    raise errors.InputError(
+        f'config.tokens_per_frame={keep}: the tokenizer has '
+        f'{tokenizer.tokens_per_frame} tokens per latent frame (0: all)')
+  long_clip = manifest.get('chunks', {}).get('num_frames', 0)
   n = len(paths)
   tok_dir = config.tokenizer_workdir
   os.makedirs(workdir, exist_ok=True)
@@ -76,7 +86,11 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
       stats_from=stats_dir, vocab_size=vocab,
       text_encoder=config.get('text_encoder', ''),
       text_path=config.get('text_path', ''),
-      text_max_length=config.get('text_max_length', 64)),
+      text_max_length=config.get('text_max_length', 64),
+      # Only when set, so plans written before these options still match.
+      **({'tokens_per_frame': keep}
+         if keep != tokenizer.tokens_per_frame else {}),
+      **({'long_clip_frames': long_clip} if long_clip else {})),
       ignore=('input', 'stats_from'))
   todo = [s for s in shards.assigned(n, worker, workers)
           if not shards.is_done(workdir, shards.shard_name(config.split, s, n))]
@@ -88,7 +102,7 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
                              config.log_every_s)
   for s in todo:
     _tokenize_shard(config, workdir, paths[s], tokenizer, mean, std, s, n,
-                    progress, text_encoder)
+                    progress, text_encoder, keep=keep, long_clip=long_clip)
   if todo:
     progress.log(f'{len(todo)} shards done')
 
@@ -118,8 +132,18 @@ def _read_chunks(path: str, size: int):
     reader.close()
 
 
+def _tokenize(tokenizer, lat, long_clip: int):
+  """Latents [b, T, h, w, C] -> ids [b, T', K]; a long clip's per-chunk
+  latents through tokenize_long ([21, K] for 81 frames)."""
+  if not long_clip:
+    return np.asarray(tokenizer.tokenize(lat))
+  return np.asarray(tokenizer.tokenize_long(
+      chunks.split_latents(lat, long_clip)))
+
+
 def _tokenize_shard(config, workdir, path, tokenizer, mean, std, s, n,
-                    progress, text_encoder=None):
+                    progress, text_encoder=None, *, keep: int,
+                    long_clip: int = 0):
   name = shards.shard_name(config.split, s, n)
   shards.remove_stale(workdir, name)
   t0 = time.time()
@@ -133,8 +157,8 @@ def _tokenize_shard(config, workdir, path, tokenizer, mean, std, s, n,
         lat = (lat - mean) / std
       # A fixed batch shape: one compilation for the whole run.
       pad = np.zeros((b - len(lat),) + lat.shape[1:], np.float32)
-      ids = np.asarray(tokenizer.tokenize(np.concatenate([lat, pad])))
-      ids = ids[:len(chunk)].astype(np.uint16)
+      ids = _tokenize(tokenizer, np.concatenate([lat, pad]), long_clip)
+      ids = ids[:len(chunk), :, :keep].astype(np.uint16)
       text = [None] * len(chunk)
       if text_encoder is not None:
         emb, mask = text_encoder.encode([ex['caption'] for ex in chunk],
@@ -176,6 +200,8 @@ def finalize(workdir: str, plan=None):
       tokenizer=plan['tokenizer'], normalize=plan['normalize'],
       latent_mean=plan['latent_mean'], latent_std=plan['latent_std'],
       inputs=plan['inputs'])
+  if plan.get('long_clip_frames'):
+    manifest['num_frames'] = plan['long_clip_frames']
   records.write_manifest(workdir, manifest)
   logging.info('%s: %d token records in %d shards', workdir,
                manifest['counts'][split], n)

@@ -31,6 +31,7 @@ from absl import logging
 import numpy as np
 
 from vftok import errors
+from vftok.data import chunks
 from vftok.data import codecs
 from vftok.models import latent_codecs
 from vftok.data import records
@@ -213,7 +214,9 @@ def _encode_shard(config, workdir, inputs, params, codec, s, num_shards,
 
   def examples():
     for batch in _batches(clips, config.batch_size):
-      lat = codec.encode(np.stack([c.frames for c in batch]))
+      # Clips longer than 17 frames: 17-frame chunks sharing one frame, each
+      # encoded alone (as the release encodes 81-frame videos).
+      lat = chunks.encode_clips(codec, np.stack([c.frames for c in batch]))
       lat = lat.astype(config.latent_dtype)
       moments.add(lat)  # the stats of the data as written
       for c, z in zip(batch, lat):
@@ -279,13 +282,15 @@ def finalize(workdir: str, plan=None):
       split=split, counts={split: clips}, shards={split: n},
       pattern=shards.shard_pattern(split),
       frames_shape=[f, r, r, 3],
-      latent_shape=[(f - 1) // 4 + 1, r // 8, r // 8, len(mean)],
+      latent_shape=[chunks.stored_latent_frames(f), r // 8, r // 8, len(mean)],
       latent_dtype=plan['latent_dtype'], fields={split: fields},
       videos=dict(total=plan['num_videos'], encoded=encoded),
       source_fps=dict(sorted(fps.items(), key=lambda kv: float(kv[0]))),
       latent_mean=mean, latent_std=std, classes=plan['classes'],
       build=dict(clip=c, videos_per_shard=plan['videos_per_shard'],
                  inputs_digest=plan['inputs_digest']))
+  if chunks.is_long(f):
+    manifest['chunks'] = chunks.manifest_entry(f)
   records.write_manifest(workdir, manifest)
   logging.info('%s: %d clips from %d of %d videos in %d shards (%d problems, '
                'see %s)', workdir, clips, encoded, plan['num_videos'], n,

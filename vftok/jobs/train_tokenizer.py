@@ -102,6 +102,12 @@ def check_inputs(config, workdir: str):
   # flat-1D tokens with frame conditioning) before the data is even built.
   tokenizer_lib.check_structure(config.model)
   data = training.resolve_data(config.data)
+  if data.manifest.get('chunks'):
+    raise errors.InputError(
+        f'config.data.train_pattern={data.train_pattern!r} holds '
+        f'{data.manifest["chunks"]["num_frames"]}-frame clips stored chunk '
+        'by chunk (for tokenize_dataset and long-video AR); the tokenizer '
+        'trains on 17-frame clips: encode the videos with num_frames=17')
   features.check(config.model)
   init_from = config.train.get('init_from')
   stage2 = 'encoder' in tuple(config.optim.get('freeze', ()))
