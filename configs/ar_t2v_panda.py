@@ -22,6 +22,15 @@ cross-attention design. For another T5 set config.model.text_dim to its
 d_model (the job checks it). Captions are encoded on the host per batch
 (jobs/train_ar.py); 120 tokens as LlamaGen.
 
+`:long` is §4.4's model (Fig. 1): 10-second videos of 81 frames, 21 latent
+frames x 32 tokens = 672 tokens, on token records of 81-frame clips
+(encode_videos with num_frames=81 stores them per 17-frame chunk;
+tokenize_dataset with tokens_per_frame=32 makes [21, 32] tokens through
+tokenize_long) of a frame-conditioned (stage-2) tokenizer, which decodes
+its samples chunk by chunk. The paper's "3.2B" is the depth whose total
+is nearest (compute_plan.depth_nearest_total: d35, 3.11B with a text input
+as wide as the model; d36 is 3.36B), trained on ~55B tokens.
+
 `:runlocal` shrinks it to a CPU smoke test on the demo tokens with the
 bundled MiniLM encoder (needs --config.tokenizer.checkpoint). `:grid` (e.g.
 `:42,grid`, the paper's 5.2B 3D-grid model) trains on the grid counterpart's
@@ -33,12 +42,27 @@ from vftok.models import compute_plan
 from vftok.models import ar_config as ar
 
 
+# §4.4: 81 frames -> 21 latent frames (17-frame chunks sharing one frame),
+# 32 tokens each; "a 3.2B model ... ~55B tokens".
+LONG_SHAPE = dict(num_frames=21, tokens_per_frame=32, seq_len=21 * 32)
+LONG_PARAMS = 3.2e9
+LONG_TRAIN_TOKENS = 55e9
+
+
 def get_config(arg=None):
   depth, flags = defaults.parse_arg(arg, 20)
-  unknown = flags - {'runlocal', '4c', 'grid'}
+  unknown = flags - {'runlocal', '4c', 'grid', 'long'}
   if unknown:
     raise ValueError(f'unknown config arguments {sorted(unknown)}')
-  if depth not in ar.PAPER_T2V_DEPTHS:
+  long = 'long' in flags
+  if long and flags & {'grid', 'runlocal'}:
+    raise ValueError(':long is VideoFlexTok\'s 81-frame model: no grid one, '
+                     'and its demo-size run is configs/ar_demo.py:long')
+  if long and depth == 20 and not any(
+      p.strip().lstrip('d').isdigit() for p in (arg or '').split(',')):
+    depth = compute_plan.depth_nearest_total(
+        LONG_PARAMS, text_dim='width', num_classes=0, **LONG_SHAPE)
+  if depth not in ar.PAPER_T2V_DEPTHS and not long:
     raise ValueError(f'depth {depth}: Table 7 has {ar.PAPER_T2V_DEPTHS}')
   c = defaults.ar_config(depth)
   m = c.model
@@ -65,6 +89,17 @@ def get_config(arg=None):
   c.eval.budgets = (1, 4, 16, 32, 256)
   c.eval.captions = ('a dog running on a beach at sunset',
                      'a person cooking in a kitchen')
+  if long:
+    m.num_frames, m.tokens_per_frame = (LONG_SHAPE['num_frames'],
+                                        LONG_SHAPE['tokens_per_frame'])
+    m.seq_len = LONG_SHAPE['seq_len']
+    c.data.tokens_per_frame = m.tokens_per_frame
+    plan = compute_plan.plan_for_depth(depth, tokens_per_video=m.seq_len,
+                                       conditioning='text')
+    defaults.ar_set_length(c, LONG_TRAIN_TOKENS, plan.batch_size,
+                           tokens_per_video=m.seq_len)
+    c.optim.lr = plan.learning_rate
+    c.eval.budgets = (1, 4, 32)
   if 'runlocal' in flags:
     defaults.ar_runlocal(c, text=True)
   if 'grid' in flags:

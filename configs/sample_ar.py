@@ -37,7 +37,11 @@ def get_config(arg=None):
   c.seed = 0
   c.decode_steps = 25           # tokenizer flow-decoder Euler steps
   c.decode_guidance = 1.0
-  c.fps = 8
+  c.fps = 8                     # of the samples (and of `seconds`)
+  c.seconds = 0.0               # > the model's window: slide it (0: one
+  #                               window); 81 frames at 8 fps = 10 s
+  c.overlap_frames = 0          # latent frames of context per slide (0:
+  #                               half the window)
   c.formats = ('mp4', 'gif')
   c.prefix = 'samples'
   c.benchmark = False           # tokens/s with and without the KV cache

@@ -250,6 +250,45 @@ def test_first_free_token_follows_the_conditional_distribution(class_model):
   assert other > 3 * tv, (other, tv)
 
 
+def test_sample_long_slides_the_window_over_the_frames_made(class_model):
+  """11 latent frames from a 5-frame model, windows overlapping by 2: each
+  window starts from the last 2 frames made, and (greedy) every new token
+  is the model's argmax given its window so far (time-first: a window's
+  frame 2 token 1 follows its last frame's token 0, so the windows here end
+  exactly at the 11th frame; sample_long cuts a last window's extra frames)."""
+  model, params = class_model
+  labels = jnp.array([1, 3])
+  out = ar_sampling.sample_long(
+      model.module, params, jax.random.key(0), total_frames=11,
+      window_frames=T, overlap_frames=2, tokens_per_frame_budget=N_BUDGET,
+      class_labels=labels, temperature=0.0)
+  assert out.shape == (2, 11, N_BUDGET)
+  first = ar_sampling.sample(model.module, params, jax.random.key(0),
+                             num_frames=T, tokens_per_frame_budget=N_BUDGET,
+                             class_labels=labels, temperature=0.0)
+  np.testing.assert_array_equal(out[:, :T], first)
+  for start in (3, 6):             # windows [3, 8), [6, 11)
+    seq = token_order.to_sequence(out[:, start:start + T], 'time_first')
+    best = np.asarray(jnp.argmax(_guided_logits(
+        model, params, jnp.asarray(seq), 'time_first', labels, 1.0), -1))
+    new = np.zeros((T, N_BUDGET), bool)
+    new[2:] = True                   # the frames this window sampled
+    new_seq = token_order.to_sequence(new, 'time_first')
+    np.testing.assert_array_equal(seq[:, new_seq], best[:, new_seq])
+  # A length between windows: one more window, cut to the frames asked for.
+  longer = ar_sampling.sample_long(
+      model.module, params, jax.random.key(0), total_frames=12,
+      window_frames=T, overlap_frames=2, tokens_per_frame_budget=N_BUDGET,
+      class_labels=labels, temperature=0.0)
+  assert longer.shape == (2, 12, N_BUDGET)
+  np.testing.assert_array_equal(longer[:, :11], out)
+  with pytest.raises(ValueError, match='overlap_frames=5'):
+    ar_sampling.sample_long(model.module, params, jax.random.key(0),
+                            total_frames=12, window_frames=T,
+                            overlap_frames=T, tokens_per_frame_budget=2,
+                            class_labels=labels)
+
+
 def test_given_tokens_are_checked(class_model):
   model, params = class_model
   kw = dict(num_frames=T, tokens_per_frame_budget=2,

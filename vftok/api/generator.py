@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 
 from vftok import training
+from vftok.api import long_video
+from vftok.data import chunks
 from vftok.models import ar_sampling
 from vftok.evals import media
 from vftok.models import latent_codecs
@@ -90,7 +92,8 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
                   embed_captions=None, cfg_scale: float = 1.0,
                   temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, use_kv_cache: bool = True,
-                  given: Optional[Dict[int, np.ndarray]] = None
+                  given: Optional[Dict[int, np.ndarray]] = None,
+                  total_frames: int = 0, overlap_frames: int = 0
                   ) -> Tuple[Dict[int, np.ndarray], Dict[int, float]]:
   """-> ({n: int32 [C, samples, T, n]}, {n: seconds of the sample call}).
 
@@ -98,6 +101,8 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
   (emb, mask) for caption conditions (text_encoders.CaptionEmbedder).
   given: {n: int [samples, T, n]}, the tokens each sample keeps at budget n
   (-1: sampled), the same for every condition (ar_sampling.sample's given).
+  total_frames > num_frames: past the model's window by sliding it
+  (ar_sampling.sample_long; overlap_frames of context, default half).
   """
   kwargs = {}
   rows = [c for c in conditions for _ in range(samples)]
@@ -121,15 +126,36 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
     keep = None
     if given is not None:   # every condition keeps the same tokens
       keep = np.tile(np.asarray(given[n]), (len(conditions), 1, 1))
-    out = ar_sampling.sample(
-        model, params, jax.random.fold_in(jax.random.key(seed), n),
-        num_frames=num_frames, tokens_per_frame_budget=int(n), order=order,
-        cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
-        top_p=top_p, use_kv_cache=use_kv_cache, given=keep, **kwargs)
+    settings = dict(tokens_per_frame_budget=int(n), order=order,
+                    cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+                    top_p=top_p, use_kv_cache=use_kv_cache, **kwargs)
+    rng = jax.random.fold_in(jax.random.key(seed), n)
+    if total_frames > num_frames:
+      out = ar_sampling.sample_long(
+          model, params, rng, total_frames=total_frames,
+          window_frames=num_frames, given=_leading_frames(keep),
+          overlap_frames=overlap_frames or num_frames // 2, **settings)
+    else:
+      out = ar_sampling.sample(model, params, rng, num_frames=num_frames,
+                               given=keep, **settings)
     out = np.asarray(jax.block_until_ready(out))
     seconds[n] = time.perf_counter() - start
     tokens[n] = out.reshape(len(conditions), samples, *out.shape[1:])
   return tokens, seconds
+
+
+def _leading_frames(keep):
+  """Given tokens [B, T, n] (-1: sampled) -> the whole leading frames they
+  fix [B, f, n] (what sample_long continues), or None."""
+  if keep is None:
+    return None
+  known = keep >= 0
+  f = int(known[0].all(axis=-1).sum())
+  if not np.array_equal(known, np.broadcast_to(
+      (np.arange(keep.shape[1]) < f)[None, :, None], known.shape)):
+    raise ValueError('past one window only whole leading latent frames can '
+                     'be given (image-to-video, continuation)')
+  return keep[:, :f]
 
 
 def latent_data(ar_config, tokenizer) -> pipeline.Data:
@@ -156,21 +182,35 @@ def latent_data(ar_config, tokenizer) -> pipeline.Data:
 
 
 class Decoder:
-  """AR tokens [B, T, n] -> uint8 pixels [B, F, H, W, 3]."""
+  """AR tokens [B, T, n] -> uint8 pixels [B, F, H, W, 3]. More latent frames
+  than one tokenizer clip (a long-video model, sample_long): chunk by chunk
+  through Tokenizer.detokenize_long, each later chunk conditioned on the
+  previous chunk's last decoded frame re-encoded by the codec (a stage-2
+  decoder), the pixels stitched at the shared frames."""
 
   def __init__(self, tokenizer, data: pipeline.Data, steps: int = 25,
                guidance_scale: float = 1.0, seed: int = 0):
     self.tokenizer = tokenizer
     self.codec = latent_codecs.load_codec(data)
+    self.normalize = pipeline.make_normalizer(data)
     self.denormalize = pipeline.make_denormalizer(data)
     self.steps, self.guidance_scale, self.seed = steps, guidance_scale, seed
 
-  def __call__(self, tokens) -> np.ndarray:
-    latents = self.tokenizer.detokenize(
-        np.asarray(tokens), steps=self.steps,
-        guidance_scale=self.guidance_scale, seed=self.seed)
+  def to_pixels(self, latents) -> np.ndarray:
     return media.to_uint8(self.codec.decode(self.denormalize(
         np.asarray(latents))))
+
+  def __call__(self, tokens) -> np.ndarray:
+    tokens = np.asarray(tokens)
+    m = self.tokenizer.config.model
+    kwargs = dict(steps=self.steps, guidance_scale=self.guidance_scale,
+                  seed=self.seed)
+    if tokens.shape[1] <= m.latent_frames // m.patch_size[0]:
+      return self.to_pixels(self.tokenizer.detokenize(tokens, **kwargs))
+    reencode = long_video.codec_reencoder(self.codec, self.normalize,
+                                          self.denormalize)
+    latents = self.tokenizer.detokenize_long(tokens, reencode, **kwargs)
+    return chunks.stitch_frames([self.to_pixels(z) for z in latents])
 
 
 def decode_all(decoder, tokens: Dict[int, np.ndarray]

@@ -355,7 +355,7 @@ class Tokenizer:
     if self.config.model.patch_size[0] != 1:
       raise ValueError('first-frame conditioning needs time patch size 1')
     m = self.config.model
-    if not (m.first_frame_prob > 0 or m.get('frame_conditioning', False)):
+    if not tokenizer_lib.has_frame_conditioning(m):
       raise ValueError('first_frame= needs a decoder trained with frame '
                        'conditioning (stage 2, config.model.first_frame_prob '
                        '> 0); this one was not')

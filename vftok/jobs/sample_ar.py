@@ -16,7 +16,9 @@ With benchmark=True the sampling speed is measured with and without the KV
 cache, each after a compiling warm-up call. With given.clips the samples
 start from those held-out clips' tokens (`given_tokens`): image-to-video and
 continuation (given.frames) or an edit that keeps every frame's first tokens
-(given.tokens); the PNG's first row shows the clips.
+(given.tokens); the PNG's first row shows the clips. With seconds > the
+model's window the AR window slides (ar_sampling.sample_long, overlap_frames
+of context) and the video decodes chunk by chunk (a stage-2 decoder).
 """
 import json
 import os
@@ -33,6 +35,7 @@ from vftok import checkpoint
 from vftok import errors
 from vftok import training
 from vftok.models.pretrained import text_encoders
+from vftok.data import chunks
 from vftok.data import pipeline
 from vftok.data import records
 from vftok.models import ar
@@ -41,6 +44,15 @@ from vftok.models import tokenizer as tokenizer_lib
 
 def _step(value):
   return None if value is None or int(value) < 0 else int(value)
+
+
+def total_latent_frames(seconds: float, fps: float, window: int) -> int:
+  """Latent frames of `seconds` of video at `fps` (4n + 1 pixel frames, the
+  causal VAE's), or the model's window when seconds is 0."""
+  if seconds <= 0:
+    return window
+  frames = 4 * max(1, round((seconds * fps - 1) / 4)) + 1
+  return chunks.latent_frames(frames)
 
 
 def check_given(g, budgets, num_frames: int):
@@ -120,13 +132,26 @@ def run(config, workdir: str, writer=None) -> Dict:
   tok = api.Tokenizer.from_checkpoint(tok_dir, _step(config.tokenizer_step),
                                       field='tokenizer_workdir')
   m = tok.config.model
-  num_frames = int(m.latent_frames) // int(m.patch_size[0])
+  num_frames = mc.num_frames   # the AR model's window (latent frames)
+  total = total_latent_frames(config.seconds, config.fps, num_frames)
   budgets = tokenizer_lib.check_budgets(m, config.budgets,
                                         limit=mc.tokens_per_frame)
   if int(np.prod(tok.levels)) > mc.vocab_size:
     raise ValueError(f'the tokenizer has {int(np.prod(tok.levels))} codes, '
                      f'the AR vocabulary only {mc.vocab_size}')
+  if total > m.latent_frames // m.patch_size[0]:
+    tokenizer_lib.require_time_causal(m, 'a long video')
+    if not tokenizer_lib.has_frame_conditioning(m):
+      raise errors.InputError(
+          f'{total} latent frames decode chunk by chunk, each conditioned on '
+          'the last frame of the one before: the tokenizer '
+          f'{tok_dir!r} has no frame-conditioned decoder (fine-tune one: '
+          'configs/demo.py:stage2, configs/tokenizer_k600.py:stage2)')
   check_given(config.given, budgets, num_frames)
+  if config.given.tokens and total > num_frames:
+    raise errors.InputError(
+        'config.given.tokens (an edit of every frame) with config.seconds '
+        'past the model\'s window: only given.frames continue past it')
   data = generator.latent_data(ar_config, tok)
   given, source, source_labels = None, None, None
   samples = config.samples
@@ -141,10 +166,11 @@ def run(config, workdir: str, writer=None) -> Dict:
       seed=config.seed, num_frames=num_frames, order=ar_config.order,
       embed_captions=embed, cfg_scale=config.cfg_scale,
       temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-      use_kv_cache=use_kv_cache, given=given)
+      use_kv_cache=use_kv_cache, given=given, total_frames=total,
+      overlap_frames=config.overlap_frames)
   tokens, seconds = sample(True)
   rows = len(conditions) * samples
-  count = {n: rows * num_frames * n for n in budgets}
+  count = {n: rows * total * n for n in budgets}
   speed = {'kv_cache_first_call': {n: count[n] / seconds[n]
                                    for n in budgets}}
   if config.benchmark:
@@ -176,7 +202,8 @@ def run(config, workdir: str, writer=None) -> Dict:
   report = dict(
       ar_workdir=config.ar_workdir, ar_step=step, tokenizer_workdir=tok_dir,
       conditions=[c.__dict__ for c in conditions], budgets=budgets,
-      samples_per_condition=samples, num_frames=num_frames,
+      samples_per_condition=samples, num_frames=total,
+      window_frames=num_frames,
       given=(dict(clips=list(config.given.clips), frames=config.given.frames,
                   tokens=config.given.tokens, labels=source_labels)
              if given is not None else None),
@@ -188,7 +215,7 @@ def run(config, workdir: str, writer=None) -> Dict:
     with open(tmp, 'w') as f:
       json.dump(records.jsonable(report), f, indent=2)
   lines = [f'AR step {step}: {len(conditions)} conditions x {samples} '
-           f'samples, {num_frames} latent frames']
+           f'samples, {total} latent frames']
   for name, per in speed.items():
     lines.append(f'  tokens/s {name:20s} ' + '  '.join(
         f'n={n}: {v:8.1f}' for n, v in per.items()))

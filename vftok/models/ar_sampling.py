@@ -253,3 +253,48 @@ def sample(model: 'ar_lib.ARTransformer', params, rng, *, num_frames: int,
       n=int(tokens_per_frame_budget), order=order,
       use_cfg=float(cfg_scale) != 1.0, greedy=greedy, top_k=int(top_k),
       use_top_p=float(top_p) < 1.0, use_kv_cache=bool(use_kv_cache))
+
+
+def sample_long(model: 'ar_lib.ARTransformer', params, rng, *,
+                total_frames: int, window_frames: int, overlap_frames: int,
+                tokens_per_frame_budget: int, given=None, **kwargs):
+  """Tokens [B, total_frames, n] past one context window, by sliding it.
+
+  The first window samples `window_frames` latent frames (or continues
+  `given` [B, t0, n] when given); each next window starts from the last
+  `overlap_frames` frames already made, given exactly (`sample`'s given
+  tokens, at the window's first positions), and samples the rest, so every
+  window adds window_frames - overlap_frames new frames. The model sees each
+  window as a clip whose first frames are known, as in continuation;
+  decoding the result chunk by chunk (Tokenizer.detokenize_long, a stage-2
+  decoder) handles the seams. kwargs: `sample`'s conditions and sampler
+  settings; window w draws with fold_in(rng, w).
+  """
+  n = int(tokens_per_frame_budget)
+  if not 0 < overlap_frames < window_frames:
+    raise ValueError(f'overlap_frames={overlap_frames} must be in [1, '
+                     f'window_frames={window_frames})')
+  if window_frames > model.config.num_frames:
+    raise ValueError(f'window_frames={window_frames} > the model\'s '
+                     f'{model.config.num_frames} frames')
+  if total_frames < 1:
+    raise ValueError(f'total_frames={total_frames} must be >= 1')
+  made = None if given is None else np.asarray(given)
+  if made is not None and (made.ndim != 3 or made.shape[2] != n
+                           or made.shape[1] >= window_frames):
+    raise ValueError(f'given must be [B, t0 < {window_frames}, {n}], got '
+                     f'{made.shape}')
+  w = 0
+  while made is None or made.shape[1] < total_frames:
+    keep, start = None, 0
+    if made is not None:   # the window starts from frames already made
+      start = min(overlap_frames if w else made.shape[1], made.shape[1])
+      keep = np.full((made.shape[0], window_frames, n), -1, np.int64)
+      keep[:, :start] = made[:, made.shape[1] - start:]
+    out = np.asarray(sample(model, params, jax.random.fold_in(rng, w),
+                            num_frames=window_frames,
+                            tokens_per_frame_budget=n, given=keep, **kwargs))
+    made = out if made is None else np.concatenate([made, out[:, start:]],
+                                                   axis=1)
+    w += 1
+  return made[:, :total_frames]

@@ -60,6 +60,19 @@ def model_params(depth: int, conditioning: str = 'text',
   return ar.analytic_param_counts(config)['scaling']
 
 
+def depth_nearest_total(total_params: float, depths=range(8, 65),
+                        **fields) -> int:
+  """The depth whose paper-shaped model (width 64 d; ARConfig `fields`,
+  e.g. text_dim, num_frames) has the total parameter count nearest
+  `total_params` (the paper names its models by totals: '3.2B')."""
+  def total(depth):
+    extra = dict(fields)
+    if extra.get('text_dim') == 'width':   # a text input as wide as the model
+      extra['text_dim'] = 64 * depth
+    return ar.analytic_param_counts(ar.ARConfig(depth=depth, **extra))['total']
+  return min(depths, key=lambda d: abs(total(d) - total_params))
+
+
 def optimal_params(flops: float, overtrain: float = 1.0) -> float:
   """N with 6 N (overtrain * 20 N) = C."""
   return math.sqrt(flops / (6.0 * TOKENS_PER_PARAM * overtrain))

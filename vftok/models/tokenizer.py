@@ -107,6 +107,13 @@ def check_structure(model_config) -> None:
         '(stage 2, long videos) needs time-causal tokens')
 
 
+def has_frame_conditioning(model_config) -> bool:
+  """A decoder fine-tuned to take a clean first latent frame (stage 2): what
+  decoding a long video chunk by chunk needs."""
+  m = model_config
+  return m.first_frame_prob > 0 or bool(m.get('frame_conditioning', False))
+
+
 def require_time_causal(model_config, what: str) -> None:
   """Streaming, long videos and frame conditioning read a frame's tokens as
   depending on that frame and earlier ones only: refuse flat-1D tokens."""
@@ -217,7 +224,7 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
           registers_first=m.decoder_registers_first,
           adaln_subsequences=m.adaln_subsequences,
           register_pos_max_size=m.register_pos_max_size,
-          frame_conditioning=m.first_frame_prob > 0 or m.frame_conditioning,
+          frame_conditioning=has_frame_conditioning(m),
           repa_layer=m.repa_layer, pos_init_std=m.dec_pos_init_std, **common),
       repa_head=repa_lib.RepaHead(width=dec_w, depth=m.repa_depth,
                                   head_dim=m.head_dim, feature_dim=m.repa_dim,
