@@ -254,6 +254,28 @@ def demo_ar(demo_root, tokenizer_dir, tmp_path_factory):
   return work, rec
 
 
+def test_long_demo_clips_are_tokenized_per_chunk(tokenizer_dir, tmp_path):
+  """data.clip_frames=21: the demo videos cut into 21-frame clips (two
+  chunks), encoded with the tokenizer's codec and tokenized through
+  tokenize_long into [6, K] records; training on them needs a
+  frame-conditioned decoder (refused up front without one)."""
+  c = tiny_ar(load_config('ar_demo', 'long'))
+  c.model.num_frames, c.model.seq_len = 6, 6 * K
+  c.tokenizer.checkpoint = tokenizer_dir
+  c.data.clip_frames, c.data.tokens_per_frame = 21, K
+  with pytest.raises(ValueError, match='no frame-conditioned decoder'):
+    train_ar.check_inputs(c, str(tmp_path / 'work'))
+  assert not (tmp_path / 'work').exists()
+  manifest = train_ar.tokenize_demo(c, str(tmp_path / 'tokens'))
+  assert manifest['tokens_shape'] == [6, K] and manifest['num_frames'] == 21
+  base = os.path.dirname(generator.latent_data(
+      c, vftok.Tokenizer.from_checkpoint(tokenizer_dir)).codec_path)
+  latents = records.read_manifest(base + '-clips21')   # beside the 17-frame set
+  assert latents['chunks']['latent_frames'] == [5, 2]
+  assert latents['latent_shape'][0] == 7
+  assert latents['counts']['train'] == manifest['counts']['train'] == 64
+
+
 def test_demo_tokens_train_samples_and_sample_job(demo_ar, tmp_path):
   work, rec = demo_ar
   manifest = records.read_manifest(str(work / 'demo_tokens'))

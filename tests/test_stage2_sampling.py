@@ -219,3 +219,33 @@ def test_long_video_round_trip_keeps_frames_and_chunk_boundaries():
     np.testing.assert_array_equal(seen[i - 1], chunks[i - 1])
   with pytest.raises(ValueError, match='latent frames'):
     t.tokenize_long([chunk_lat[0][:, :3]] + chunk_lat[1:])
+
+
+def test_generator_decodes_a_long_sample_chunk_by_chunk(tmp_path):
+  """generator.Decoder on 9 latent frames (33 pixel frames, more than the
+  tokenizer's one clip of 5): chunk 0 is the one-clip decode, the rest is
+  decoded conditioned on it and stitched at the shared frame."""
+  from vftok.api import generator  # pylint: disable=g-import-not-at-top
+  from vftok.data import codecs  # pylint: disable=g-import-not-at-top
+  from vftok.data import pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  codec = codecs.PatchPCACodec().fit(
+      [rng.integers(0, 256, (2, 17, 32, 32, 3)).astype(np.uint8)])
+  codec.save(str(tmp_path / 'codec.npz'))
+  data = pipeline.Data('', '', {}, codecs.PatchPCACodec.name,
+                       str(tmp_path / 'codec.npz'), 'none')
+  c = stage2_config()
+  c.model.latent_frames, c.model.latent_channels = 5, codecs.CHANNELS
+  t = perturbed(vftok.Tokenizer.from_config(c, seed=0))
+  lat = rng.normal(size=(1, 5, 4, 4, codecs.CHANNELS)).astype(np.float32)
+  tokens = t.tokenize_long([lat, lat])[:, :, :2]
+  assert tokens.shape == (1, 9, 2)
+  decoder = generator.Decoder(t, data, steps=2)
+  video = decoder(tokens)
+  assert video.shape == (1, 33, 32, 32, 3) and video.dtype == np.uint8
+  np.testing.assert_array_equal(video[:, :17], decoder(tokens[:, :5]))
+  plain = testing_utils.tiny_tokenizer_config()   # no frame conditioning
+  plain.model.latent_frames, plain.model.latent_channels = 5, codecs.CHANNELS
+  with pytest.raises(ValueError, match='frame conditioning'):
+    generator.Decoder(vftok.Tokenizer.from_config(plain), data, steps=1)(
+        tokens)

@@ -283,6 +283,10 @@ def ar_config(depth: int = 16) -> ml_collections.ConfigDict:
                                   # tokenizer config's, i.e. the default)
   d.demo_repa_teacher = ''        # which build of the demo set ('' : the
                                   # tokenizer config's); latents are equal
+  d.clip_frames = 0               # demo_tokens: clips of this many frames
+                                  # (4n + 1 > 17: a long-clip demo set with
+                                  # the tokenizer's codec, tokenized per
+                                  # 17-frame chunk; 0: the tokenizer's)
 
   # ---- the tokenizer: decodes samples to video (and tokenizes the demo) --
   t = c.tokenizer = ml_collections.ConfigDict()

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 from absl import logging
 import numpy as np
 
+from vftok.data import chunks as chunks_lib
 from vftok.data import codecs
 from vftok.data import records
 
@@ -113,9 +114,9 @@ def standardized_teacher_features(teacher, render: Render, specs):
 
 
 def _examples(render, meta, specs, codec, keep_frames, stats=None, feats=None):
-  chunks = [specs[i:i + _CHUNK] for i in range(0, len(specs), _CHUNK)]
-  for i, (frames, chunk) in enumerate(zip(batches(render, specs), chunks)):
-    lat = codec.encode(frames)
+  groups = [specs[i:i + _CHUNK] for i in range(0, len(specs), _CHUNK)]
+  for i, (frames, chunk) in enumerate(zip(batches(render, specs), groups)):
+    lat = chunks_lib.encode_clips(codec, frames)   # per 17-frame chunk
     feats_i = (feats[i * _CHUNK:i * _CHUNK + len(chunk)] if feats is not None
                else [None] * len(frames))
     if stats is not None:
@@ -137,17 +138,24 @@ def _examples(render, meta, specs, codec, keep_frames, stats=None, feats=None):
 def write_clip_set(out: str, *, render: Render, meta: Meta,
                    train: List[Any], evals: List[Any], build: Dict[str, Any],
                    sources: List[Dict[str, Any]], teacher_factory=None,
-                   what: str = 'clip set'):
+                   what: str = 'clip set', codec_path: str = ''):
   """Writes the set into the (new) directory `out`: codec fitted on `train`
   (pass it shuffled: the fit reads the first clips), training shards with
   teacher features (build['repa_teacher'], '' for none), one eval shard
   with RGB frames, manifest.json (latent mean / std over the training set,
-  `sources`, `build`)."""
+  `sources`, `build`). codec_path: another set's codec.npz to encode with
+  instead of fitting one (its latents are then the ones a tokenizer trained
+  on that set reads). Clips longer than 17 frames are encoded per 17-frame
+  chunk (data/chunks.py; manifest `chunks`)."""
   f, r = build['num_frames'], build['resolution']
   os.makedirs(out)
-  logging.info('%s: fitting the latent codec on %d clips', what, len(train))
-  codec = codecs.PatchPCACodec().fit(batches(render, train))
-  codec.save(os.path.join(out, CODEC_FILE))
+  if codec_path:
+    shutil.copyfile(codec_path, os.path.join(out, CODEC_FILE))
+    codec = codecs.PatchPCACodec.load(os.path.join(out, CODEC_FILE))
+  else:
+    logging.info('%s: fitting the latent codec on %d clips', what, len(train))
+    codec = codecs.PatchPCACodec().fit(batches(render, train))
+    codec.save(os.path.join(out, CODEC_FILE))
 
   stats = [0, np.zeros(codecs.CHANNELS), np.zeros(codecs.CHANNELS)]
   spec = build['repa_teacher']
@@ -176,7 +184,8 @@ def write_clip_set(out: str, *, render: Render, meta: Meta,
   n, s1, s2 = stats
   mean = s1 / n
   std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-12))
-  t = (f - 1) // 4 + 1
+  t = chunks_lib.stored_latent_frames(f)
+  extra = {'chunks': chunks_lib.manifest_entry(f)} if chunks_lib.is_long(f) else {}
   records.write_manifest(out, dict(
       format='vftok-latent-records/1',
       codec=codecs.PatchPCACodec.name,
@@ -192,4 +201,4 @@ def write_clip_set(out: str, *, render: Render, meta: Meta,
       source_fps={src['name']: src['fps'] for src in sources if 'fps' in src},
       sources=sources,
       latent_mean=mean, latent_std=std,
-      build=build, **repa_stats))
+      build=build, **repa_stats, **extra))

@@ -59,13 +59,22 @@ def ensure_demo_dataset(root: str = '', num_frames: int = 17,
                         eval_clips_per_video: int = 8,
                         clips_per_shard: int = 256,
                         repa_teacher: str = 'i3d:Mixed_3c',
-                        teacher_factory=None) -> DemoPaths:
+                        teacher_factory=None, codec_from: str = ''
+                        ) -> DemoPaths:
   """Returns the demo set under `root`, building it first if absent.
+
+  codec_from: a built demo set whose codec encodes this one (a set of long
+  clips for a tokenizer trained on 17-frame clips; no REPA features then).
 
   teacher_factory: spec -> fn(clips uint8 [N, F, H, W, 3]) -> features
   [N, T, h, w, D] (models/pretrained/features.demo_teacher), needed only
   to build a set with REPA teacher features (data/ imports no model)."""
   codecs.check_clip_shape(num_frames, resolution, resolution)
+  codec_path = ''
+  if codec_from:
+    codec_path = os.path.join(codec_from, CODEC_FILE)
+    if not os.path.exists(codec_path):
+      raise ValueError(f'codec_from={codec_from!r} holds no {CODEC_FILE}')
   root = os.path.abspath(os.path.expanduser(
       root or default_root(num_frames, resolution)))
   build = dict(version=BUILD_VERSION, num_frames=num_frames,
@@ -73,8 +82,10 @@ def ensure_demo_dataset(root: str = '', num_frames: int = 17,
                max_clips_per_video=max_clips_per_video,
                eval_clips_per_video=eval_clips_per_video,
                clips_per_shard=clips_per_shard, repa_teacher=repa_teacher)
+  if codec_from:
+    build['codec_from'] = os.path.abspath(codec_from)
   return clip_sets.ensure_built(
-      root, build, lambda out: _build(out, build, teacher_factory),
+      root, build, lambda out: _build(out, build, teacher_factory, codec_path),
       ('version', 'num_frames', 'resolution', 'repa_teacher'), 'demo set')
 
 
@@ -120,7 +131,8 @@ def _clip(videos, spec, num_frames, resolution) -> np.ndarray:
   return clip_sets.resize_square(crop, resolution)
 
 
-def _build(out: str, build: Dict[str, Any], teacher_factory=None):
+def _build(out: str, build: Dict[str, Any], teacher_factory=None,
+           codec_path: str = ''):
   f, r = build['num_frames'], build['resolution']
   rng = np.random.default_rng(build['seed'])
   videos, sources, train, evals = [], [], [], []
@@ -144,4 +156,4 @@ def _build(out: str, build: Dict[str, Any], teacher_factory=None):
   clip_sets.write_clip_set(
       out, render=lambda spec: _clip(videos, spec, f, r), meta=meta,
       train=train, evals=evals, build=build, sources=sources,
-      teacher_factory=teacher_factory, what='demo set')
+      teacher_factory=teacher_factory, what='demo set', codec_path=codec_path)

@@ -60,8 +60,13 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
   vocab = int(np.prod(levels))
   if vocab > 1 << 16:
     raise ValueError(f'{vocab} codes do not fit the uint16 token records')
+  # The records' own manifest (shapes, long-clip chunks); the stats may
+  # come from another set's (stats_from).
+  in_dir = os.path.dirname(paths[0])
+  records_manifest = (records.read_manifest(in_dir) if os.path.exists(
+      os.path.join(in_dir, records.MANIFEST)) else {})
   t, h, w, c = tokenizer.latent_shape
-  shape = manifest.get('latent_shape')
+  shape = records_manifest.get('latent_shape')
   if shape and list(shape[1:]) != [h, w, c]:
     raise errors.InputError(f'the records hold latents {shape}; the '
                             f'tokenizer expects [T, {h}, {w}, {c}]')
@@ -70,7 +75,7 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
     raise errors.InputError(
         f'config.tokens_per_frame={keep}: the tokenizer has '
         f'{tokenizer.tokens_per_frame} tokens per latent frame (0: all)')
-  long_clip = manifest.get('chunks', {}).get('num_frames', 0)
+  long_clip = records_manifest.get('chunks', {}).get('num_frames', 0)
   n = len(paths)
   tok_dir = config.tokenizer_workdir
   os.makedirs(workdir, exist_ok=True)

@@ -39,6 +39,8 @@ from vftok import training
 from vftok.api import generator
 from vftok.api import tokenizer as tokenizer_api
 from vftok.data import pipeline
+from vftok.data import chunks
+from vftok.data import demo
 from vftok.data import records
 from vftok.data import tokens as token_records_lib
 from vftok.models import ar
@@ -133,6 +135,15 @@ def check_inputs(config, workdir: str):
     _, _, tok_config = checkpoint.check_workdir(
         config.tokenizer.checkpoint, 'train_tokenizer',
         int(config.tokenizer.step), field='tokenizer.checkpoint')
+    frames = int(config.data.get('clip_frames', 0))
+    if d.kind == 'demo_tokens' and frames > chunks.CHUNK_FRAMES:
+      tokenizer_lib.require_time_causal(tok_config.model, 'a long video')
+      if not tokenizer_lib.has_frame_conditioning(tok_config.model):
+        raise errors.InputError(
+            f'config.data.clip_frames={frames}: samples of long clips decode '
+            'chunk by chunk, each conditioned on the one before; '
+            f'tokenizer.checkpoint={config.tokenizer.checkpoint!r} has no '
+            'frame-conditioned decoder (configs/demo.py:stage2 makes one)')
     grid = tokenizer_lib.is_grid(tok_config.model)
     if grid != (config.order == 'raster'):
       raise errors.InputError(
@@ -170,12 +181,27 @@ def tokenize_demo(config, out_dir: str, tokenizer=None):
   t0 = time.time()
   tok = tokenizer or load_tokenizer(config)
   latents = generator.latent_data(config, tok)
+  pattern, stats_from = latents.train_pattern, ''
+  frames = int(config.data.get('clip_frames', 0))
+  if frames and frames != tok.config.data.num_frames:
+    # Long clips of the same videos, encoded with the tokenizer's codec and
+    # normalised with its set's stats: the latents it was trained on.
+    base = os.path.dirname(latents.codec_path)
+    b = records.read_manifest(base).get('build', {})
+    long_set = demo.ensure_demo_dataset(
+        f'{base.rstrip(os.sep)}-clips{frames}', frames,
+        tok.config.data.resolution, seed=b.get('seed', 0),
+        max_clips_per_video=b.get('max_clips_per_video', 256),
+        eval_clips_per_video=b.get('eval_clips_per_video', 8),
+        clips_per_shard=b.get('clips_per_shard', 256), repa_teacher='',
+        codec_from=base)
+    pattern, stats_from = long_set.train_pattern, base
   tcfg = ml_collections.ConfigDict(dict(
-      job='tokenize_dataset', input=latents.train_pattern,
+      job='tokenize_dataset', input=pattern,
       tokenizer_workdir=config.tokenizer.checkpoint,
-      tokenizer_step=int(config.tokenizer.step), stats_from='', normalize='',
-      split='train', batch_size=32, worker_index=0, worker_count=1,
-      finalize=False, log_every_s=30.0))
+      tokenizer_step=int(config.tokenizer.step), stats_from=stats_from,
+      normalize='', split='train', batch_size=32, worker_index=0,
+      worker_count=1, finalize=False, log_every_s=30.0))
   manifest = token_records_lib.tokenize_records(tcfg, out_dir, tok,
                                                 tokenizer_step=tok.step)
   logging.info('demo set tokenized in %.1fs: %d records in %s',
