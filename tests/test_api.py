@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -57,6 +58,42 @@ def test_any_latent_size_equals_a_tokenizer_built_for_it(tok):
   out = tok.detokenize(tokens, steps=2, seed=4, latent_size=(6, 2))
   assert out.shape == x.shape
   np.testing.assert_array_equal(out, native.detokenize(tokens, steps=2, seed=4))
+
+
+def test_budgets_per_clip_and_per_latent_frame(tok):
+  """detokenize(budgets=): k per clip equals decoding each clip at its k;
+  k per frame with all K up to frame s gives the full decode's frames <= s
+  (the time-causal decoder; fixed noise, no guidance), and ids past a
+  frame's budget (-1 padding) are ignored."""
+  assert tok.config.model.decoder_attention == 'time_causal'
+  # Off the adaLN-Zero init (whose decoder ignores its registers).
+  leaves, treedef = jax.tree.flatten(tok.params)
+  rng = np.random.default_rng(9)
+  tok = vftok.Tokenizer(tok.config, jax.tree.unflatten(treedef, [
+      x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype)
+      for x in leaves]))
+  x = latents()
+  tokens = np.asarray(tok.tokenize(x))            # [2, 3, 4]
+  noise = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
+  kw = dict(steps=2, noise=noise, guidance_scale=1.0)
+  per_clip = np.asarray(tok.detokenize(tokens, budgets=np.array([1, 4]), **kw))
+  for i, k in enumerate((1, 4)):
+    alone = tok.detokenize(tokens[i:i + 1, :, :k], steps=2,
+                           noise=noise[i:i + 1], guidance_scale=1.0)
+    np.testing.assert_allclose(per_clip[i:i + 1], alone, atol=1e-5)
+  full = np.asarray(tok.detokenize(tokens, **kw))
+  ks = np.array([[4, 4, 1], [4, 2, 2]])
+  padded = tokens.copy()
+  padded[0, 2, 1:] = -1                           # past frame 2's budget of 1
+  mixed = np.asarray(tok.detokenize(padded, budgets=ks, **kw))
+  np.testing.assert_array_equal(mixed[0, :2], full[0, :2])
+  np.testing.assert_array_equal(mixed[1, :1], full[1, :1])
+  assert not np.allclose(mixed[0, 2], full[0, 2])   # the mask token there
+  for budgets, match in ((np.array([1, 2, 3]), r'\[B\] = \(2,\)'),
+                         (np.array([1, 5]), r'outside \[1, 4\]'),
+                         (np.array([1.0, 2.0]), 'integers')):
+    with pytest.raises(ValueError, match=match):
+      tok.detokenize(tokens, budgets=budgets, **kw)
 
 
 @pytest.mark.parametrize('bad,match', [

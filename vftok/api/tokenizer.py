@@ -270,8 +270,13 @@ class Tokenizer:
                  apg_norm_threshold: Optional[float] = None,
                  time_shift: Optional[float] = None,
                  first_frame=None, pad_with_mask_token: bool = True,
-                 latent_size=None) -> jax.Array:
+                 latent_size=None, budgets=None) -> jax.Array:
     """int tokens [B, T, k], 1 <= k <= K -> latents [B, T, H, W, C].
+
+    budgets: tokens kept per clip [B] or per latent frame [B, T] (each in
+    [1, k]); the rest of each frame is the mask token, as in training, and
+    token ids past a frame's budget are ignored (e.g. -1 padding). Default:
+    all k of every frame.
 
     latent_size (H, W): the latent frame size to decode (tokens do not
     carry it; any size the model covers, see latent_grid_error); default:
@@ -307,11 +312,20 @@ class Tokenizer:
       raise ValueError(f'tokens of shape {tokens.shape}: {err}')
     if steps < 1:
       raise ValueError(f'steps must be >= 1, got {steps}')
-    codes = fsq.indices_to_codes(tokens, self.levels)  # validates the id range
     keep = None
+    if budgets is not None:     # k per clip or per latent frame
+      if not pad_with_mask_token:
+        raise ValueError('budgets= pads with the mask token: it needs '
+                         'pad_with_mask_token=True')
+      per_frame = self._check_budgets(budgets, b, t, k)
+      keep = np.arange(k_max)[None, None, :] < per_frame[:, :, None]
+      # Positions past a frame's budget may hold anything (-1 padding).
+      tokens = np.where(keep[:, :, :k], tokens, 0)
+    codes = fsq.indices_to_codes(tokens, self.levels)  # validates the id range
     if pad_with_mask_token:
       codes = jnp.pad(codes, ((0, 0), (0, 0), (0, k_max - k), (0, 0)))
-      keep = tokenizer_lib.keep_first(k, b, k_max)
+      if keep is None:
+        keep = tokenizer_lib.keep_first(k, b, k_max)
     pt = self.config.model.patch_size[0]
     if latent_size is None:
       latent_size = (np.shape(noise)[2:4] if noise is not None
@@ -343,6 +357,23 @@ class Tokenizer:
     return self._decode(self.params, self._put(codes), self._put(keep),
                         steps, g, shift, self._put(noise),
                         self._put(first_frame))
+
+  def _check_budgets(self, budgets, b: int, t: int, k: int) -> np.ndarray:
+    """budgets [B] or [B, T] -> int [B, T], each a budget the tokenizer
+    decodes at and at most the k tokens given."""
+    budgets = np.asarray(budgets)
+    if not np.issubdtype(budgets.dtype, np.integer):
+      raise ValueError(f'budgets must be integers, got {budgets.dtype}')
+    if budgets.shape == (b,):
+      budgets = np.broadcast_to(budgets[:, None], (b, t))
+    if budgets.shape != (b, t):
+      raise ValueError(f'budgets must be [B] = ({b},) or [B, T] = ({b}, {t}) '
+                       f'(tokens {b} x {t} x {k}), got {budgets.shape}')
+    for n in np.unique(budgets):
+      err = tokenizer_lib.budget_error(self.config.model, int(n), limit=k)
+      if err:
+        raise ValueError(f'budgets: {err}')
+    return budgets
 
   def _check_first_frame(self, frame, batch: int, hw):
     frame = np.asarray(frame, np.float32)
