@@ -96,6 +96,40 @@ def test_budgets_per_clip_and_per_latent_frame(tok):
       tok.detokenize(tokens, budgets=budgets, **kw)
 
 
+def test_choose_budget_is_the_smallest_that_meets_the_target(tok):
+  """Per clip: the chosen budget's one-step mean (same noise) reaches the
+  latent PSNR target and the next smaller candidate's does not; extreme
+  targets give 1 and K; per frame gives [B, T] budgets that decode."""
+  from vftok.api import budgets  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(tok.params)
+  rng = np.random.default_rng(9)
+  tok = vftok.Tokenizer(tok.config, jax.tree.unflatten(treedef, [
+      x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype)
+      for x in leaves]))
+  x = latents()
+  noise = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+  tokens = np.asarray(tok.tokenize(x))
+  psnr = {k: budgets.latent_psnr(x, tok.detokenize(
+      tokens[:, :, :k], steps=1, guidance_scale=1.0, noise=noise), (1, 2, 3, 4))
+          for k in (1, 2, 4)}
+  target = float(np.median(list(psnr.values())))
+  got_tokens, chosen = tok.choose_budget(x, target_psnr=target)
+  np.testing.assert_array_equal(got_tokens, tokens)
+  for i, k in enumerate(chosen):
+    assert psnr[k][i] >= target or k == 4
+    smaller = [c for c in (1, 2, 4) if c < k]
+    if smaller:
+      assert psnr[smaller[-1]][i] < target
+  assert set(tok.choose_budget(x, fraction=0.0)[1]) == {1}
+  assert set(tok.choose_budget(x, target_psnr=1e3)[1]) == {4}
+  _, per_frame = tok.choose_budget(x, target_psnr=target, per_frame=True)
+  assert per_frame.shape == tokens.shape[:2]
+  out = tok.detokenize(tokens, budgets=per_frame, steps=1)
+  assert out.shape == x.shape
+  with pytest.raises(ValueError, match='exactly one of'):
+    tok.choose_budget(x, target_psnr=1.0, fraction=0.5)
+
+
 @pytest.mark.parametrize('bad,match', [
     (np.zeros((2, 3, 4, 4)), r'\[B, T, H, W, C\]'),
     (np.zeros((2, 3, 4, 4, 5)), 'channels'),

@@ -20,6 +20,7 @@ import numpy as np
 
 from vftok import checkpoint
 from vftok import flow
+from vftok.api import budgets as budgets_lib
 from vftok.api import long_video
 from vftok.api import streaming
 from vftok import sharding as sharding_lib
@@ -471,6 +472,13 @@ class Tokenizer:
     tokenizer_lib.require_time_causal(self.config.model, 'streaming')
     max_frames = max_frames or self.config.model.max_frames
     return streaming.TokenStream(self, batch, max_frames)
+
+  def choose_budget(self, latents, **target):
+    """-> (tokens [B, T, K], budgets [B] or [B, T]): the fewest tokens per
+    clip (per_frame=True: per latent frame) whose one-step mean meets
+    target_psnr / target_mse / fraction in latent space (budgets.py);
+    decode with detokenize(tokens, budgets=budgets)."""
+    return budgets_lib.choose_budget(self, latents, **target)
 
   def tokenize_long(self, chunk_latents):
     """Latents of a long video's overlapping chunks -> tokens [B, F, K]; see
