@@ -57,6 +57,8 @@ CASES = {
                          'a released VideoFlexTok model.safetensors'),
     'reconstruct': ('reconstruct', None, {'video': MISSING},
                     "config.video='{tmp}/missing'", 'no such file'),
+    'compress': ('compress', None, {'video': MISSING},
+                 "config.video='{tmp}/missing'", 'no such file'),
     'export_tokenizer': ('export_tokenizer', None, {'checkpoint': MISSING},
                          "config.checkpoint='{tmp}/missing'",
                          'make one with configs/tokenizer_k600.py'),

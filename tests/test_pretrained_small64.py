@@ -60,3 +60,27 @@ def test_reconstructs_a_video_it_never_saw(tmp_path):
     assert grid[f'{k} tok'] < 1.25 * grid['codec'], (k, grid)
   assert (tmp_path / 'reconstruct.png').exists()
   assert (tmp_path / 'reconstruct.md').exists()
+
+
+def test_compress_writes_a_bitstream_whose_prefixes_decode(tmp_path):
+  """configs/compress.py on bikes.mp4: the stream decodes to the clip's
+  tokens, each level prefix to fewer tokens per frame (fewer bytes, lower
+  PSNR at 1 token than at 16), all far below the VidTok latents' bytes."""
+  from vftok.api import bitstream  # pylint: disable=g-import-not-at-top
+  from vftok.jobs import compress  # pylint: disable=g-import-not-at-top
+  video = os.path.join(demo.video_dir(), 'bikes.mp4')
+  c = load_config('compress', video=video, levels=(1, 16), sample_steps=5)
+  report = main.run_job(compress, c, str(tmp_path))
+  data = (tmp_path / 'clip0.vftb').read_bytes()
+  tokens, header = bitstream.decode(data)
+  assert tokens.shape == (5, 16) and header['fsq_levels'] == [8, 8, 8, 5, 5, 5]
+  model = pretrained.load()
+  assert bitstream.decode(data[:bitstream.level_offsets(data)[0]])[0].shape == (
+      5, 1)
+  rows = report['rows']
+  assert rows[1]['bytes_per_frame'] < rows[16]['bytes_per_frame']
+  assert rows[1]['psnr'] < rows[16]['psnr']
+  latents = report['baselines_bytes_per_frame']['VidTok latents (float16)']
+  assert rows[16]['bytes_per_frame'] < latents / 50
+  assert model.num_frames == 17 and (tmp_path / 'clip0_n16.mp4').exists()
+  assert (tmp_path / 'compress.md').exists()
