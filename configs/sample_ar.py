@@ -56,4 +56,11 @@ def get_config(arg=None):
   #                               (1: image-to-video; more: continuation)
   c.given.tokens = 0            # keep every frame's first tokens (an edit:
   #                               the coarse content under a new condition)
+
+  # The AR decides each sample's length (ar_sampling.sample_auto): the
+  # levels up to the first whose mean next-token entropy is below this
+  # (nats), up to max(budgets); 0: off.
+  c.auto_budget = ml_collections.ConfigDict()
+  c.auto_budget.entropy_threshold = 0.0
+  c.auto_budget.min_budget = 1
   return c

@@ -289,6 +289,44 @@ def test_sample_long_slides_the_window_over_the_frames_made(class_model):
                             class_labels=labels)
 
 
+def test_auto_budget_stops_at_the_first_confident_level(class_model):
+  """sample_auto: the kept levels are the fixed-budget sample's prefix, -1
+  past each sample's budget; the budget is the first level (past
+  min_budget) whose mean entropy, recomputed here from the guided logits,
+  is below the threshold; thresholds at the extremes give min and max."""
+  model, params = class_model
+  labels = jnp.array([0, 1, 2, 3])
+  kw = dict(num_frames=T, class_labels=labels, cfg_scale=2.0)
+  rng = jax.random.key(4, impl='rbg')
+  full = np.asarray(ar_sampling.sample(model.module, params, rng,
+                                       tokens_per_frame_budget=4, **kw))
+  logits = _guided_logits(model, params, jnp.asarray(token_order.to_sequence(
+      full, 'time_first')), 'time_first', labels, 2.0, n=4)
+  p = jax.nn.softmax(logits, -1)
+  ent = -np.asarray(jnp.sum(p * jnp.log(p), -1))              # [B, L]
+  per_level = token_order.from_sequence(ent, T, 4, 'time_first').mean(1)
+  np.testing.assert_allclose(ar_sampling.level_entropy(
+      model.module, params, full, class_labels=labels, cfg_scale=2.0),
+      per_level, rtol=1e-4)
+  threshold = float(np.median(per_level[:, 1:]))
+  tokens, budgets = ar_sampling.sample_auto(
+      model.module, params, rng, max_budget=4, entropy_threshold=threshold,
+      **kw)
+  for b in range(4):
+    k = budgets[b]
+    np.testing.assert_array_equal(tokens[b, :, :k], full[b, :, :k])
+    assert (tokens[b, :, k:] == -1).all()
+    low = [j for j in range(1, 4) if per_level[b, j] < threshold]
+    assert k == (low[0] if low else 4)
+  assert len(set(budgets.tolist())) > 1     # the samples differ in length
+  _, none = ar_sampling.sample_auto(model.module, params, rng, max_budget=4,
+                                    entropy_threshold=-1.0, **kw)
+  _, all_low = ar_sampling.sample_auto(model.module, params, rng,
+                                       max_budget=4, entropy_threshold=1e9,
+                                       min_budget=2, **kw)
+  assert set(none.tolist()) == {4} and set(all_low.tolist()) == {2}
+
+
 def test_given_tokens_are_checked(class_model):
   model, params = class_model
   kw = dict(num_frames=T, tokens_per_frame_budget=2,

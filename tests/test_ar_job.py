@@ -318,6 +318,19 @@ def test_demo_tokens_train_samples_and_sample_job(demo_ar, tmp_path):
         got[:, :, 0], np.broadcast_to(clips[:, 0, :n], (2, 2, n)))
   assert report['given']['clips'] == [1, 0]
   assert (out / 'i2v.png').exists()
+  # The AR's own lengths: every sample between 1 and K tokens per frame,
+  # -1 past its budget, decoded to <prefix>_auto.mp4.
+  a = s.copy_and_resolve_references()
+  a.given.clips, a.given.frames, a.prefix = (), 0, 'auto'
+  a.auto_budget.entropy_threshold = 1e9      # every level "confident": min
+  a.auto_budget.min_budget = 2
+  report = sample_ar.run(a, str(out))
+  got = np.load(out / 'auto.npz')
+  assert got['auto'].shape == (2, 1, T, K)
+  assert (got['auto_budgets'] == 2).all()
+  assert (got['auto'][..., :2] >= 0).all() and (got['auto'][..., 2:] == -1).all()
+  assert report['auto_budget']['mean_tokens_per_frame'] == 2.0
+  assert (out / 'auto_auto.mp4').exists()
   bad = s.copy_and_resolve_references()
   bad.given.tokens = 1            # with frames: ambiguous
   with pytest.raises(ValueError, match='exactly one of given.frames'):

@@ -104,22 +104,10 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
   total_frames > num_frames: past the model's window by sliding it
   (ar_sampling.sample_long; overlap_frames of context, default half).
   """
-  kwargs = {}
-  rows = [c for c in conditions for _ in range(samples)]
   if given is not None and any(np.shape(g)[0] != samples
                                for g in given.values()):
     raise ValueError(f'given tokens must have {samples} rows (one per sample)')
-  if any(c.class_label is not None for c in rows):
-    kwargs['class_labels'] = jnp.asarray([c.class_label for c in rows],
-                                         jnp.int32)
-  if any(c.caption is not None for c in rows):
-    if embed_captions is None:
-      raise ValueError('caption conditions need a text encoder')
-    emb, mask = embed_captions([c.caption for c in rows])
-    kwargs['text_emb'], kwargs['text_mask'] = jnp.asarray(emb), jnp.asarray(
-        mask)
-  if not kwargs:
-    kwargs['batch_size'] = len(rows)
+  kwargs = condition_kwargs(conditions, samples, embed_captions)
   tokens, seconds = {}, {}
   for n in budgets:
     start = time.perf_counter()
@@ -142,6 +130,46 @@ def sample_tokens(model, params, conditions: Sequence[Condition],
     seconds[n] = time.perf_counter() - start
     tokens[n] = out.reshape(len(conditions), samples, *out.shape[1:])
   return tokens, seconds
+
+
+def condition_kwargs(conditions: Sequence[Condition], samples: int,
+                     embed_captions=None) -> dict:
+  """The sampler's condition arguments for every condition x sample row:
+  class_labels, text_emb / text_mask, or batch_size (unconditional)."""
+  kwargs = {}
+  rows = [c for c in conditions for _ in range(samples)]
+  if any(c.class_label is not None for c in rows):
+    kwargs['class_labels'] = jnp.asarray([c.class_label for c in rows],
+                                         jnp.int32)
+  if any(c.caption is not None for c in rows):
+    if embed_captions is None:
+      raise ValueError('caption conditions need a text encoder')
+    emb, mask = embed_captions([c.caption for c in rows])
+    kwargs['text_emb'], kwargs['text_mask'] = jnp.asarray(emb), jnp.asarray(
+        mask)
+  if not kwargs:
+    kwargs['batch_size'] = len(rows)
+  return kwargs
+
+
+def sample_auto_tokens(model, params, conditions: Sequence[Condition],
+                       samples: int, *, seed: int, num_frames: int,
+                       max_budget: int, entropy_threshold: float,
+                       min_budget: int = 1, embed_captions=None,
+                       cfg_scale: float = 1.0, temperature: float = 1.0,
+                       top_k: int = 0, top_p: float = 1.0):
+  """AR-chosen budgets (ar_sampling.sample_auto) for every condition x
+  sample -> (tokens int32 [C, S, T, max_budget], -1 past each budget;
+  budgets int [C, S])."""
+  tokens, budgets = ar_sampling.sample_auto(
+      model, params, jax.random.key(seed), num_frames=num_frames,
+      max_budget=max_budget, entropy_threshold=entropy_threshold,
+      min_budget=min_budget, cfg_scale=cfg_scale, temperature=temperature,
+      top_k=top_k, top_p=top_p,
+      **condition_kwargs(conditions, samples, embed_captions))
+  c = len(conditions)
+  return (tokens.reshape(c, samples, *tokens.shape[1:]),
+          budgets.reshape(c, samples))
 
 
 def _leading_frames(keep):
@@ -200,13 +228,18 @@ class Decoder:
     return media.to_uint8(self.codec.decode(self.denormalize(
         np.asarray(latents))))
 
-  def __call__(self, tokens) -> np.ndarray:
+  def __call__(self, tokens, budgets=None) -> np.ndarray:
+    """budgets [B] or [B, T]: tokens kept per clip / frame (-1 past them;
+    Tokenizer.detokenize(budgets=)); one clip length only."""
     tokens = np.asarray(tokens)
     m = self.tokenizer.config.model
     kwargs = dict(steps=self.steps, guidance_scale=self.guidance_scale,
                   seed=self.seed)
     if tokens.shape[1] <= m.latent_frames // m.patch_size[0]:
-      return self.to_pixels(self.tokenizer.detokenize(tokens, **kwargs))
+      return self.to_pixels(self.tokenizer.detokenize(tokens, budgets=budgets,
+                                                      **kwargs))
+    if budgets is not None:
+      raise ValueError('budgets with a long video: decode per chunk')
     reencode = long_video.codec_reencoder(self.codec, self.normalize,
                                           self.denormalize)
     latents = self.tokenizer.detokenize_long(tokens, reencode, **kwargs)

@@ -18,7 +18,9 @@ start from those held-out clips' tokens (`given_tokens`): image-to-video and
 continuation (given.frames) or an edit that keeps every frame's first tokens
 (given.tokens); the PNG's first row shows the clips. With seconds > the
 model's window the AR window slides (ar_sampling.sample_long, overlap_frames
-of context) and the video decodes chunk by chunk (a stage-2 decoder).
+of context) and the video decodes chunk by chunk (a stage-2 decoder). With
+auto_budget.entropy_threshold > 0 the AR also chooses each sample's budget
+(ar_sampling.sample_auto): <prefix>_auto.* and the budgets in the report.
 """
 import json
 import os
@@ -38,6 +40,7 @@ from vftok.models.pretrained import text_encoders
 from vftok.data import chunks
 from vftok.data import pipeline
 from vftok.data import records
+from vftok.evals import media
 from vftok.models import ar
 from vftok.models import tokenizer as tokenizer_lib
 
@@ -148,6 +151,13 @@ def run(config, workdir: str, writer=None) -> Dict:
           f'{tok_dir!r} has no frame-conditioned decoder (fine-tune one: '
           'configs/demo.py:stage2, configs/tokenizer_k600.py:stage2)')
   check_given(config.given, budgets, num_frames)
+  if config.auto_budget.entropy_threshold > 0 and (
+      config.given.clips or total > num_frames
+      or ar_config.order != 'time_first'):
+    raise errors.InputError(
+        'config.auto_budget chooses lengths of time-first samples of one '
+        'window: not with given.clips, seconds past the window or the '
+        f'{ar_config.order!r} order')
   if config.given.tokens and total > num_frames:
     raise errors.InputError(
         'config.given.tokens (an edit of every frame) with config.seconds '
@@ -196,9 +206,33 @@ def run(config, workdir: str, writer=None) -> Dict:
   paths = generator.write_outputs(workdir, prefix, shown, pixels,
                                   fps=config.fps,
                                   formats=tuple(config.formats))
+  arrays = {f'n{n}': t for n, t in tokens.items()}
+  auto = None
+  if config.auto_budget.entropy_threshold > 0:
+    # The AR chooses each sample's length (ar_sampling.sample_auto), up to
+    # the largest budget asked for; decoded at those budgets.
+    auto_tokens, auto_k = generator.sample_auto_tokens(
+        model, params['params'], conditions, samples, seed=config.seed,
+        num_frames=num_frames, max_budget=budgets[-1],
+        entropy_threshold=config.auto_budget.entropy_threshold,
+        min_budget=config.auto_budget.min_budget, embed_captions=embed,
+        cfg_scale=config.cfg_scale, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p)
+    c, s_ = auto_k.shape
+    px = decoder(auto_tokens.reshape(c * s_, *auto_tokens.shape[2:]),
+                 budgets=auto_k.reshape(-1))
+    paths += media.write_video(
+        os.path.join(workdir, f'{prefix}_auto'), media.upscale(media.tile(
+            px.reshape(c, s_, *px.shape[1:])), 2), config.fps,
+        tuple(config.formats))
+    arrays['auto'], arrays['auto_budgets'] = auto_tokens, auto_k
+    auto = dict(entropy_threshold=config.auto_budget.entropy_threshold,
+                min_budget=config.auto_budget.min_budget,
+                max_budget=budgets[-1], budgets=auto_k,
+                mean_tokens_per_frame=float(auto_k.mean()))
   with records.atomic_path(os.path.join(workdir, f'{prefix}.npz')) as tmp:
     with open(tmp, 'wb') as f:  # a file object: savez adds no suffix
-      np.savez(f, **{f'n{n}': t for n, t in tokens.items()})
+      np.savez(f, **arrays)
   report = dict(
       ar_workdir=config.ar_workdir, ar_step=step, tokenizer_workdir=tok_dir,
       conditions=[c.__dict__ for c in conditions], budgets=budgets,
@@ -210,7 +244,7 @@ def run(config, workdir: str, writer=None) -> Dict:
       cfg_scale=config.cfg_scale, temperature=config.temperature,
       top_k=config.top_k, top_p=config.top_p, seed=config.seed,
       tokens_per_sec=speed, device=str(jax.devices()[0].platform),
-      paths=paths)
+      auto_budget=auto, paths=paths)
   with records.atomic_path(os.path.join(workdir, f'{prefix}.json')) as tmp:
     with open(tmp, 'w') as f:
       json.dump(records.jsonable(report), f, indent=2)

@@ -298,3 +298,56 @@ def sample_long(model: 'ar_lib.ARTransformer', params, rng, *,
                                                    axis=1)
     w += 1
   return made[:, :total_frames]
+
+
+def level_entropy(model: 'ar_lib.ARTransformer', params, tokens, *,
+                  order: str = 'time_first', class_labels=None, text_emb=None,
+                  text_mask=None, cfg_scale: float = 1.0):
+  """The model's mean next-token entropy (nats) at each level of `tokens`
+  [B, T, n] (level j: token j of every frame), teacher-forced in one
+  forward pass: how much the model was still unsure of that level given
+  everything before it. With cfg_scale != 1 the guided distribution's."""
+  config = model.config
+  b, t, n = np.shape(tokens)
+  frame_index, token_index = (jnp.asarray(a) for a in
+                              token_order.positions(t, n, order))
+  seq = jnp.asarray(token_order.to_sequence(np.asarray(tokens), order))
+  use_cfg = float(cfg_scale) != 1.0
+  cond = _conditions(config, b, class_labels, text_emb, text_mask, use_cfg)
+  rows = jnp.concatenate([seq, seq]) if use_cfg else seq
+  logits = model.apply({'params': params}, rows, frame_index, token_index,
+                       **cond).astype(jnp.float32)
+  if use_cfg:
+    logits = logits[b:] + cfg_scale * (logits[:b] - logits[b:])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)            # [B, L]
+  return np.asarray(token_order.from_sequence(entropy, t, n, order)).mean(1)
+
+
+def sample_auto(model: 'ar_lib.ARTransformer', params, rng, *,
+                num_frames: int, max_budget: int, entropy_threshold: float,
+                min_budget: int = 1, **kwargs):
+  """AR that decides its own length: samples max_budget levels (time-first:
+  level j is token j of every frame), then keeps, per sample, the levels up
+  to the first one past min_budget whose mean next-token entropy (given all
+  before it, `level_entropy`) is below entropy_threshold nats: a level the
+  model was nearly sure of adds little. -> (tokens int32 [B, T, max_budget]
+  with -1 past each sample's budget, budgets int [B]); decode with
+  Tokenizer.detokenize(tokens, budgets=budgets)."""
+  order = kwargs.get('order', 'time_first')
+  if order != 'time_first':
+    raise ValueError('budget choice needs the time-first order (a prefix of '
+                     f'levels is a coarser video), got {order!r}')
+  if not 1 <= min_budget <= max_budget:
+    raise ValueError(f'min_budget={min_budget} must be in [1, max_budget='
+                     f'{max_budget}]')
+  tokens = np.asarray(sample(model, params, rng, num_frames=num_frames,
+                             tokens_per_frame_budget=max_budget, **kwargs))
+  cond = {k: kwargs[k] for k in ('class_labels', 'text_emb', 'text_mask',
+                                 'cfg_scale') if k in kwargs}
+  entropy = level_entropy(model, params, tokens, **cond)       # [B, n]
+  low = entropy < entropy_threshold
+  low[:, :min_budget] = False                 # always keep min_budget levels
+  budgets = np.where(low.any(1), np.argmax(low, axis=1), max_budget)
+  keep = np.arange(max_budget)[None, None, :] < budgets[:, None, None]
+  return np.where(keep, tokens, -1).astype(np.int32), budgets.astype(np.int32)
