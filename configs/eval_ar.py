@@ -75,5 +75,12 @@ def get_config(arg=None):
   c.viclip.factory = ''
   c.viclip.path = ''
 
+  # Also let the AR choose each sample's length (ar_sampling.sample_auto:
+  # the levels up to the first whose mean next-token entropy is below the
+  # threshold, nats, up to the top budget); a table of mean tokens used
+  # beside the fixed budgets. 0: off.
+  c.auto_budget = ml_collections.ConfigDict()
+  c.auto_budget.entropy_threshold = 0.0
+  c.auto_budget.min_budget = 1
   c.grid_samples = 2         # samples per condition in samples_cfg<s>.png
   return c

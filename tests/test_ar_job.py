@@ -483,10 +483,19 @@ def test_eval_ar_scores_every_budget_and_cfg_scale(demo_ar, tmp_path,
   with open(out / 'eval_ar.csv') as f:
     assert len(f.read().strip().splitlines()) == 1 + len(rows)
 
-  # One setting of the sweep on its own: identical numbers (paired keys).
+  # One setting of the sweep on its own: identical numbers (paired keys),
+  # with the AR-chosen lengths beside it (every level "confident" past 2).
   e.budgets, e.cfg_scales, e.decode.steps = (K,), (2.0,), (2,)
-  again = eval_ar.run(e, str(tmp_path / 'again'))['rows'][0]
+  e.auto_budget.entropy_threshold, e.auto_budget.min_budget = 1e9, 2
+  out = eval_ar.run(e, str(tmp_path / 'again'))
+  again = out['rows'][0]
   assert again['gfvd'] == by[2.0, K, 2]['gfvd']
+  (auto,) = out['auto_rows']
+  assert auto['budget'] == 2.0 and auto['tokens_per_video'] == 2 * T
+  assert auto['budgets_chosen'][2] == 6 and np.isfinite(   # 2 x 3 samples
+      auto['gfvd'])
+  assert 'AR-chosen budgets' in (tmp_path / 'again' / 'eval_ar.md').read_text()
+  e.auto_budget.entropy_threshold = 0.0
 
   bad = [(dict(budgets=(K + 1,)), r'outside \[1, '),
          (dict(cfg_scales=()), 'cfg_scales'),

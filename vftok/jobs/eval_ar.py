@@ -116,6 +116,26 @@ class ShardedSampler:
       out.append(sharding.fetch(tokens)[:len(chunk)])
     return np.concatenate(out)
 
+  def auto(self, rows: Sequence[generator.Condition], max_budget: int,
+           seed: int, cfg_scale: float, **choice):
+    """AR-chosen budgets (ar_sampling.sample_auto) -> (int32 [len(rows), T,
+    max_budget], -1 past each budget; budgets int [len(rows)])."""
+    tokens, budgets = [], []
+    for b, start in enumerate(range(0, len(rows), self.batch_size)):
+      chunk = rows[start:start + self.batch_size]
+      # Apart from every fixed budget's keys (fold_in(seed, n)).
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed),
+                                                  0x7FFFFFFF), b)
+      t, k = self.timer(
+          f'ar/auto_cfg{cfg_scale:g}', ar_sampling.sample_auto, self.model,
+          self.params, key, num_frames=self.num_frames, max_budget=max_budget,
+          order=self.order, cfg_scale=cfg_scale,
+          compile_key=('ar_auto', cfg_scale != 1.0), **choice,
+          **self.sampling, **self._inputs(chunk))
+      tokens.append(np.asarray(t)[:len(chunk)])
+      budgets.append(np.asarray(k)[:len(chunk)])
+    return np.concatenate(tokens), np.concatenate(budgets)
+
 
 # --------------------------------------------------------------------- run ---
 
@@ -186,6 +206,11 @@ def run(config, workdir: str, writer=None) -> Dict:
                                       field='tokenizer_workdir', mesh=mesh)
   tok_step = tok.step
   budgets, scales = _check(config, tok, mc, mesh.size)
+  if (config.get('auto_budget') or {}).get('entropy_threshold', 0) > 0 and (
+      ar_config.order != 'time_first'):
+    raise errors.InputError(
+        'config.auto_budget: AR-chosen lengths need the time-first order '
+        f'(a prefix of levels is a coarser video), not {ar_config.order!r}')
 
   data, real, labels, captions = real_clips(config, tok.config)
   # Class models: config.classes or every class; text models:
@@ -244,9 +269,18 @@ def run(config, workdir: str, writer=None) -> Dict:
                      for c in rows])
   ids = np.arange(len(rows))
   results, grids, classifier_seconds = [], {}, 0.0
+  auto = config.get('auto_budget') or {}
+  auto_rows = []
   for s in scales:
-    for n in budgets:
-      tokens = sampler(rows, n, config.seed, s)
+    runs = [(n, sampler(rows, n, config.seed, s), None) for n in budgets]
+    if auto.get('entropy_threshold', 0) > 0:
+      # The AR's own lengths (ar_sampling.sample_auto) up to the top budget.
+      tokens, chosen = sampler.auto(
+          rows, budgets[-1], config.seed, s,
+          entropy_threshold=auto['entropy_threshold'],
+          min_budget=auto.get('min_budget', 1))
+      runs.append(('auto', tokens, chosen))
+    for n, tokens, chosen in runs:
       for steps in step_counts:
         name = f'detokenize/n{n}_s{steps}'
         pixels, decoded = [], timer.seconds.get(name, 0.0)
@@ -256,11 +290,16 @@ def run(config, workdir: str, writer=None) -> Dict:
           noise = tok.clip_noise(video_features.pad_rows(
               ids[start:start + config.batch_size], config.batch_size),
                                  config.seed)
+          extra = {}
+          if chosen is not None:   # AR-chosen: k per clip, -1 past it
+            extra['budgets'] = video_features.pad_rows(
+                chosen[start:start + config.batch_size], config.batch_size)
           # Budgets share one compilation (tokens padded with the mask token).
           lat = sharding.fetch(timer(name, tok.detokenize, chunk, noise=noise,
                                      steps=steps,
-                                     compile_key=('detokenize', steps),
-                                     **decode_args))
+                                     compile_key=('detokenize', steps,
+                                                  chosen is not None),
+                                     **decode_args, **extra))
           m = min(config.batch_size, len(rows) - start)
           pixels.append(media.to_uint8(codec.decode(denormalize(lat[:m]))))
         pixels = np.concatenate(pixels)
@@ -277,23 +316,36 @@ def run(config, workdir: str, writer=None) -> Dict:
           text_score = float(np.mean(np.asarray(
               viclip(pixels, [c.caption for c in rows]))))
         decoded = timer.seconds[name] - decoded
+        top = budgets[-1] if chosen is not None else n
         cost = flops_lib.ar_inference(
-            tok.config.model, mc, n, steps, d.guidance_scale != 1.0,
+            tok.config.model, mc, top, steps, d.guidance_scale != 1.0,
             s != 1.0, text_length)
-        results.append(dict(
+        row = dict(
             budget=n, cfg_scale=s, decode_steps=steps,
-            tokens_per_video=int(tokens[0].size), gfvd=gfvd,
-            class_score=score, viclip_score=text_score,
+            tokens_per_video=(int(tokens[0].size) if chosen is None else
+                              float(np.mean(chosen)) * tokens.shape[1]),
+            gfvd=gfvd, class_score=score, viclip_score=text_score,
             gflops_per_video=(cost['ar'] + cost['decoder']) / 1e9,
             gflops_ar=cost['ar'] / 1e9, gflops_decode=cost['decoder'] / 1e9,
-            sec_per_video_ar=timer.seconds[f'ar/n{n}_cfg{s:g}'] / len(rows),
-            sec_per_video_decode=decoded / len(rows)))
+            sec_per_video_ar=timer.seconds[
+                f'ar/auto_cfg{s:g}' if chosen is not None
+                else f'ar/n{n}_cfg{s:g}'] / len(rows),
+            sec_per_video_decode=decoded / len(rows))
+        if chosen is not None:
+          # Mean tokens per frame used, beside the fixed budgets' rows
+          # (AR cost: all max-budget levels are sampled, then cut).
+          auto_rows.append(dict(row, budget=float(np.mean(chosen)),
+                                entropy_threshold=auto['entropy_threshold'],
+                                budgets_chosen=np.bincount(
+                                    chosen, minlength=top + 1).tolist()))
+          continue
+        results.append(row)
         if s == scales[0] and steps == step_counts[0]:
           per = min(config.grid_samples, config.samples_per_condition)
           grids[n] = np.stack([pixels[i * config.samples_per_condition:
                                       i * config.samples_per_condition + per]
                                for i in range(len(conditions))])
-        logging.info('cfg %g, %d tokens/frame, %d decoder steps: gFVD %.2f, '
+        logging.info('cfg %g, %s tokens/frame, %d decoder steps: gFVD %.2f, '
                      'class score %.3f (%.0f s)', s, n, steps, gfvd, score,
                      time.perf_counter() - t_start)
 
@@ -317,6 +369,8 @@ def run(config, workdir: str, writer=None) -> Dict:
       classifier=config.classifier.path if classifier is not None else '')
   result = dict(info=info, rows=results,
                 real=dict(class_score=real_score), timing=timing)
+  if auto_rows:
+    result['auto_rows'] = auto_rows
   if jax.process_index() == 0:
     _write(workdir, result, conditions, grids, writer)
   writer.flush()
@@ -365,6 +419,20 @@ def markdown(result) -> str:
               _fmt(r['sec_per_video_ar'], 4),
               _fmt(r['sec_per_video_decode'], 4)]
     lines.append('| ' + ' | '.join(cells) + ' |')
+  if result.get('auto_rows'):
+    lines += ['', 'AR-chosen budgets (ar_sampling.sample_auto: levels up to '
+              'the first whose mean next-token entropy is below the '
+              'threshold, up to the top budget):', '',
+              '| entropy threshold (nats) | mean tokens/frame | AR CFG | '
+              'decoder steps | gFVD | class score | samples per budget |',
+              '|---|---|---|---|---|---|---|']
+    for r in result['auto_rows']:
+      counts = ', '.join(f'{k}: {c}' for k, c in enumerate(
+          r['budgets_chosen']) if c)
+      lines.append(f"| {r['entropy_threshold']:g} | {r['budget']:.2f} | "
+                   f"{r['cfg_scale']:g} | {r['decode_steps']} | "
+                   f"{_fmt(r['gfvd'], 2)} | {_fmt(r['class_score'], 3)} | "
+                   f'{counts} |')
   if has_class:
     lines += ['', f"Class score of the real clips: "
               f"{_fmt(result['real']['class_score'], 3)} "

@@ -307,21 +307,31 @@ def level_entropy(model: 'ar_lib.ARTransformer', params, tokens, *,
   [B, T, n] (level j: token j of every frame), teacher-forced in one
   forward pass: how much the model was still unsure of that level given
   everything before it. With cfg_scale != 1 the guided distribution's."""
-  config = model.config
   b, t, n = np.shape(tokens)
-  frame_index, token_index = (jnp.asarray(a) for a in
-                              token_order.positions(t, n, order))
   seq = jnp.asarray(token_order.to_sequence(np.asarray(tokens), order))
-  use_cfg = float(cfg_scale) != 1.0
-  cond = _conditions(config, b, class_labels, text_emb, text_mask, use_cfg)
+  entropy = _entropy(model, params, seq, class_labels, text_emb, text_mask,
+                     jnp.float32(cfg_scale), batch=b, num_frames=t, n=n,
+                     order=order, use_cfg=float(cfg_scale) != 1.0)
+  return np.asarray(token_order.from_sequence(np.asarray(entropy), t, n,
+                                              order)).mean(1)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'model', 'batch', 'num_frames', 'n', 'order', 'use_cfg'))
+def _entropy(model, params, seq, class_labels, text_emb, text_mask,
+             cfg_scale, *, batch, num_frames, n, order, use_cfg):
+  """Next-token entropy [B, L] of `seq` (level_entropy's compiled core)."""
+  frame_index, token_index = (jnp.asarray(a) for a in
+                              token_order.positions(num_frames, n, order))
+  cond = _conditions(model.config, batch, class_labels, text_emb, text_mask,
+                     use_cfg)
   rows = jnp.concatenate([seq, seq]) if use_cfg else seq
   logits = model.apply({'params': params}, rows, frame_index, token_index,
                        **cond).astype(jnp.float32)
   if use_cfg:
-    logits = logits[b:] + cfg_scale * (logits[:b] - logits[b:])
+    logits = logits[batch:] + cfg_scale * (logits[:batch] - logits[batch:])
   logp = jax.nn.log_softmax(logits, axis=-1)
-  entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)            # [B, L]
-  return np.asarray(token_order.from_sequence(entropy, t, n, order)).mean(1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
 def sample_auto(model: 'ar_lib.ARTransformer', params, rng, *,
