@@ -109,6 +109,13 @@ def test_detokenize(tok, ref):
   for name, (k, kwargs) in DETOK.items():
     out = tok.detokenize(ref['tokens'][:, :, :k], steps=4, noise=noise, **kwargs)
     _close(out, _cl(ref[name]), name, DETOK_TOL)
+  # from_official(path) alone: the size comes from the latents and the noise.
+  plain = api.Tokenizer.from_official(CKPT)
+  np.testing.assert_array_equal(np.asarray(plain.tokenize(_cl(ref['latents']))),
+                                ref['tokens'])
+  k, kwargs = DETOK['detok_k2_apg']
+  _close(plain.detokenize(ref['tokens'][:, :, :k], steps=4, noise=noise,
+                          **kwargs), _cl(ref['detok_k2_apg']), 'plain', DETOK_TOL)
 
 
 # tests/fixtures/official_p122: [1, 2, 2] patches, written by the release's
