@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -67,11 +66,7 @@ def test_budgets_per_clip_and_per_latent_frame(tok):
   frame's budget (-1 padding) are ignored."""
   assert tok.config.model.decoder_attention == 'time_causal'
   # Off the adaLN-Zero init (whose decoder ignores its registers).
-  leaves, treedef = jax.tree.flatten(tok.params)
-  rng = np.random.default_rng(9)
-  tok = vftok.Tokenizer(tok.config, jax.tree.unflatten(treedef, [
-      x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype)
-      for x in leaves]))
+  tok = testing_utils.perturbed(vftok.Tokenizer(tok.config, tok.params))
   x = latents()
   tokens = np.asarray(tok.tokenize(x))            # [2, 3, 4]
   noise = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
@@ -101,11 +96,7 @@ def test_choose_budget_is_the_smallest_that_meets_the_target(tok):
   latent PSNR target and the next smaller candidate's does not; extreme
   targets give 1 and K; per frame gives [B, T] budgets that decode."""
   from vftok.api import budgets  # pylint: disable=g-import-not-at-top
-  leaves, treedef = jax.tree.flatten(tok.params)
-  rng = np.random.default_rng(9)
-  tok = vftok.Tokenizer(tok.config, jax.tree.unflatten(treedef, [
-      x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype)
-      for x in leaves]))
+  tok = testing_utils.perturbed(vftok.Tokenizer(tok.config, tok.params))
   x = latents()
   noise = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
   tokens = np.asarray(tok.tokenize(x))

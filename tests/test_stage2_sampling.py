@@ -62,21 +62,10 @@ def test_freeze_rejects_unknown_module():
     training.tokenizer_task(c)
 
 
-def perturbed(tok, scale=0.05, seed=0):
-  """A freshly initialised decoder is adaLN-Zero: its output is exactly 0
-  whatever the input. Random offsets make every pathway live."""
-  leaves, treedef = jax.tree.flatten(tok.params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  tok.params = jax.tree.unflatten(treedef, [
-      x + scale * jax.random.normal(k, x.shape, x.dtype)
-      for x, k in zip(leaves, keys)])
-  return tok
-
-
 @pytest.fixture(scope='module')
 def tok():
   c = stage2_config()
-  return perturbed(vftok.Tokenizer.from_config(c, seed=0))
+  return testing_utils.perturbed(vftok.Tokenizer.from_config(c, seed=0))
 
 
 def test_first_frame_conditioning_reproduces_the_given_frame(tok):
@@ -198,7 +187,7 @@ def test_chunk_spans_reject_bad_lengths(frames):
 def test_long_video_round_trip_keeps_frames_and_chunk_boundaries():
   c = stage2_config()
   c.model.latent_frames = 5
-  t = perturbed(vftok.Tokenizer.from_config(c, seed=0))
+  t = testing_utils.perturbed(vftok.Tokenizer.from_config(c, seed=0))
   rng = np.random.default_rng(0)
   # An 81-frame video = 5 chunks of 5 latent frames (a stand-in VAE here: each
   # chunk's latents are random, the frame count is what is checked).
@@ -236,7 +225,7 @@ def test_generator_decodes_a_long_sample_chunk_by_chunk(tmp_path):
                        str(tmp_path / 'codec.npz'), 'none')
   c = stage2_config()
   c.model.latent_frames, c.model.latent_channels = 5, codecs.CHANNELS
-  t = perturbed(vftok.Tokenizer.from_config(c, seed=0))
+  t = testing_utils.perturbed(vftok.Tokenizer.from_config(c, seed=0))
   lat = rng.normal(size=(1, 5, 4, 4, codecs.CHANNELS)).astype(np.float32)
   tokens = t.tokenize_long([lat, lat])[:, :, :2]
   assert tokens.shape == (1, 9, 2)

@@ -134,3 +134,17 @@ def small_demo_set(root: str, repa_teacher: str = 'i3d:Mixed_3c') -> str:
                            repa_teacher=repa_teacher,
                            teacher_factory=features.demo_teacher)
   return root
+
+
+def perturbed(tok, scale=0.05, seed=0):
+  """`tok` with random offsets on every parameter (in place; -> tok). A
+  freshly initialised decoder is adaLN-Zero: its output is exactly 0
+  whatever the input, so it ignores its registers; offsets make every
+  pathway live."""
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(tok.params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  tok.params = jax.tree.unflatten(treedef, [
+      x + scale * jax.random.normal(k, x.shape, x.dtype)
+      for x, k in zip(leaves, keys)])
+  return tok

@@ -24,11 +24,16 @@ import numpy as np
 from vftok.models import tokenizer as tokenizer_lib
 
 
-def latent_psnr(latents, estimate, axes) -> np.ndarray:
-  """10 log10(mean(x^2) / mean((x - y)^2)) over `axes`."""
-  x = np.asarray(latents, np.float64)
-  err = np.mean(np.square(x - np.asarray(estimate, np.float64)), axis=axes)
-  power = np.mean(np.square(x), axis=axes)
+def latent_mse(latents, estimate, axes) -> np.ndarray:
+  x, y = np.asarray(latents, np.float64), np.asarray(estimate, np.float64)
+  return np.mean(np.square(x - y), axis=axes)
+
+
+def latent_psnr(latents, estimate, axes, mse=None) -> np.ndarray:
+  """10 log10(mean(x^2) / mean((x - y)^2)) over `axes` (mse: that error,
+  when already computed)."""
+  err = latent_mse(latents, estimate, axes) if mse is None else mse
+  power = np.mean(np.square(np.asarray(latents, np.float64)), axis=axes)
   return 10 * np.log10(power / np.maximum(err, 1e-20))
 
 
@@ -63,8 +68,8 @@ def choose_budget(tok, latents, *, target_psnr: Optional[float] = None,
     mean = np.asarray(tok.detokenize(tokens[:, :, :k], steps=1,
                                      guidance_scale=1.0, noise=noise,
                                      latent_size=latents.shape[2:4]))
-    psnr.append(latent_psnr(latents, mean, axes))
-    mse.append(np.mean(np.square(latents - mean), axis=axes))
+    mse.append(latent_mse(latents, mean, axes))
+    psnr.append(latent_psnr(latents, mean, axes, mse=mse[-1]))
   psnr, mse = np.stack(psnr), np.stack(mse)          # [candidates, B(, T)]
   if target_psnr is not None:
     ok = psnr >= target_psnr

@@ -22,7 +22,6 @@ from PIL import Image
 
 from vftok import training
 from vftok.api import long_video
-from vftok.data import chunks
 from vftok.models import ar_sampling
 from vftok.evals import media
 from vftok.models import latent_codecs
@@ -231,19 +230,11 @@ class Decoder:
   def __call__(self, tokens, budgets=None) -> np.ndarray:
     """budgets [B] or [B, T]: tokens kept per clip / frame (-1 past them;
     Tokenizer.detokenize(budgets=)); one clip length only."""
-    tokens = np.asarray(tokens)
-    m = self.tokenizer.config.model
-    kwargs = dict(steps=self.steps, guidance_scale=self.guidance_scale,
-                  seed=self.seed)
-    if tokens.shape[1] <= m.latent_frames // m.patch_size[0]:
-      return self.to_pixels(self.tokenizer.detokenize(tokens, budgets=budgets,
-                                                      **kwargs))
-    if budgets is not None:
-      raise ValueError('budgets with a long video: decode per chunk')
-    reencode = long_video.codec_reencoder(self.codec, self.normalize,
-                                          self.denormalize)
-    latents = self.tokenizer.detokenize_long(tokens, reencode, **kwargs)
-    return chunks.stitch_frames([self.to_pixels(z) for z in latents])
+    return long_video.decode_pixels(
+        self.tokenizer, tokens, self.to_pixels,
+        long_video.codec_reencoder(self.codec, self.normalize,
+                                   self.denormalize), budgets=budgets,
+        steps=self.steps, guidance_scale=self.guidance_scale, seed=self.seed)
 
 
 def decode_all(decoder, tokens: Dict[int, np.ndarray]

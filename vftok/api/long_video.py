@@ -80,6 +80,24 @@ def detokenize_long(tok, tokens, reencode_last_frame: Callable,
   return chunks
 
 
+def decode_pixels(tok, tokens, to_pixels: Callable,
+                  reencode_last_frame: Callable, budgets=None,
+                  **detok_kwargs) -> np.ndarray:
+  """tokens [B, T, k] -> pixels [B, F, H, W, 3] through to_pixels(latents):
+  one clip's latent frames through detokenize (budgets: its per-clip /
+  per-frame k), more chunk by chunk (detokenize_long), the chunks' pixels
+  stitched at their shared frames."""
+  tokens = np.asarray(tokens)
+  m = tok.config.model
+  if tokens.shape[1] <= m.latent_frames // m.patch_size[0]:
+    return to_pixels(tok.detokenize(tokens, budgets=budgets, **detok_kwargs))
+  if budgets is not None:
+    raise ValueError('budgets with a long video: decode per chunk')
+  return chunks_lib.stitch_frames([
+      to_pixels(z) for z in detokenize_long(tok, tokens, reencode_last_frame,
+                                            **detok_kwargs)])
+
+
 def codec_reencoder(codec, normalize: Callable, denormalize: Callable
                     ) -> Callable:
   """The VAE round trip for `detokenize_long`: normalised chunk latents ->

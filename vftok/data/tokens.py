@@ -63,8 +63,9 @@ def tokenize_records(config, workdir: str, tokenizer, *, tokenizer_step=None,
   # The records' own manifest (shapes, long-clip chunks); the stats may
   # come from another set's (stats_from).
   in_dir = os.path.dirname(paths[0])
-  records_manifest = (records.read_manifest(in_dir) if os.path.exists(
-      os.path.join(in_dir, records.MANIFEST)) else {})
+  records_manifest = manifest if os.path.abspath(stats_dir) == (
+      os.path.abspath(in_dir)) else (records.read_manifest(in_dir) if (
+          os.path.exists(os.path.join(in_dir, records.MANIFEST))) else {})
   t, h, w, c = tokenizer.latent_shape
   shape = records_manifest.get('latent_shape')
   if shape and list(shape[1:]) != [h, w, c]:

@@ -402,6 +402,22 @@ def read_clips(inputs: Sequence[VideoInput], params: ClipParams, **kwargs
   return list(iter_clips(inputs, params, problems, **kwargs)), problems
 
 
+def check_video_job(config, workdir: str, what: str) -> None:
+  """The inputs of a job on one video file (config.video, num_clips), and
+  a workdir that can be a directory: one errors.InputError, before anything
+  is written (jobs/reconstruct.py, jobs/compress.py)."""
+  if not config.video:
+    raise errors.InputError(f'config.video is empty: pass the video file to '
+                            f'{what} (--config.video=PATH)')
+  if not os.path.isfile(os.path.expanduser(config.video)):
+    raise errors.InputError(f'config.video={config.video!r}: no such file')
+  if config.num_clips < 1:
+    raise errors.InputError(f'config.num_clips={config.num_clips}: must be '
+                            '>= 1')
+  if os.path.isfile(workdir):
+    raise errors.InputError(f'--workdir={workdir!r} is a file')
+
+
 def spread_clips(path: str, num_clips: int, params: ClipParams
                  ) -> Tuple[np.ndarray, List[float]]:
   """`num_clips` clips spread evenly over one video file, the first at its

@@ -35,18 +35,6 @@ from vftok.evals import pixels as pixel_metrics
 from vftok.models import tokenizer as tokenizer_lib
 
 
-def check_inputs(config, workdir: str):
-  if not config.video:
-    raise errors.InputError('config.video is empty: pass the video file '
-                            '(--config.video=PATH)')
-  if not os.path.isfile(os.path.expanduser(config.video)):
-    raise errors.InputError(f'config.video={config.video!r}: no such file')
-  if config.num_clips < 1:
-    raise errors.InputError(f'config.num_clips={config.num_clips}: >= 1')
-  if os.path.isfile(workdir):
-    raise errors.InputError(f'--workdir={workdir!r} is a file')
-
-
 def _tokens(model, frames):
   """uint8 [N, F, R, R, 3] -> int32 tokens [N, T, K] (long clips per
   17-frame chunk)."""
@@ -58,20 +46,15 @@ def _tokens(model, frames):
 
 def _decode(model, tokens, steps, guidance, seed):
   """int tokens [1, T, n] -> uint8 [1, F, R, R, 3]."""
-  tok = model.tokenizer
-  kw = dict(steps=steps, guidance_scale=guidance, seed=seed)
-  m = tok.config.model
-  if tokens.shape[1] <= m.latent_frames // m.patch_size[0]:
-    return media.to_uint8(model.to_pixels(tok.detokenize(tokens, **kw)))
-  reencode = long_video.codec_reencoder(model.codec, model.normalize,
-                                        model.denormalize)
-  return chunks.stitch_frames([
-      media.to_uint8(model.to_pixels(z))
-      for z in tok.detokenize_long(tokens, reencode, **kw)])
+  return long_video.decode_pixels(
+      model.tokenizer, tokens, lambda z: media.to_uint8(model.to_pixels(z)),
+      long_video.codec_reencoder(model.codec, model.normalize,
+                                 model.denormalize),
+      steps=steps, guidance_scale=guidance, seed=seed)
 
 
 def run(config, workdir: str):
-  check_inputs(config, workdir)
+  video_io.check_video_job(config, workdir, 'compress')
   t0 = time.time()
   model = pretrained.load(config.tokenizer or pretrained.SMALL64)
   tok = model.tokenizer

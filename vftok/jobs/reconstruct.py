@@ -28,7 +28,6 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
-from vftok import errors
 from vftok.api import pretrained
 from vftok.data import records
 from vftok.data import video_io
@@ -36,21 +35,8 @@ from vftok.evals import reconstruction
 from vftok.models import tokenizer as tokenizer_lib
 
 
-def check_inputs(config, workdir: str):
-  if not config.video:
-    raise errors.InputError('config.video is empty: pass the video file to '
-                            'reconstruct (--config.video=PATH)')
-  if not os.path.isfile(os.path.expanduser(config.video)):
-    raise errors.InputError(f'config.video={config.video!r}: no such file')
-  if config.num_clips < 1:
-    raise errors.InputError(f'config.num_clips={config.num_clips}: must be '
-                            '>= 1')
-  if os.path.isfile(workdir):
-    raise errors.InputError(f'--workdir={workdir!r} is a file')
-
-
 def run(config, workdir: str):
-  check_inputs(config, workdir)
+  video_io.check_video_job(config, workdir, 'reconstruct')
   t0 = time.time()
   model = pretrained.load(config.tokenizer or pretrained.SMALL64)
   tok = model.tokenizer
