@@ -496,3 +496,25 @@ def test_compute_plan_rules(flops):
   n_opt = compute_plan.optimal_params(flops)
   assert 6 * n_opt * 20 * n_opt == pytest.approx(flops)
   assert 'nearest paper depth' in compute_plan.format_table(flops)
+
+
+def test_long_model_is_the_depth_nearest_the_papers_3_2b():
+  """§4.4's "3.2B": d35 (3.11B total with a text input as wide as the
+  model; d34 2.86B, d36 3.36B), what configs/ar_t2v_panda.py:long builds;
+  the same counting gives Table 7's 2.0B (d30) and 5.2B (d42)."""
+  import testing_utils  # pylint: disable=g-import-not-at-top
+  from vftok.jobs import sample_ar  # pylint: disable=g-import-not-at-top
+  shape = dict(num_frames=21, tokens_per_frame=32, seq_len=672)
+  assert compute_plan.depth_nearest_total(
+      3.2e9, text_dim='width', num_classes=0, **shape) == 35
+  assert compute_plan.depth_nearest_total(2.0e9, text_dim='width',
+                                          num_classes=0) == 30
+  assert compute_plan.depth_nearest_total(5.2e9, text_dim='width',
+                                          num_classes=0) == 42
+  c = testing_utils.load_config('ar_t2v_panda', 'long')
+  assert (c.model.depth, c.model.seq_len, c.data.tokens_per_frame) == (
+      35, 672, 32)
+  # sample_ar --config.seconds: 10 s at 8 fps = 81 frames = 21 latent ones.
+  assert sample_ar.total_latent_frames(10.0, 8.0, 13) == 21
+  assert sample_ar.total_latent_frames(0.0, 8.0, 13) == 13
+  assert sample_ar.total_latent_frames(20.0, 8.0, 13) == 41
