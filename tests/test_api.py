@@ -117,8 +117,16 @@ def test_choose_budget_is_the_smallest_that_meets_the_target(tok):
   assert per_frame.shape == tokens.shape[:2]
   out = tok.detokenize(tokens, budgets=per_frame, steps=1)
   assert out.shape == x.shape
-  with pytest.raises(ValueError, match='exactly one of'):
-    tok.choose_budget(x, target_psnr=1.0, fraction=0.5)
+  # Rate-distortion: argmax of PSNR - db_per_token * k (0: the best PSNR).
+  best = np.argmax(np.stack([psnr[k] for k in (1, 2, 4)]), axis=0)
+  np.testing.assert_array_equal(tok.choose_budget(x, db_per_token=0.0)[1],
+                                np.array([1, 2, 4])[best])
+  assert set(tok.choose_budget(x, db_per_token=1e6)[1]) == {1}
+  for bad in (dict(target_psnr=1.0, fraction=0.5), dict(psnr=3.0), {}):
+    with pytest.raises(ValueError, match='exactly one of'):
+      tok.choose_budget(x, **bad)
+  with pytest.raises(ValueError, match='db_per_token=-1'):
+    tok.choose_budget(x, db_per_token=-1.0)
 
 
 @pytest.mark.parametrize('bad,match', [

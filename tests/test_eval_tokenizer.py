@@ -27,6 +27,7 @@ from vftok.data import codecs
 from vftok.data import records
 from vftok.evals import budget_plot
 from vftok.evals import class_score
+from vftok.jobs import eval_budgets
 from vftok.jobs import eval_tokenizer
 
 from testing_utils import load_config
@@ -270,6 +271,55 @@ def test_tokenizer_on_a_mesh_matches_one_device_and_noise_is_per_clip(ckpt):
   same = tok.clip_noise(np.array([5]))
   np.testing.assert_array_equal(same[0], tok.clip_noise(np.array([3, 4, 5]))[2])
   assert not np.allclose(same, tok.clip_noise(np.array([5]), seed=1))
+
+
+def test_tokens_at_psnr_reads_the_curve_between_its_points():
+  pts = [(4.0, 12.0), (1.0, 10.0), (2.0, 11.0), (8.0, 11.5)]
+  assert eval_budgets.tokens_at_psnr(pts, 10.5) == pytest.approx(1.5)
+  assert eval_budgets.tokens_at_psnr(pts, 11.75) == pytest.approx(3.5)
+  assert eval_budgets.tokens_at_psnr(pts, 9.0) == 1.0   # the first point
+  assert np.isnan(eval_budgets.tokens_at_psnr(pts, 12.5))
+  rows = [dict(mode='fixed', criterion='budget', budget=k, psnr=p)
+          for k, p in ((1, 10.0), (2, 11.0), (4, 12.0))]
+  rows.append(dict(mode='clip', criterion='fraction', budget=1.5, psnr=11.5))
+  got = {s['fixed_budget']: s for s in eval_budgets.savings(rows, 'psnr')}
+  # At fixed 2's 11 dB: between (1, 10) and (1.5, 11.5); at fixed 4's 12 dB:
+  # between (1.5, 11.5) and the shared end (4, 12).
+  assert got[2]['tokens'] == pytest.approx(1 + 0.5 / 1.5)
+  assert got[4]['tokens'] == pytest.approx(4.0)
+  assert got[4]['saving'] == pytest.approx(0.0)
+
+
+def test_eval_budgets_job_decodes_the_chosen_budgets(ckpt, tmp_path):
+  """Fixed rows keep k tokens; a target that picks one token everywhere
+  (fraction 0) decodes exactly like fixed 1 (same noise per clip); files
+  are written."""
+  c = load_config('eval_budgets')
+  c.checkpoint, c.num_clips, c.sample_steps = ckpt, NUM_CLIPS, 2
+  c.fractions, c.db_per_token = (0.0,), (0.0,)
+  result = eval_budgets.run(c, str(tmp_path))
+  rows = {r['policy']: r for r in result['rows']}
+  for k in (1, 2, 4):
+    assert rows[f'fixed {k}']['budget'] == k
+  for mode in ('clip', 'frame'):
+    ones = rows[f'per {mode}, fraction=0']
+    assert ones['budget'] == 1
+    assert ones['psnr'] == rows['fixed 1']['psnr']
+    assert ones['psnr_mean'] == rows['fixed 1']['psnr_mean']
+    assert 1 <= rows[f'per {mode}, db_per_token=0']['budget'] <= 4
+  assert {s['fixed_budget'] for s in result['savings']} == {2, 4}
+  # The oracle: at slope 0 each clip's best measured PSNR, so at least any
+  # fixed budget's mean; its steepest slope in the sweep keeps fewer tokens.
+  oracle = [r for r in result['rows'] if r['mode'] == 'oracle'
+            and r['criterion'] == 'psnr_mean']
+  assert oracle[0]['psnr_mean'] >= max(
+      rows[f'fixed {k}']['psnr_mean'] for k in (1, 2, 4)) - 1e-6
+  assert oracle[-1]['budget'] <= oracle[0]['budget']
+  for name in ('budgets.md', 'budgets.csv', 'budgets.json', 'budgets.png'):
+    assert (tmp_path / name).stat().st_size > 0
+  c.modes = ('video',)
+  with pytest.raises(ValueError, match="'video' is not 'clip' or 'frame'"):
+    eval_budgets.run(c, str(tmp_path / 'bad'))
 
 
 def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):

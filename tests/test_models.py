@@ -164,6 +164,13 @@ def test_nested_dropout_samples_powers_of_two_shared_by_frames():
   keep_u = tokenizer.sample_keep(jax.random.key(0), 4096, 16, 'uniform')
   ku = np.asarray(keep_u).sum(-1)
   assert set(np.unique(ku)) == set(range(1, 17))
+  # Per latent frame: a prefix per frame, and frames of a clip differ.
+  keep_f = np.asarray(tokenizer.sample_keep(jax.random.key(0), 512, 16,
+                                            'pow2', frames=5))
+  kf = keep_f.sum(-1)
+  assert keep_f.shape == (512, 5, 16) and set(np.unique(kf)) == {1, 2, 4, 8, 16}
+  np.testing.assert_array_equal(keep_f, np.arange(16) < kf[..., None])
+  assert np.mean(kf.min(axis=1) != kf.max(axis=1)) > 0.9
 
 
 def test_null_condition_truncation_and_prefix_token():

@@ -74,6 +74,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.token_structure = 'registers'
   m.encoder_attention = 'time_causal'
   m.nested_dropout = 'pow2'          # 'pow2' | 'uniform' | 'none'
+  m.nested_dropout_per_frame = False  # True: k drawn per latent frame
   m.uncond_prob = 0.1                # all registers -> learned null (CFG)
   m.decoder_attention = 'time_causal'  # 'time_causal' (stage 1) | 'full'
   m.first_frame_prob = 0.0           # stage 2: first latent frame given

@@ -71,7 +71,7 @@ EXPERIMENTS = ('paper_mini',)
 JOBS = ('train_tokenizer', 'encode_videos', 'tokenize_dataset',
         'eval_tokenizer', 'train_classifier', 'train_ar', 'sample_ar',
         'eval_ar', 'convert_official', 'reconstruct',
-        'export_tokenizer', 'compress') + EXPERIMENTS
+        'export_tokenizer', 'compress', 'eval_budgets') + EXPERIMENTS
 
 
 def job_module(job: str) -> str:

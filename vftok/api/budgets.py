@@ -15,9 +15,14 @@ Targets, in latent space (the pixels are the codec's business):
   target_psnr   dB of the latents' mean square over the error's;
   target_mse    the error's mean square;
   fraction      of the full budget's PSNR gain over the 1-token one
-                (1.0: the full budget's quality; 0.0: one token).
+                (1.0: the full budget's quality; 0.0: one token);
+  db_per_token  rate-distortion: the budget maximising estimated PSNR minus
+                db_per_token x k. Over many clips this spends tokens where
+                they buy the most dB, so it gives the highest mean PSNR for
+                its mean token count (a fixed PSNR target instead spends the
+                most on clips that cannot reach it).
 """
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -37,46 +42,87 @@ def latent_psnr(latents, estimate, axes, mse=None) -> np.ndarray:
   return 10 * np.log10(power / np.maximum(err, 1e-20))
 
 
-def choose_budget(tok, latents, *, target_psnr: Optional[float] = None,
-                  target_mse: Optional[float] = None,
-                  fraction: Optional[float] = None, per_frame: bool = False,
-                  candidates: Sequence[int] = (), seed: int = 0):
-  """-> (tokens int32 [B, T, K], budgets int [B] or [B, T]): the smallest
-  candidate budget (default: the tokenizer's 1, 2, 4, ..., K) whose one-step
-  mean meets the target, else K. Decode with
-  tok.detokenize(tokens, budgets=budgets)."""
-  given = [v is not None for v in (target_psnr, target_mse, fraction)]
-  if sum(given) != 1:
-    raise ValueError('choose_budget takes exactly one of target_psnr, '
-                     'target_mse and fraction')
+TARGETS = ('target_psnr', 'target_mse', 'fraction', 'db_per_token')
+
+
+def check_target(target) -> None:
+  """One clear error unless `target` is exactly one of TARGETS, in range."""
+  unknown = sorted(set(target) - set(TARGETS))
+  given = [name for name in TARGETS if target.get(name) is not None]
+  if unknown or len(given) != 1:
+    raise ValueError(f'choose_budget takes exactly one of {", ".join(TARGETS)}'
+                     f'; got {sorted(target)}')
+  fraction = target.get('fraction')
   if fraction is not None and not 0.0 <= fraction <= 1.0:
     raise ValueError(f'fraction={fraction} must be in [0, 1]')
-  m = tok.config.model
-  candidates = sorted({int(k) for k in candidates}) or tokenizer_lib.budgets(m)
-  for k in candidates:
-    err = tokenizer_lib.budget_error(m, k)
-    if err:
-      raise ValueError(f'candidates: {err}')
-  latents = np.asarray(latents, np.float32)
-  tokens = np.asarray(tok.tokenize(latents))
-  axes = (2, 3, 4) if per_frame else (1, 2, 3, 4)
-  # One noise draw for every candidate: the budgets differ, not the noise.
-  noise = np.random.default_rng(seed).standard_normal(
-      latents.shape).astype(np.float32)
-  psnr, mse = [], []
-  for k in candidates:
-    mean = np.asarray(tok.detokenize(tokens[:, :, :k], steps=1,
-                                     guidance_scale=1.0, noise=noise,
-                                     latent_size=latents.shape[2:4]))
-    mse.append(latent_mse(latents, mean, axes))
-    psnr.append(latent_psnr(latents, mean, axes, mse=mse[-1]))
-  psnr, mse = np.stack(psnr), np.stack(mse)          # [candidates, B(, T)]
-  if target_psnr is not None:
-    ok = psnr >= target_psnr
-  elif target_mse is not None:
-    ok = mse <= target_mse
-  else:
-    ok = psnr >= psnr[0] + fraction * (psnr[-1] - psnr[0]) - 1e-9
-  ok[-1] = True                                       # else: all K
-  first = np.argmax(ok, axis=0)                       # the smallest that meets
-  return tokens, np.asarray(candidates)[first]
+  if (target.get('db_per_token') or 0.0) < 0:
+    raise ValueError(f'db_per_token={target["db_per_token"]} must be >= 0')
+
+
+class BudgetEstimates:
+  """The one-step mean's latent error at every candidate budget, for clips
+  tokenized once (per latent frame; a clip's error is its frames' mean).
+  pick(**target) then chooses per clip or per frame, for any number of
+  targets, at no further cost."""
+
+  def __init__(self, tok, latents, *, candidates: Sequence[int] = (),
+               seed: int = 0, tokens=None):
+    m = tok.config.model
+    self.candidates = (sorted({int(k) for k in candidates})
+                       or tokenizer_lib.budgets(m))
+    for k in self.candidates:
+      err = tokenizer_lib.budget_error(m, k)
+      if err:
+        raise ValueError(f'candidates: {err}')
+    latents = np.asarray(latents, np.float32)
+    self.tokens = np.asarray(tok.tokenize(latents) if tokens is None
+                             else tokens)
+    # One noise draw for every candidate: the budgets differ, not the noise.
+    noise = np.random.default_rng(seed).standard_normal(
+        latents.shape).astype(np.float32)
+    mse = []
+    for k in self.candidates:
+      mean = np.asarray(tok.detokenize(self.tokens[:, :, :k], steps=1,
+                                       guidance_scale=1.0, noise=noise,
+                                       latent_size=latents.shape[2:4]))
+      mse.append(latent_mse(latents, mean, (2, 3, 4)))
+    self.frame_mse = np.stack(mse)                    # [candidates, B, T]
+    self.frame_power = np.mean(np.square(latents.astype(np.float64)),
+                               axis=(2, 3, 4))        # [B, T]
+
+  def errors(self, per_frame: bool):
+    """-> (psnr, mse), each [candidates, B] (per_frame: [candidates, B, T])."""
+    mse, power = self.frame_mse, self.frame_power
+    if not per_frame:       # frames are equal in size: a clip's mean is theirs
+      mse, power = mse.mean(axis=-1), power.mean(axis=-1)
+    return 10 * np.log10(power / np.maximum(mse, 1e-20)), mse
+
+  def pick(self, per_frame: bool = False, **target) -> np.ndarray:
+    """-> budgets int [B] (per_frame: [B, T]) for one target (module
+    docstring)."""
+    check_target(target)
+    (psnr, mse), ks = self.errors(per_frame), np.asarray(self.candidates)
+    if target.get('db_per_token') is not None:
+      gain = psnr - target['db_per_token'] * ks.reshape(
+          (-1,) + (1,) * (psnr.ndim - 1))
+      return ks[np.argmax(gain, axis=0)]   # ties: the smaller budget
+    if target.get('target_psnr') is not None:
+      ok = psnr >= target['target_psnr']
+    elif target.get('target_mse') is not None:
+      ok = mse <= target['target_mse']
+    else:
+      ok = psnr >= psnr[0] + target['fraction'] * (psnr[-1] - psnr[0]) - 1e-9
+    ok[-1] = True                                     # else: all K
+    return ks[np.argmax(ok, axis=0)]                  # the smallest that meets
+
+
+def choose_budget(tok, latents, *, per_frame: bool = False,
+                  candidates: Sequence[int] = (), seed: int = 0, **target):
+  """-> (tokens int32 [B, T, K], budgets int [B] or [B, T]) for exactly one
+  of target_psnr / target_mse / fraction / db_per_token: for the first three
+  the smallest candidate budget (default: the tokenizer's 1, 2, 4, ..., K)
+  whose one-step mean meets the target, else K. Decode with
+  tok.detokenize(tokens, budgets=budgets)."""
+  check_target(target)
+  est = BudgetEstimates(tok, latents, candidates=candidates, seed=seed)
+  return est.tokens, est.pick(per_frame, **target)

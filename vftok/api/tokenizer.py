@@ -476,8 +476,9 @@ class Tokenizer:
   def choose_budget(self, latents, **target):
     """-> (tokens [B, T, K], budgets [B] or [B, T]): the fewest tokens per
     clip (per_frame=True: per latent frame) whose one-step mean meets
-    target_psnr / target_mse / fraction in latent space (budgets.py);
-    decode with detokenize(tokens, budgets=budgets)."""
+    target_psnr / target_mse / fraction in latent space, or the
+    rate-distortion pick for db_per_token (budgets.py); decode with
+    detokenize(tokens, budgets=budgets)."""
     return budgets_lib.choose_budget(self, latents, **target)
 
   def tokenize_long(self, chunk_latents):

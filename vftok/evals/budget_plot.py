@@ -42,14 +42,15 @@ def plot_budget_curves(path: str, rows: Sequence[Dict],
                        reference_label: str = 'reference',
                        title: str = '', panel_width: float = 4.3,
                        xlabel: str = 'tokens per latent frame',
-                       log_x: bool = True,
+                       log_x: bool = True, ticks: Sequence[float] = (),
                        tick_format: Callable[[float], str] = lambda v: f'{v:g}'):
   """rows: dicts with 'budget' (the x value) and each metric key;
   series(row) -> the label of the line the row belongs to; metrics: (key,
   panel title) pairs. Metrics that are NaN in every row (e.g. no classifier)
   are left out. Another x axis (AR size, CFG scale): xlabel, log_x (log2)
-  and tick_format. Rows with `<metric>_min` / `_max` (combined over seeds)
-  draw that range as a band around the line."""
+  and tick_format; ticks: the x ticks (default: every row's x). Rows with
+  `<metric>_min` / `_max` (combined over seeds) draw that range as a band
+  around the line."""
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -63,7 +64,7 @@ def plot_budget_curves(path: str, rows: Sequence[Dict],
   FigureCanvasAgg(fig)
   axes = np.atleast_1d(fig.subplots(1, len(metrics)))
   labels = list(dict.fromkeys(series(r) for r in rows))  # first-seen order
-  budgets = sorted({r['budget'] for r in rows})
+  budgets = sorted(ticks or {r['budget'] for r in rows})
   for ax, (key, name) in zip(axes, metrics):
     for label in labels:
       line = sorted((r for r in rows if series(r) == label),

@@ -252,19 +252,21 @@ def keep_budgets(registers: int):
   return ks if ks[-1] == registers else ks + [registers]
 
 
-def sample_keep(rng, batch: int, registers: int, mode: str):
-  """bool [B, K]: True for the first k registers of each sample."""
+def sample_keep(rng, batch: int, registers: int, mode: str, frames: int = 0):
+  """bool [B, K] (frames > 0: [B, T, K], a budget per latent frame): True for
+  the first k registers of each sample (frame)."""
+  shape = (batch, frames) if frames else (batch,)
   if mode == 'pow2':
     ks = jnp.asarray(keep_budgets(registers))
-    k = ks[jax.random.randint(rng, (batch,), 0, len(ks))]
+    k = ks[jax.random.randint(rng, shape, 0, len(ks))]
   elif mode == 'uniform':
-    k = jax.random.randint(rng, (batch,), 1, registers + 1)
+    k = jax.random.randint(rng, shape, 1, registers + 1)
   elif mode == 'none':
-    k = jnp.full((batch,), registers)
+    k = jnp.full(shape, registers)
   else:
     raise ValueError(f'unknown nested dropout mode {mode!r} '
                      "(choose 'pow2', 'uniform' or 'none')")
-  return jnp.arange(registers)[None, :] < k[:, None]
+  return jnp.arange(registers) < k[..., None]
 
 
 def keep_first(k: int, batch: int, registers: int):
@@ -294,7 +296,10 @@ def loss_fn(model: VideoFlexTok, params, batch: Dict[str, Any], rng,
   x = batch['latents'].astype(jnp.float32)
   b, frames = x.shape[:2]
   r_keep, r_t, r_eps, r_q, r_first, r_u, r_c1, r_c2 = jax.random.split(rng, 8)
-  keep = sample_keep(r_keep, b, m.tokens_per_frame, m.nested_dropout)
+  # One budget per clip (the paper), or per latent frame (decoding per-frame
+  # budgets, api/budgets.py, then sees mixes it was trained on).
+  keep = sample_keep(r_keep, b, m.tokens_per_frame, m.nested_dropout,
+                     frames if m.get('nested_dropout_per_frame') else 0)
   uncond = jax.random.bernoulli(r_u, m.uncond_prob, (b,))
   t = flow.sample_time(r_t, b, m.time_mean, m.time_std, m.time_shift,
                        m.get('time_uniform', 0.0))
