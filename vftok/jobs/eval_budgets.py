@@ -21,7 +21,8 @@ A policy's point is (mean tokens per latent frame over clips and frames,
 mean PSNR over clips). Compared at equal mean PSNR: for every fixed budget
 k, the tokens a content-chosen curve needs to reach fixed k's PSNR, read off
 the curve between its measured points (mixing two policies over the clips
-reaches any point of the segment between them), and the saving 1 - tokens/k.
+reaches any point of the segment between them), and the saving 1 - tokens/k
+(for each k that is the fewest fixed tokens reaching its own PSNR).
 
 Writes budgets.md / .csv / .json and budgets.png (both curves, both
 measures) to the workdir.
@@ -80,7 +81,8 @@ def tokens_at_psnr(points: Sequence[Tuple[float, float]], psnr: float) -> float:
 
 
 def savings(rows, measure: str) -> List[Dict]:
-  """Per content-chosen family (mode, criterion) and fixed budget k > 1: the
+  """Per content-chosen family (mode, criterion) and fixed budget k > 1 that
+  is the best single budget for its PSNR (no smaller one reaches it): the
   family's tokens at fixed k's mean PSNR and the saving 1 - tokens / k (NaN
   where the family's curve stays below that PSNR)."""
   fixed = sorted((r['budget'], r[measure]) for r in rows
@@ -97,6 +99,8 @@ def savings(rows, measure: str) -> List[Dict]:
         (r['budget'], r[measure]) for r in rows
         if (r['mode'], r['criterion']) == (mode, criterion)]
     for k, p in fixed[1:]:
+      if any(p0 >= p for k0, p0 in fixed if k0 < k):
+        continue    # a smaller fixed budget does as well: k is no one's best
       t = tokens_at_psnr(curve, p)
       out.append(dict(measure=measure, mode=mode, criterion=criterion,
                       fixed_budget=k, psnr=p, tokens=t, saving=1 - t / k))
