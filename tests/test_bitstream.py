@@ -20,10 +20,13 @@ def skewed_tokens(t=21, k=16, seed=0):
   return sum(d * b for d, b in zip(digits, basis))
 
 
-def test_round_trip_and_every_level_prefix_decodes():
+@pytest.mark.parametrize('coder', ['range', 'fixed'])
+def test_round_trip_and_every_level_prefix_decodes(coder):
   tokens = skewed_tokens()
-  data = bitstream.encode(tokens, LEVELS)
+  data = bitstream.encode(tokens, LEVELS, coder=coder)
   got, header = bitstream.decode(data)
+  assert header['coder'].startswith('constriction' if coder == 'range'
+                                    else 'fixed')
   np.testing.assert_array_equal(got, tokens)
   assert header['frames'] == 21 and header['levels'] == 16
   ends = bitstream.level_offsets(data)
@@ -40,7 +43,7 @@ def test_round_trip_and_every_level_prefix_decodes():
 def test_adaptive_coding_spends_fewer_bits_on_skewed_digits():
   uniform = np.random.default_rng(1).integers(0, VOCAB, (21, 16))
   skewed = skewed_tokens()
-  bits = lambda x: 8 * len(bitstream.encode(x, LEVELS)) / x.size
+  bits = lambda x: 8 * len(bitstream.encode(x, LEVELS, coder='range')) / x.size
   # Uniform ids cost their entropy (log2 64000 = 15.97 bits) plus at most
   # 12 %: each level's range coder flushes its last word (21 ids = 42 bytes
   # of entropy per level here) and the counts learn a flat distribution.
@@ -48,11 +51,32 @@ def test_adaptive_coding_spends_fewer_bits_on_skewed_digits():
   assert bits(skewed) < bits(uniform) - 2   # ~12.6 bits of entropy here
 
 
-def test_damaged_streams_are_one_error():
-  data = bitstream.encode(skewed_tokens(5, 4), LEVELS)
+def test_auto_keeps_the_shorter_code():
+  """A long skewed stream: the range coder; a demo-length clip (5 latent
+  frames, so 5 tokens per level): the fixed 16 bits, as the per-level
+  framing would cost more."""
+  for tokens, winner in ((skewed_tokens(), 'range'),
+                         (skewed_tokens(5, 16), 'fixed')):
+    sizes = {c: len(bitstream.encode(tokens, LEVELS, coder=c))
+             for c in ('range', 'fixed')}
+    auto = bitstream.encode(tokens, LEVELS)
+    assert len(auto) == min(sizes.values())
+    assert sizes[winner] < sizes[{'range': 'fixed', 'fixed': 'range'}[winner]]
+    np.testing.assert_array_equal(bitstream.decode(auto)[0], tokens)
+  # The fixed code: 16 bits per id, a 17-byte header, no framing.
+  assert len(bitstream.encode(skewed_tokens(5, 16), LEVELS, coder='fixed')
+             ) == 17 + 16 * 10
+  with pytest.raises(ValueError, match="coder='zip'"):
+    bitstream.encode(skewed_tokens(5, 4), LEVELS, coder='zip')
+
+
+@pytest.mark.parametrize('coder', ['range', 'fixed'])
+def test_damaged_streams_are_one_error(coder):
+  data = bitstream.encode(skewed_tokens(5, 4), LEVELS, coder=coder)
   ends = bitstream.level_offsets(data)
   for bad, match in ((b'nope' + data[4:], 'no VFTB1 magic'),
                      (data[:7], 'cut inside its header'),
+                     (data[:5] + b'\x07' + data[6:], 'coder id 7'),
                      (data[:ends[0] - 1], 'no complete level')):
     with pytest.raises(bitstream.BitstreamError, match=match):
       bitstream.decode(bad)

@@ -15,11 +15,19 @@ the same models from what it has decoded. No prior ships with a checkpoint,
 so the first tokens cost about log2(64000) = 16 bits; FSQ's bounded codes
 concentrate on their middle levels, which the counts learn.
 
-Layout (little-endian; a few bytes of framing, since a short video's whole
-level is a few dozen bytes):
+A short video's level is a few tokens (5 for a 17-frame clip), and each
+range-coded level pays a varint and the coder's last 32-bit word: on the
+demo's clips that costs more than it saves (20.7 bits per token at 16 levels
+against 16 for a plain code). So `encode` also writes the fixed-length code
+(ceil(log2 vocab) bits per token, each level padded to a byte, no framing:
+a level's size follows from the header) and keeps the shorter stream; the
+header's coder id says which.
+
+Layout (little-endian):
   b'VFTB1' | uint8 coder id | uint16 frames | uint16 levels | uint8 digit
-  count | uint8 per FSQ digit: its levels | per level: varint word count |
-  uint32 words
+  count | uint8 per FSQ digit: its levels | per level:
+    coder 1 (range): varint word count | uint32 words
+    coder 0 (fixed): ceil(frames x bits / 8) bytes, bits big-endian per id
 """
 import struct
 from typing import Sequence, Tuple
@@ -27,8 +35,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 MAGIC = b'VFTB1'
-CODER = 'constriction-range/adaptive-fsq-digits'
-CODER_ID = 1
+CODERS = {0: 'fixed-length', 1: 'constriction-range/adaptive-fsq-digits'}
 
 
 class BitstreamError(ValueError):
@@ -61,9 +68,11 @@ class _Models:
     return c / c.sum()
 
 
-def encode(tokens, fsq_levels: Sequence[int]) -> bytes:
-  """int tokens [T, k] (ids in [0, prod(fsq_levels))) -> the bitstream."""
-  import constriction  # pylint: disable=g-import-not-at-top
+def encode(tokens, fsq_levels: Sequence[int], coder: str = 'auto') -> bytes:
+  """int tokens [T, k] (ids in [0, prod(fsq_levels))) -> the bitstream.
+  coder: 'range', 'fixed' or 'auto' (the shorter of the two)."""
+  if coder not in ('auto', 'range', 'fixed'):
+    raise ValueError(f"coder={coder!r}: choose 'auto', 'range' or 'fixed'")
   tokens = np.asarray(tokens)
   if tokens.ndim != 2 or tokens.size == 0:
     raise ValueError(f'tokens must be [T, k] (one video), got {tokens.shape}')
@@ -76,9 +85,36 @@ def encode(tokens, fsq_levels: Sequence[int]) -> bytes:
     raise ValueError(f'{frames} frames x {levels} levels of {fsq_levels}: '
                      'the header holds < 65536 frames and levels, < 256 per '
                      'FSQ digit')
-  out = [MAGIC, struct.pack('<BHHB', CODER_ID, frames, levels,
-                            len(fsq_levels)),
-         bytes(int(v) for v in fsq_levels)]
+  streams = [_header_bytes(c, frames, levels, fsq_levels)
+             + coder_fn(tokens, fsq_levels)
+             for c, name, coder_fn in ((0, 'fixed', _fixed_levels),
+                                       (1, 'range', _range_levels))
+             if coder in ('auto', name)]
+  return min(streams, key=len)     # ties: the fixed code (cheaper to read)
+
+
+def _header_bytes(coder_id, frames, levels, fsq_levels) -> bytes:
+  return (MAGIC + struct.pack('<BHHB', coder_id, frames, levels,
+                              len(fsq_levels))
+          + bytes(int(v) for v in fsq_levels))
+
+
+def _bits(fsq_levels) -> int:
+  return int(np.ceil(np.log2(np.prod(fsq_levels))))
+
+
+def _fixed_levels(tokens, fsq_levels) -> bytes:
+  bits = _bits(fsq_levels)
+  shifts = np.arange(bits - 1, -1, -1)
+  return b''.join(
+      np.packbits(((tokens[:, level, None] >> shifts) & 1).astype(np.uint8)
+                  ).tobytes() for level in range(tokens.shape[1]))
+
+
+def _range_levels(tokens, fsq_levels) -> bytes:
+  import constriction  # pylint: disable=g-import-not-at-top
+  frames, levels = tokens.shape
+  out = []
   models = _Models(fsq_levels)
   family = constriction.stream.model.Categorical(perfect=False)
   for level in range(levels):       # level-major: token `level` of each frame
@@ -129,35 +165,63 @@ def _header(data: bytes):
     raise BitstreamError('bitstream cut inside its header')
   coder, frames, levels, digits = struct.unpack_from('<BHHB', data, at)
   at += 6
-  if coder != CODER_ID:
+  if coder not in CODERS:
     raise BitstreamError(f'bitstream coder id {coder}; this reader decodes '
-                         f'{CODER_ID} ({CODER})')
+                         f'{CODERS}')
   if len(data) < at + digits:
     raise BitstreamError('bitstream cut inside its header')
   fsq_levels = list(data[at:at + digits])
   return dict(frames=frames, levels=levels, fsq_levels=fsq_levels,
-              coder=CODER), at + digits
+              coder=CODERS[coder]), at + digits
+
+
+def _blocks(data: bytes, header, at: int):
+  """Yields (start, end) of each complete level block after offset `at`."""
+  fixed = header['coder'] == CODERS[0]
+  size = -(-header['frames'] * _bits(header['fsq_levels']) // 8)
+  for _ in range(header['levels']):
+    if fixed:
+      start, end = at, at + size
+    else:
+      got = _read_varint(data, at)
+      if got is None:
+        return
+      start = got[1]
+      end = start + 4 * got[0]
+    if len(data) < end:
+      return                             # a level cut short: not decoded
+    yield start, end
+    at = end
 
 
 def decode(data: bytes) -> Tuple[np.ndarray, dict]:
   """A bitstream or any prefix of it -> (int32 tokens [T, n], header): the n
   complete levels it holds (n >= 1, else BitstreamError)."""
-  import constriction  # pylint: disable=g-import-not-at-top
   data = bytes(data)
   header, at = _header(data)
+  fsq_levels, frames = header['fsq_levels'], header['frames']
+  if header['coder'] == CODERS[0]:
+    bits = _bits(fsq_levels)
+    levels = [np.unpackbits(np.frombuffer(data[start:end], np.uint8))[
+        :frames * bits].reshape(frames, bits).astype(np.int64)
+              @ (1 << np.arange(bits - 1, -1, -1))
+              for start, end in _blocks(data, header, at)]
+  else:
+    levels = _range_decode(data, header, at)
+  if not levels:
+    raise BitstreamError('bitstream holds no complete level')
+  return np.stack(levels, axis=1).astype(np.int32), header
+
+
+def _range_decode(data: bytes, header, at: int) -> list:
+  import constriction  # pylint: disable=g-import-not-at-top
   fsq_levels, frames = header['fsq_levels'], header['frames']
   models = _Models(fsq_levels)
   family = constriction.stream.model.Categorical(perfect=False)
   levels = []
-  for _ in range(header['levels']):
-    got = _read_varint(data, at)
-    if got is None:
-      break
-    count, start = got
-    if len(data) < start + 4 * count:
-      break                              # a level cut short: not decoded
-    words = np.frombuffer(data, '<u4', count, start).astype(np.uint32)
-    at = start + 4 * count
+  for start, end in _blocks(data, header, at):
+    words = np.frombuffer(data, '<u4', (end - start) // 4, start).astype(
+        np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)
     digits = np.zeros((frames, len(fsq_levels)), np.int64)
     for position in range(len(fsq_levels)):
@@ -166,18 +230,12 @@ def decode(data: bytes) -> Tuple[np.ndarray, dict]:
         digits[t, position] = decoder.decode(family, probs)[0]
         models.counts[position][digits[t, position]] += 1
     levels.append(_ids(digits, fsq_levels))
-  if not levels:
-    raise BitstreamError('bitstream holds no complete level')
-  return np.stack(levels, axis=1).astype(np.int32), header
+  return levels
 
 
 def level_offsets(data: bytes) -> list:
   """Byte lengths of the prefixes that end at each level boundary (what a
   streaming reader needs to have received for 1, 2, ... levels)."""
-  header, at = _header(bytes(data))
-  ends = []
-  for _ in range(header['levels']):
-    count, start = _read_varint(data, at)
-    at = start + 4 * count
-    ends.append(at)
-  return ends
+  data = bytes(data)
+  header, at = _header(data)
+  return [end for _, end in _blocks(data, header, at)]

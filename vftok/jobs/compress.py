@@ -78,6 +78,7 @@ def run(config, workdir: str):
   os.makedirs(workdir, exist_ok=True)
 
   rows = {n: dict(bytes=[], psnr=[]) for n in levels}
+  coders = []
   for i, clip_tokens in enumerate(tokens):
     data = bitstream.encode(clip_tokens, tok.levels)
     path = os.path.join(workdir, f'clip{i}.vftb')
@@ -85,7 +86,8 @@ def run(config, workdir: str):
       f.write(data)
     with open(path, 'rb') as f:
       data = f.read()
-    whole, _ = bitstream.decode(data)
+    whole, header = bitstream.decode(data)
+    coders.append(header['coder'])
     if not np.array_equal(whole, clip_tokens):
       raise AssertionError(f'{path} does not decode to its tokens')
     ends = bitstream.level_offsets(data)
@@ -109,12 +111,14 @@ def run(config, workdir: str):
   lines = [f'{os.path.basename(config.video)}: {len(frames)} clips of '
            f'{num_frames} frames at {model.resolution} px; tokenizer '
            f'{model.source}; decoded with {steps} steps, guidance '
-           f'{guidance:g}', '',
+           f'{guidance:g}; coder per clip (the shorter stream, '
+           f'api/bitstream.py): {", ".join(coders)}', '',
            '| tokens per latent frame | bytes per video frame | bits per '
            'token | PSNR (dB) |', '|---|---|---|---|']
   token_frames = tokens.shape[1]
   report = dict(video=os.path.abspath(config.video), clip_starts_s=starts,
                 tokenizer=model.source, num_frames=num_frames, levels=levels,
+                coders=coders,
                 rows={}, baselines_bytes_per_frame={})
   for n in levels:
     b = float(np.mean(rows[n]['bytes']))
