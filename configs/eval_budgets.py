@@ -16,7 +16,7 @@ def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
   c.job = 'eval_budgets'
-  c.checkpoint = ''        # a train_tokenizer workdir
+  c.checkpoint = ''        # a train_tokenizer workdir or a tokenizer bundle
   c.step = -1              # -1: the latest checkpoint
   c.seed = 0               # decoder noise: clip i uses fold_in(seed, i)
   c.eval_pattern = ''      # another glob of latent records with `frames`

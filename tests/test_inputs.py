@@ -61,7 +61,7 @@ CASES = {
                  "config.video='{tmp}/missing'", 'no such file'),
     'eval_budgets': ('eval_budgets', None, {'checkpoint': MISSING},
                      "config.checkpoint='{tmp}/missing'",
-                     'make one with configs/tokenizer_k600.py'),
+                     'neither a tokenizer bundle'),
     'export_tokenizer': ('export_tokenizer', None, {'checkpoint': MISSING},
                          "config.checkpoint='{tmp}/missing'",
                          'make one with configs/tokenizer_k600.py'),

@@ -34,15 +34,13 @@ from typing import Dict, List, Sequence, Tuple
 from absl import logging
 import numpy as np
 
-from vftok import api
 from vftok.api import budgets as budgets_lib
-from vftok.data import pipeline
+from vftok.api import pretrained
 from vftok.data import records
 from vftok.evals import budget_plot
 from vftok.evals import eval_data
 from vftok.evals import media
 from vftok.evals import pixels
-from vftok.models import latent_codecs
 from vftok.models import tokenizer as tokenizer_lib
 
 COLUMNS = ('policy', 'mode', 'criterion', 'target', 'budget', 'psnr',
@@ -128,7 +126,9 @@ def oracle_rows(acc, budgets) -> List[Dict]:
 
 def run(config, workdir: str) -> Dict:
   t_start = time.perf_counter()
-  tok = api.Tokenizer.from_checkpoint(config.checkpoint, config.step)
+  # A train_tokenizer workdir or an exported bundle (e.g. the shipped small64).
+  model = pretrained.load(config.checkpoint, config.step, field='checkpoint')
+  tok = model.tokenizer
   m = tok.config.model
   if m.get('token_structure', 'flex') == 'grid':
     raise ValueError('a grid tokenizer has one budget (all its tokens): '
@@ -138,9 +138,7 @@ def run(config, workdir: str) -> Dict:
   sample = tok.sample_defaults()
   steps = config.sample_steps or sample['steps']
   scale = config.guidance_scale or sample['guidance_scale']
-  data, n, batches = eval_data.eval_batches(config, tok.config)
-  codec = latent_codecs.load_codec(data)
-  denormalize = pipeline.make_denormalizer(data)
+  _, n, batches = eval_data.eval_batches(config, tok.config)
   records.makedirs(workdir)
 
   acc: Dict[str, Dict[str, List[np.ndarray]]] = {p[0]: {} for p in todo}
@@ -164,7 +162,7 @@ def run(config, workdir: str) -> Dict:
       for key, kw in (('psnr', dict(steps=steps, guidance_scale=scale)),
                       ('psnr_mean', dict(steps=1, guidance_scale=1.0))):
         lat = tok.detokenize(tokens, budgets=chosen, noise=noise, **kw)
-        px = media.to_uint8(codec.decode(denormalize(np.asarray(lat))))
+        px = media.to_uint8(model.to_pixels(lat))
         a.setdefault(key, []).append(np.asarray(pixels.psnr(px, frames)))
     logging.info('eval_budgets: %d / %d clips (%.0f s)', start, n,
                  time.perf_counter() - t_start)
@@ -178,7 +176,7 @@ def run(config, workdir: str) -> Dict:
                         for key in ('budget', 'psnr', 'psnr_mean')}))
   rows += oracle_rows(acc, budgets)
   saved = [s for measure, _ in MEASURES for s in savings(rows, measure)]
-  info = dict(checkpoint=os.path.abspath(config.checkpoint), step=tok.step,
+  info = dict(checkpoint=model.source, step=tok.step,
               num_clips=n, seed=config.seed, steps=steps,
               guidance=f"{sample['guidance']} {scale:g}",
               wall_seconds=time.perf_counter() - t_start)
