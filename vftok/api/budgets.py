@@ -34,12 +34,19 @@ def latent_mse(latents, estimate, axes) -> np.ndarray:
   return np.mean(np.square(x - y), axis=axes)
 
 
-def latent_psnr(latents, estimate, axes, mse=None) -> np.ndarray:
-  """10 log10(mean(x^2) / mean((x - y)^2)) over `axes` (mse: that error,
-  when already computed)."""
-  err = latent_mse(latents, estimate, axes) if mse is None else mse
-  power = np.mean(np.square(np.asarray(latents, np.float64)), axis=axes)
-  return 10 * np.log10(power / np.maximum(err, 1e-20))
+def latent_power(latents, axes) -> np.ndarray:
+  return np.mean(np.square(np.asarray(latents, np.float64)), axis=axes)
+
+
+def psnr_of(power, mse) -> np.ndarray:
+  """10 log10(power / mse): the latents' mean square over the error's."""
+  return 10 * np.log10(power / np.maximum(mse, 1e-20))
+
+
+def latent_psnr(latents, estimate, axes) -> np.ndarray:
+  """10 log10(mean(x^2) / mean((x - y)^2)) over `axes`."""
+  return psnr_of(latent_power(latents, axes),
+                 latent_mse(latents, estimate, axes))
 
 
 TARGETS = ('target_psnr', 'target_mse', 'fraction', 'db_per_token')
@@ -87,15 +94,14 @@ class BudgetEstimates:
                                        latent_size=latents.shape[2:4]))
       mse.append(latent_mse(latents, mean, (2, 3, 4)))
     self.frame_mse = np.stack(mse)                    # [candidates, B, T]
-    self.frame_power = np.mean(np.square(latents.astype(np.float64)),
-                               axis=(2, 3, 4))        # [B, T]
+    self.frame_power = latent_power(latents, (2, 3, 4))   # [B, T]
 
   def errors(self, per_frame: bool):
     """-> (psnr, mse), each [candidates, B] (per_frame: [candidates, B, T])."""
     mse, power = self.frame_mse, self.frame_power
     if not per_frame:       # frames are equal in size: a clip's mean is theirs
       mse, power = mse.mean(axis=-1), power.mean(axis=-1)
-    return 10 * np.log10(power / np.maximum(mse, 1e-20)), mse
+    return psnr_of(power, mse), mse
 
   def pick(self, per_frame: bool = False, **target) -> np.ndarray:
     """-> budgets int [B] (per_frame: [B, T]) for one target (module

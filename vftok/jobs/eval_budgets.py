@@ -56,9 +56,9 @@ def policies(config, budgets) -> List[Tuple[str, str, str, float]]:
   for mode in config.modes:
     if mode not in ('clip', 'frame'):
       raise ValueError(f"config.modes: {mode!r} is not 'clip' or 'frame'")
-    for criterion in ('fraction', 'db_per_token'):
-      for v in getattr(config, f'{criterion}s' if criterion == 'fraction'
-                       else criterion):
+    for criterion, targets in (('fraction', config.fractions),
+                               ('db_per_token', config.db_per_token)):
+      for v in targets:
         budgets_lib.check_target({criterion: float(v)})
         out.append((f'per {mode}, {criterion}={float(v):g}', mode, criterion,
                     float(v)))
@@ -130,7 +130,7 @@ def run(config, workdir: str) -> Dict:
   model = pretrained.load(config.checkpoint, config.step, field='checkpoint')
   tok = model.tokenizer
   m = tok.config.model
-  if m.get('token_structure', 'flex') == 'grid':
+  if tokenizer_lib.is_grid(m):
     raise ValueError('a grid tokenizer has one budget (all its tokens): '
                      'nothing to choose')
   budgets = tokenizer_lib.budgets(m)
@@ -143,7 +143,7 @@ def run(config, workdir: str) -> Dict:
 
   acc: Dict[str, Dict[str, List[np.ndarray]]] = {p[0]: {} for p in todo}
   start = 0
-  for b, batch in enumerate(batches):
+  for batch in batches:
     latents, frames = np.asarray(batch['latents']), batch['frames']
     nb = latents.shape[0]
     noise = np.asarray(tok.clip_noise(np.arange(start, start + nb),
