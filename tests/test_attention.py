@@ -14,9 +14,10 @@ from vftok.models import ar
 from vftok.models import layers
 import testing_utils
 
-# The kernels a CPU runs: XLA's, and the fused Pallas kernels in interpret
+# The kernels a CPU runs: XLA's dense and block-sparse paths ('' is the
+# latter on CPU), and the fused Pallas kernels in interpret
 # mode (their own tests: tests/test_attention_kernels.py). cuDNN needs a GPU.
-IMPLS = ('', 'xla', 'pallas_gpu', 'splash')
+IMPLS = ('xla', '', 'xla_sparse', 'pallas_gpu', 'splash')
 
 
 def _loss_and_grads(task, params, batch, rng, *extra):

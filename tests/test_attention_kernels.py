@@ -165,3 +165,75 @@ def test_unsupported_masks_fail_at_startup():
     ak.attention(x, x, x, mask=jnp.asarray(enc), scale=0.5, impl='pallas_gpu')
   # XLA takes every mask, traced included.
   ak.check_supported('xla', jnp.asarray(enc))
+
+
+# --------------------------------------------------------------------------
+# 'xla_sparse': query groups over key spans, plain XLA (every backend).
+
+SPARSE_LAYOUTS = [(3, 8, 4), (5, 16, 16), (2, 7, 3)]   # (frames, patches, K)
+
+
+@pytest.mark.parametrize('layout', SPARSE_LAYOUTS)
+@pytest.mark.parametrize('name', list(mask_cases(2, 2, 2)))
+def test_xla_sparse_matches_xla(layout, name):
+  """Outputs and gradients equal the dense path for every mask vftok builds,
+  at sizes whose frames are not multiples of any tile."""
+  mask, causal = mask_cases(*layout)[name]
+  frames, patches, registers = layout
+  length = frames * (patches if name == 'repa_head' else patches + registers)
+  q, k, v, dout = _inputs(length, 16)
+
+  def run(which):
+    f = lambda q, k, v: ak.attention(q, k, v, mask=mask, is_causal=causal,
+                                     scale=0.5, impl=which)
+    out, vjp = jax.vjp(jax.jit(f), q, k, v)
+    return (out, *vjp(dout))
+
+  for what, g, w in zip(('out', 'dq', 'dk', 'dv'), run('xla_sparse'),
+                        run('xla')):
+    np.testing.assert_allclose(g, w, err_msg=f'{name} {layout} {what}',
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_xla_sparse_rows_that_see_nothing_match_xla():
+  """A row with no visible key averages every value, as the dense path does;
+  cross-attention shapes (Lq != Lk) work too."""
+  rng = np.random.default_rng(0)
+  mask = rng.random((12, 20)) < 0.3
+  mask[3] = False
+  q, k, v = (jax.random.normal(kk, (1, n, 2, 8)) for kk, n in
+             zip(jax.random.split(jax.random.key(3), 3), (12, 20, 20)))
+  got = ak.attention(q, k, v, mask=mask, scale=0.3, impl='xla_sparse')
+  want = ak.attention(q, k, v, mask=mask, scale=0.3, impl='xla')
+  np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['encoder', 'decoder_stage1', 'repa_head'])
+def test_query_groups_cover_the_mask_and_skip_empty_blocks(name):
+  mask, _ = mask_cases(5, 64, 16)[name]   # frames of 80 tokens (64 for REPA)
+  groups = ak.query_groups(mask)
+  covered = np.zeros(mask.shape, bool)
+  row = 0
+  for r0, r1, k0, k1, full in groups:
+    assert r0 == row and r1 > r0, 'groups cover the rows in order, once'
+    row = r1
+    assert not mask[r0:r1, :k0].any() and not mask[r0:r1, k1:].any()
+    assert full == bool(mask[r0:r1, k0:k1].all())
+    covered[r0:r1, k0:k1] = True
+  assert row == mask.shape[0]
+  # The time-causal masks are ~40 % empty: most of it is never computed.
+  assert ak.sparse_density(mask) < 0.75
+  assert ak.sparse_density(mask) == covered.mean()
+  # Without a per-group cost every run of equal spans is its own group.
+  assert len(ak.query_groups(mask, overhead=0)) >= len(groups)
+
+
+def test_default_is_xla_sparse_on_cpu_for_static_masks():
+  assert jax.default_backend() == 'cpu'
+  enc, _ = mask_cases(2, 2, 2)['encoder']
+  assert ak.resolve('', enc) == 'xla_sparse'
+  assert ak.resolve('', None) == 'xla_sparse'
+  assert ak.resolve('', jnp.asarray(enc)) == 'xla'   # traced: dense XLA
+  assert ak.resolve('xla', enc) == 'xla'
+  with pytest.raises(ValueError, match="'xla_sparse' needs a static mask"):
+    ak.check_supported('xla_sparse', jnp.asarray(enc), where='KV decode')

@@ -233,3 +233,24 @@ def test_device_check_exits_nonzero_when_a_step_fails(tmp_path, fail, budget,
   log = (out_dir / 'device_check.log').read_text()
   for line in lines:
     assert line in report or line in log, (report, log)
+
+
+def test_release_bench_builds_the_release_config_at_its_sizes():
+  """benchmarks/bench_vs_release.py has the release build its model from its
+  own config resized (release_worker.sized_config; the release itself is not
+  in CI): vftok reads that config as the benchmark's sizes."""
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  try:
+    import release_worker  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  from vftok.models.pretrained import official  # pylint: disable=g-import-not-at-top
+  config = release_worker.sized_config(384, 64, 6, 32, (5, 16, 16), (1, 1, 1))
+  m = official.model_config(config)['model']
+  assert (m['enc_width'], m['dec_width'], m['head_dim']) == (384, 384, 64)
+  assert (m['enc_depth'], m['dec_depth']) == (6, 6)
+  assert m['tokens_per_frame'] == 32 and m['patch_size'] == (1, 1, 1)
+  assert m['max_frames'] == 5 and m['pos_max_size'] == 16
+  # The dev fixture's config is untouched (a copy is resized).
+  assert release_worker.dev_config()['encoder']['module_dict'][
+      'enc_transformer']['dim'] == 64

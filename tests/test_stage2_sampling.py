@@ -148,6 +148,33 @@ def test_detokenize_guidance_options(tok):
     tok.detokenize(tokens, steps=3, noise=noise[:1])
 
 
+def test_guidance_in_one_pass_equals_two_passes(tok):
+  """config.sample.guidance_passes: one forward of 2B clips or two of B give
+  the same samples (CFG, APG with momentum, first-frame conditioning, per-frame
+  budgets); an unknown value is one error."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  x = latents(2)
+  tokens = np.asarray(tok.tokenize(x))
+  runs = {}
+  for passes in ('one', 'two'):
+    c = ml_collections.ConfigDict(tok.config.to_dict())
+    c.sample.guidance_passes = passes
+    t = vftok.Tokenizer(c, tok.params)
+    runs[passes] = [np.asarray(out) for out in (
+        t.detokenize(tokens, steps=3, guidance_scale=2.0, guidance='cfg'),
+        t.detokenize(tokens, steps=3, guidance_scale=3.0, guidance='apg',
+                     apg_momentum=-0.5, apg_norm_threshold=1.0),
+        t.detokenize(tokens[:, :, :2], steps=3, first_frame=x[:, 0]),
+        t.detokenize(tokens, steps=3, budgets=np.array([[1, 2, 4], [4, 4, 1]])),
+    )]
+  for one, two in zip(runs['one'], runs['two']):
+    np.testing.assert_allclose(one, two, atol=1e-4, rtol=1e-4)  # seen 2e-5
+  c = ml_collections.ConfigDict(tok.config.to_dict())
+  c.sample.guidance_passes = 'three'
+  with pytest.raises(ValueError, match='guidance_passes'):
+    vftok.Tokenizer(c, tok.params).detokenize(tokens, steps=2)
+
+
 def test_streaming_tokens_equal_batch_tokens():
   c = testing_utils.tiny_tokenizer_config()
   t = vftok.Tokenizer.from_config(c, seed=3)

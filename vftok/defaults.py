@@ -91,7 +91,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   m.repa_dim = 1024                  # DINOv2-L feature width
   # Speed / memory (results unchanged; benchmarks/bench_train_step.py):
   # rematerialise blocks in the backward pass ('none' | 'dots' | 'full'),
-  # and the attention kernel ('' = XLA's choice, 'xla', 'cudnn' on NVIDIA).
+  # and the attention kernel ('' = the backend's fastest XLA path, i.e.
+  # 'xla_sparse' on CPU; 'xla', 'xla_sparse', 'cudnn' / 'pallas_gpu' on
+  # NVIDIA, 'splash' on TPU: models/attention_kernels.py).
   m.remat = 'none'
   m.attention_impl = ''
   m.repa_weight = 1.0
@@ -155,6 +157,10 @@ def tokenizer_config() -> ml_collections.ConfigDict:
   s.apg_eta = 0.0
   s.apg_norm_threshold = 0.6
   s.time_shift = 0.0                 # Euler time-grid shift; 0: model.time_shift
+  # Guidance's conditional and null-condition forwards: 'one' batched pass
+  # of 2B clips, 'two' passes of B, 'auto' = one off a CPU, two on it (as
+  # fast there, half the memory: docs/attention_kernels.md).
+  s.guidance_passes = 'auto'
   return c
 
 

@@ -108,12 +108,18 @@ def time_grid(steps: int, shift: float = 1.0):
 
 def euler_sample(velocity_fn: Callable, noise, steps: int,
                  guidance: Union[float, Guidance] = 1.0, shift: float = 1.0,
-                 first_frame: Optional[jax.Array] = None):
+                 first_frame: Optional[jax.Array] = None,
+                 one_pass: bool = True):
   """Integrates from t = 1 (noise) to t = 0 in `steps` Euler steps:
   x <- x + (t_next - t) v(x, t) (= x - v / steps unshifted).
 
-  velocity_fn(x, t, cond: bool) -> v, t of shape [B]. With guidance the
-  unconditional (null-condition) branch is evaluated too (see `Guidance`).
+  velocity_fn(x, t, null) -> v: x [N, ...], t [N], null None (every clip
+  conditional) or bool [N] (True: that row gets the null condition), where N
+  is the batch B, or 2B for guidance in one pass. With guidance the
+  unconditional (null-condition) branch is evaluated too (see `Guidance`):
+  one_pass runs both branches as one forward of [x; x] (2B rows: one larger
+  batch instead of two launches per step; docs/attention_kernels.md has the
+  measured gain), else two forwards of B.
 
   first_frame [B, 1, ...]: frame conditioning (stage-2 decoders, the
   release's 'clean' mode): latent frame 0 is set to this clean value before
@@ -124,22 +130,34 @@ def euler_sample(velocity_fn: Callable, noise, steps: int,
   g = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
   ts = time_grid(steps, shift)
   batch = noise.shape[0]
+  # APG's momentum buffer is carried only when it is used (momentum != 0).
+  keep_buffer = g.active and g.kind == 'apg' and g.momentum != 0
 
   def condition(x):
     if first_frame is None:
       return x
     return x.at[:, :1].set(first_frame.astype(x.dtype))
 
+  def velocity(x, tb, buffer):
+    if not g.active:
+      return velocity_fn(x, tb, None), buffer
+    if one_pass:
+      both = velocity_fn(jnp.concatenate([x, x]), jnp.concatenate([tb, tb]),
+                         jnp.arange(2 * batch) >= batch)
+      v_c, v_u = both[:batch], both[batch:]
+    else:
+      v_c = velocity_fn(x, tb, None)
+      v_u = velocity_fn(x, tb, jnp.ones((batch,), bool))
+    v, buffer_new = guide(v_c, v_u, buffer, g)
+    return v, buffer_new if keep_buffer else buffer
+
   def step(carry, i):
     x, buffer = carry
     x = condition(x)
     t, t_next = ts[i], ts[i + 1]
-    tb = jnp.full((batch,), t)
-    v = velocity_fn(x, tb, True)
-    if g.active:
-      v, buffer = guide(v, velocity_fn(x, tb, False), buffer, g)
+    v, buffer = velocity(x, jnp.full((batch,), t), buffer)
     return (x + (t_next - t) * v, buffer), None
 
-  (x, _), _ = jax.lax.scan(step, (noise, jnp.zeros_like(noise)),
-                           jnp.arange(steps))
+  buffer = jnp.zeros_like(noise) if keep_buffer else jnp.zeros((), noise.dtype)
+  (x, _), _ = jax.lax.scan(step, (noise, buffer), jnp.arange(steps))
   return condition(x)

@@ -238,18 +238,27 @@ class Tokenizer:
     [B, 1, H, W, C] or None (see detokenize).
     """
     b = codes.shape[0]
-    prefix = None if first_frame is None else jnp.ones((b,), jnp.int32)
-    null = jnp.ones((b,), bool)
     model = self.model_for(noise.shape[2:4])
 
-    def velocity(x, t, cond):
-      v, _ = model.apply(params, codes, x, t, keep,
-                              None if cond else null, prefix,
-                              method=tokenizer_lib.VideoFlexTok.decode)
+    def velocity(x, t, null):
+      # 2B rows (guidance in one pass): the clips' conditions twice.
+      rows = lambda a: None if a is None else jnp.concatenate(
+          [a] * (x.shape[0] // b))
+      prefix = (None if first_frame is None
+                else jnp.ones((x.shape[0],), jnp.int32))
+      v, _ = model.apply(params, rows(codes), x, t, rows(keep), null, prefix,
+                         method=tokenizer_lib.VideoFlexTok.decode)
       return v
 
+    passes = (self.config.get('sample') or {}).get('guidance_passes', 'auto')
+    if passes not in ('auto', 'one', 'two'):
+      raise ValueError(f"config.sample.guidance_passes={passes!r}: must be "
+                       "'auto', 'one' or 'two'")
+    one_pass = passes == 'one' or (passes == 'auto'
+                                   and jax.default_backend() != 'cpu')
+
     return flow.euler_sample(velocity, noise, steps, guidance, time_shift,
-                             first_frame=first_frame)
+                             first_frame=first_frame, one_pass=one_pass)
 
   def sample_defaults(self) -> dict:
     """detokenize's defaults: the config's `sample` block (the release

@@ -7,8 +7,11 @@ q, k, v [B, L, heads, head_dim] (jax.nn.dot_product_attention's layout);
 masks, vftok/models/masks.py), or None; `scale` multiplies q.k (8 / head_dim
 in the tokenizer; the caller applies QK-norm before). Implementations:
 
-  'xla' / '':  jax.nn.dot_product_attention with the dense mask (reference and
-              CPU fallback; '' lets JAX pick, which is XLA today).
+  'xla':      jax.nn.dot_product_attention with the dense mask (the
+              reference; traced masks always take it).
+  '':         the backend's fastest measured XLA path (`resolve`):
+              'xla_sparse' on CPU (faster than dense at every size measured,
+              docs/attention_kernels.md), 'xla' elsewhere.
   'cudnn':     cuDNN flash attention (NVIDIA, bf16/fp16) through
               jax.nn.dot_product_attention; it can express no mask or the
               causal one only, so the tokenizer's masks are refused.
@@ -16,6 +19,13 @@ in the tokenizer; the caller applies QK-norm before). Implementations:
               turns the static mask into a block table, fully masked blocks
               are skipped, partial ones apply the element mask in-kernel.
   'pallas_gpu': the block-sparse flash attention below (Pallas on Triton).
+  'xla_sparse': block-sparse attention in plain XLA (any backend, CPU
+              first): the static mask's query rows are cut into groups that
+              see one contiguous key span (`query_groups`), and each group
+              attends densely to its span only, with the element mask where
+              the span is not wholly visible. The empty blocks of the
+              time-causal masks are never computed. Gradients are XLA's own
+              (slices and concatenation).
 
 What 'pallas_gpu' fuses: the forward kernel computes, per (q block, batch,
 head), QK^T, the mask, the online softmax and PV in one pass over the key
@@ -41,7 +51,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-IMPLS = ('', 'xla', 'cudnn', 'splash', 'pallas_gpu')
+IMPLS = ('', 'xla', 'xla_sparse', 'cudnn', 'splash', 'pallas_gpu')
 FUSED = ('cudnn', 'splash', 'pallas_gpu')
 # Default tiles: splash's TPU tiles are multiples of 128 lanes; 64 x 64 keeps a
 # Triton program's q, k, v, scores and accumulators in registers / shared mem.
@@ -73,6 +83,16 @@ def mask_kind(mask, is_causal: bool = False) -> str:
   return 'static'
 
 
+def resolve(impl: Optional[str], mask=None) -> str:
+  """The kernel `impl` runs: '' becomes 'xla_sparse' on a CPU for a static
+  mask or none (the causal one included), else 'xla'."""
+  impl = impl or ''
+  if impl:
+    return impl
+  static = mask is None or isinstance(mask, np.ndarray)
+  return 'xla_sparse' if static and jax.default_backend() == 'cpu' else 'xla'
+
+
 def check_supported(impl: Optional[str], mask=None, *, is_causal: bool = False,
                     dtype=None, head_dim: Optional[int] = None,
                     where: str = 'attention'):
@@ -83,6 +103,13 @@ def check_supported(impl: Optional[str], mask=None, *, is_causal: bool = False,
   if impl in ('', 'xla'):
     return
   kind = mask_kind(mask, is_causal)
+  if impl == 'xla_sparse':
+    if kind == 'traced':
+      raise ValueError(
+          f"attention_impl='xla_sparse' needs a static mask; {where} builds "
+          "it from a traced position (streaming / KV-cache decode): use "
+          "attention_impl='xla' for that path")
+    return
   if kind == 'traced':
     raise ValueError(
         f"attention_impl={impl!r} cannot express the traced mask of {where} "
@@ -151,6 +178,90 @@ def _pack(full: np.ndarray, part: np.ndarray):
     tab[r, 2:2 + len(f)] = f
     tab[r, 2 + nf:2 + nf + len(p)] = p
   return tab, nf
+
+
+# --------------------------------------------------------------------------
+# Block-sparse attention in XLA: query groups over contiguous key spans.
+
+# Cost of one group, in units of (query row x key) products: its rows x its
+# span, plus GROUP_OVERHEAD_ROWS x span for reading the span's keys and
+# values and launching the group's ops. 32 rows keeps per-register groups of
+# the encoder mask from splitting into K one-row groups.
+GROUP_OVERHEAD_ROWS = 32
+
+
+def _row_spans(mask: np.ndarray):
+  """Per query row the first and one-past-last visible key; a row that sees
+  no key spans every key (the dense path averages all values there)."""
+  lq, lk = mask.shape
+  seen = mask.any(axis=1)
+  lo = np.where(seen, mask.argmax(axis=1), 0)
+  hi = np.where(seen, lk - mask[:, ::-1].argmax(axis=1), lk)
+  return lo, hi
+
+
+@functools.lru_cache(maxsize=64)
+def _groups_cached(mask_bytes: bytes, shape, overhead: int):
+  mask = np.frombuffer(mask_bytes, bool).reshape(shape)
+  lo, hi = _row_spans(mask)
+  # Runs of rows with one span; the optimal cut into groups of whole runs by
+  # dynamic programming (runs number ~2 per frame plus one per register).
+  change = np.flatnonzero((np.diff(lo) != 0) | (np.diff(hi) != 0)) + 1
+  starts = np.concatenate([[0], change])
+  ends = np.concatenate([change, [shape[0]]])
+  n = len(starts)
+  best = np.full(n + 1, np.inf)
+  best[0], cut = 0.0, np.zeros(n + 1, int)
+  run_lo, run_hi = lo[starts], hi[starts]
+  for j in range(1, n + 1):        # the last group = runs [i, j), every i
+    g_lo = np.minimum.accumulate(run_lo[:j][::-1])[::-1]
+    g_hi = np.maximum.accumulate(run_hi[:j][::-1])[::-1]
+    cost = best[:j] + (ends[j - 1] - starts[:j] + overhead) * (g_hi - g_lo)
+    cut[j] = int(np.argmin(cost))
+    best[j] = cost[cut[j]]
+  groups, j = [], n
+  while j > 0:
+    i = cut[j]
+    r0, r1 = int(starts[i]), int(ends[j - 1])
+    k0, k1 = int(lo[r0:r1].min()), int(hi[r0:r1].max())
+    groups.append((r0, r1, k0, k1, bool(mask[r0:r1, k0:k1].all())))
+    j = i
+  return tuple(reversed(groups))
+
+
+def query_groups(mask, overhead: int = GROUP_OVERHEAD_ROWS):
+  """Static bool [Lq, Lk] -> ((r0, r1, k0, k1, full), ...): query rows
+  [r0, r1) attend to keys [k0, k1) only (every visible key of those rows is
+  inside), densely when `full` (the block is wholly visible), else with the
+  mask's block. The groups cover every row once, in order, and minimise the
+  computed area plus `overhead` rows x span per group."""
+  m = np.ascontiguousarray(np.asarray(mask, bool))
+  return _groups_cached(m.tobytes(), m.shape, int(overhead))
+
+
+def sparse_density(mask, overhead: int = GROUP_OVERHEAD_ROWS) -> float:
+  """Share of the dense [Lq, Lk] products that 'xla_sparse' computes."""
+  m = np.asarray(mask, bool)
+  area = sum((r1 - r0) * (k1 - k0) for r0, r1, k0, k1, _ in
+             query_groups(m, overhead))
+  return area / m.size
+
+
+def _xla_sparse(q, k, v, mask, scale):
+  """Dense attention per query group over its key span ([B, H, L, D]
+  layout once, so each group's dots need no transposes)."""
+  qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+  outs = []
+  for r0, r1, k0, k1, full in query_groups(mask):
+    logits = jnp.einsum('bhqd,bhkd->bhqk', qh[:, :, r0:r1], kh[:, :, k0:k1],
+                        preferred_element_type=jnp.float32) * scale
+    if not full:
+      logits = jnp.where(jnp.asarray(mask[r0:r1, k0:k1]), logits,
+                         jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    outs.append(jnp.einsum('bhqk,bhkd->bhqd', probs, vh[:, :, k0:k1]))
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+  return out.transpose(0, 2, 1, 3)
 
 
 # --------------------------------------------------------------------------
@@ -376,21 +487,22 @@ def attention(q, k, v, *, mask=None, is_causal: bool = False, scale: float,
   impl: see the module docstring; block_q / block_k: the fused kernels' tiles;
   interpret: run Pallas kernels in interpret mode (CPU tests).
   """
-  impl = impl or ''
+  impl = resolve(impl, mask)
   check_supported(impl, mask, is_causal=is_causal, dtype=q.dtype,
                   head_dim=q.shape[-1])
   lq, lk = q.shape[1], k.shape[1]
-  if impl in ('', 'xla'):
+  if impl == 'xla':
     if mask is not None and jnp.ndim(mask) == 2:  # [Lq, Lk]: all b, h
       mask = jnp.asarray(mask, bool)[None, None]
     return jax.nn.dot_product_attention(
-        q, k, v, mask=mask, is_causal=is_causal, scale=scale,
-        implementation=impl or None)
+        q, k, v, mask=mask, is_causal=is_causal, scale=scale)
   if impl == 'cudnn':
     return jax.nn.dot_product_attention(
         q, k, v, is_causal=mask_kind(mask, is_causal) == 'causal',
         scale=scale, implementation='cudnn')
   m = dense_mask(mask, lq, lk, is_causal)
+  if impl == 'xla_sparse':
+    return _xla_sparse(q, k, v, m, scale)
   if impl == 'splash':
     return _splash(q, k, v, m, scale, block_q or DEFAULT_BLOCKS['splash'],
                    interpret)

@@ -54,13 +54,15 @@ def attention_density(mask: Optional[np.ndarray], impl: Optional[str],
                       length: Optional[int] = None) -> float:
   """Share of the L x L scores `impl` computes for `mask` (None: causal of
   `length` tokens)."""
-  impl = impl or 'xla'
+  impl = attention_kernels.resolve(impl, mask)
   if impl in ('xla', 'cudnn') and mask is not None:
     return 1.0
   if mask is None:  # causal: XLA masks a dense product; kernels skip tiles
     if impl == 'xla':
       return 1.0
     mask = np.tril(np.ones((length, length), bool))
+  if impl == 'xla_sparse':
+    return attention_kernels.sparse_density(mask)
   block = block or attention_kernels.DEFAULT_BLOCKS.get(impl, 128)
   return attention_kernels.block_density(mask, block)
 
@@ -111,7 +113,7 @@ class TokenizerShapes:
 def tokenizer_forward(m, impl: Optional[str] = None,
                       block: Optional[int] = None) -> Dict[str, float]:
   """Forward FLOPs per clip: {'encoder', 'decoder', 'repa'} (model config m;
-  impl: attention_impl, '' / 'xla' = dense)."""
+  impl: attention_impl; 'xla' = dense, '' = the backend's default)."""
   s = TokenizerShapes(m)
   l, we, wd = s.length, m.enc_width, m.dec_width
   dens = lambda mask: attention_density(mask, impl, block)
