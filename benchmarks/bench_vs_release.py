@@ -269,7 +269,7 @@ def main(argv=None):
             'detokenize': f'detokenize, {args.steps} steps APG '
                           f'(batch {args.detok_batch})',
             'vidtok_encode': f'VidTok encode 1 x {frames} x {r}^2',
-            'vidtok_decode': f'VidTok decode 1 x {t} x {r // 8}^2'}
+            'vidtok_decode': f'VidTok decode 1 x {t} x {r // 8}^2 latents'}
   for op in args.ops:
     med = times[op]
     cells = []
