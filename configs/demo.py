@@ -33,7 +33,8 @@ from vftok import defaults
 
 
 def get_config(arg=None):
-  flags = defaults.parse_flags(arg, ('stage2', 'footage', 'grid', 'flat1d'))
+  flags = defaults.parse_flags(arg, ('stage2', 'footage', 'grid', 'flat1d',
+                                      'distill'))
   config = defaults.tokenizer_config()
 
   config.data.kind = 'demo'
@@ -138,6 +139,14 @@ def get_config(arg=None):
     defaults.grid_counterpart(config)
   if 'flat1d' in flags:
     defaults.flat_1d(config)
+
+  if 'distill' in flags:
+    defaults.distill_decoder(config, init_from='/tmp/vftok_demo')
+    config.optim.lr = 5e-4
+    config.optim.warmup_steps = 50
+    config.optim.lr_scales = ()
+    t.total_steps, t.eval_every, t.checkpoint_every = 600, 600, 200
+    t.time_budget_s = 0.0
 
   if 'stage2' in flags:
     defaults.decoder_finetune(config, init_from='/tmp/vftok_demo')

@@ -37,6 +37,13 @@ def get_config(arg=None):
   # 'cfg' classifier-free guidance, or 'apg' adaptive projected guidance
   # with the parameters below (the release notebook's, as config.sample).
   c.guidance = 'cfg'
+  # A distilled student (configs/demo.py:distill) is swept against its
+  # teacher instead: the student at student_steps (() : every step count it
+  # was trained for), the teacher's sampler (the one distilled: its guidance
+  # and time grid) at teacher_steps (() : its own steps and the student's).
+  # guidance_scales / sample_steps / guidance / apg do not apply there.
+  c.student_steps = ()
+  c.teacher_steps = ()
   c.apg = ml_collections.ConfigDict()
   c.apg.momentum = 0.0
   c.apg.eta = 0.0

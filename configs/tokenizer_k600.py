@@ -18,6 +18,14 @@ Arguments (comma-separated):
              registers, no nested dropout; defaults.grid_counterpart.
   flat1d     Table 2's flat-1D tokens: encoder (and decoder) attend to every
              frame; defaults.flat_1d.
+  distill    few-step decoding (models/distill.py): a student decoder
+             distilled from the tokenizer in --config.train.init_from (stage 1
+             or 2, or a configs/convert_official.py workdir; the student
+             adopts its model) so that 1, 2 or 4 Euler steps, one pass each,
+             land where that teacher's guided sampler (config.sample: the
+             release notebook's 40 APG steps) does; detokenize then defaults
+             to 4 steps. 10B tokens (our choice; the paper leaves
+             distillation to future work), lr 1e-4 after 1000 warm-up steps.
   runlocal   a CPU smoke test on the embedded demo data (same code path).
 
 Parameter counts (benchmarks/bench_train_step.py prints them): d18-d18
@@ -29,7 +37,7 @@ from vftok import defaults
 
 def get_config(arg=None):
   flags = defaults.parse_flags(arg, ('d12', 'stage2', 'grid', 'flat1d',
-                                      'runlocal'))
+                                      'distill', 'runlocal'))
   depth = 12 if 'd12' in flags else 18
   c = defaults.tokenizer_config()
 
@@ -78,4 +86,11 @@ def get_config(arg=None):
   if 'stage2' in flags:
     defaults.decoder_finetune(c)
     c.train.total_steps = defaults.steps_for_tokens(c, 100e9)
+  if 'distill' in flags:
+    defaults.distill_decoder(c)
+    c.optim.lr, c.optim.warmup_steps = 1e-4, 1000
+    c.train.total_steps = defaults.steps_for_tokens(c, 10e9)
+    if 'runlocal' in flags:
+      c.optim.warmup_steps, c.train.total_steps = 2, 10
+      c.sample.steps = 4
   return c

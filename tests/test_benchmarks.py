@@ -64,6 +64,23 @@ def test_inference_bench_reports_clips_per_second():
   assert re.search(r'\[xla\] detokenize: .* clips/s', proc.stdout), proc.stdout
 
 
+def test_distill_bench_times_student_and_teacher():
+  """bench_distill.py on a random-weight :distill config: a row per sampler,
+  the teacher's guided FLOPs 2 x its steps / S of the S-step student's."""
+  proc = subprocess.run(
+      [sys.executable, 'benchmarks/bench_distill.py',
+       '--config=configs/tokenizer_k600.py:distill,runlocal', '--batch=2',
+       '--repeats=1', '--student_steps=1,4'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = dict(re.findall(r'\| (teacher|student_\d) \| .*\| ([\d.]+)x \|\n',
+                         proc.stdout))
+  # The runlocal teacher samples 4 APG steps (2 passes each).
+  assert rows == {'teacher': '1.0', 'student_1': '8.0', 'student_4': '2.0'}, (
+      proc.stdout)
+
+
 def run_faked(script, fakes, *args):
   """Runs benchmarks/<script> in a subprocess with some of its functions
   replaced by `fakes` (Python source defining them on the loaded `mod`)."""

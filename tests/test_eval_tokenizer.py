@@ -377,7 +377,7 @@ def test_bad_checkpoint_paths_give_one_clear_error(ckpt, tmp_path):
 def _sweep_result():
   """A small sweep result as run() builds it -> (result, settings, budgets,
   grid)."""
-  budgets, settings = [1, 2], [(1.0, 2)]
+  budgets, settings = [1, 2], [('flow', 1.0, 2)]
   rows = [dict(budget=k, guidance=1.0, steps=2, rfvd=10.0 / k, psnr=20.0 + k,
                ssim=0.5, mae=8.0, mse=100.0, lpips=0.1 * k, rfid=5.0 / k,
                class_score=float('nan'), sec_per_clip_detokenize=0.01)
@@ -392,7 +392,8 @@ def _sweep_result():
                 codec=dict(rfvd=1.0, psnr=30.0, ssim=0.9, mae=2.0, mse=8.0,
                            lpips=0.05, rfid=1.0, class_score=float('nan')))
   px = np.zeros((2, 17, 32, 32, 3), np.uint8)
-  return result, settings, budgets, {'rows': [px, px], (1.0, 2): [px, px]}
+  return result, settings, budgets, {'rows': [px, px],
+                                     ('flow', 1.0, 2): [px, px]}
 
 
 class _NoWriter:

@@ -239,6 +239,22 @@ def test_paper_config_parameter_counts(name, arg, enc, dec):
   assert abs(layers.adaln_param_count(shapes['decoder']) - dec) < tol
 
 
+def test_distill_configs():
+  """:distill of the demo and K600 configs: a student with the step table,
+  the encoder and REPA head frozen, the teacher's guided sampler as target."""
+  for name in ('demo', 'tokenizer_k600'):
+    c = load_config(name, 'distill')
+    assert c.model.step_conditioning and c.model.repa_weight == 0
+    assert tuple(c.optim.freeze) == ('encoder', 'repa_head')
+    assert tuple(c.distill.student_steps) == (1, 2, 4) and c.distill.steps == 4
+    assert c.sample.guidance_scale > 1  # the target sampler is guided
+    shapes = jax.eval_shape(tokenizer.build(c.model).init,
+                            jax.random.key(0),
+                            *tokenizer.dummy_inputs(c.model))
+    assert shapes['params']['decoder']['step_embed'].value.shape == (
+        8, c.model.dec_width)
+
+
 def test_stage2_configs():
   for name in ('tokenizer_k600', 'demo'):
     c = load_config(name, 'stage2')

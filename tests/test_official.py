@@ -194,6 +194,43 @@ def test_conversion_job_workdir(tmp_path, ref):
     convert_official.run(cfg, workdir)
 
 
+def test_a_converted_release_checkpoint_distils(tmp_path):
+  """from_official -> distil -> from_checkpoint: the converted workdir is the
+  teacher of configs/demo.py:distill's stage (its model adopted), which
+  trains on latent records of the checkpoint's clip shape."""
+  from configs import convert_official as cfg_lib
+  from testing_utils import load_config
+  from vftok.data import records
+  from vftok.jobs import convert_official
+  from vftok.jobs import train_tokenizer
+  cfg = cfg_lib.get_config()
+  cfg.path, cfg.latent_shape = CKPT, SHAPE
+  teacher_dir = str(tmp_path / 'converted')
+  convert_official.run(cfg, teacher_dir)
+  rng = np.random.default_rng(0)
+  os.makedirs(tmp_path / 'data')
+  records.write_records(str(tmp_path / 'data' / 'train-0.array_record'), [
+      dict(latents=rng.normal(size=SHAPE + (16,)).astype(np.float16),
+           label=0, caption='', source=f'clip:{i}') for i in range(8)])
+  c = load_config('demo', 'distill')
+  c.data.kind, c.data.normalize = 'records', 'none'
+  c.data.train_pattern = str(tmp_path / 'data' / 'train-*.array_record')
+  c.train.init_from = teacher_dir
+  c.sample.steps = 2
+  c.train.total_steps, c.train.eval_every, c.train.checkpoint_every = 2, 0, 2
+  c.train.log_every = 1
+  out = str(tmp_path / 'student')
+  train_tokenizer.run(c, out, writer=testing_utils.Recorder())
+  student = api.Tokenizer.from_checkpoint(out)
+  teacher = api.Tokenizer.from_checkpoint(teacher_dir)
+  assert student.is_distilled and student.config.model.dec_width == 64
+  x = rng.normal(size=(1,) + SHAPE + (16,)).astype(np.float32)
+  tokens = student.tokenize(x)
+  np.testing.assert_array_equal(tokens, teacher.tokenize(x))
+  out = np.asarray(student.detokenize(tokens))
+  assert out.shape == (1,) + SHAPE + (16,) and np.all(np.isfinite(out))
+
+
 # ---- bad checkpoints: one clear error, nothing written ----------------------
 
 def _read(path):

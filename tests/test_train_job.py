@@ -127,6 +127,84 @@ def test_preempt_and_resume_reproduces_the_loss_curve(data_root, full_run,
                         str(tmp_path / 'no_init'), writer=Recorder())
 
 
+def distill_config(data_root, teacher=''):
+  c = defaults.distill_decoder(e2e_config(data_root), init_from=str(teacher),
+                               student_steps=(1, 2), steps=2)
+  c.sample.steps = 4  # the teacher's sampler, short for the test
+  c.train.total_steps, c.train.checkpoint_every, c.train.eval_every = 4, 2, 4
+  return c
+
+
+def test_distill_stage_resumes_exactly_and_decodes_in_few_steps(
+    data_root, full_run, tmp_path, monkeypatch):
+  """configs/demo.py:distill's stage at test size: trains from the stage-1
+  run (the teacher), a run preempted at step 2 and resumed has the loss
+  curve of an uninterrupted one, the student keeps the teacher's encoder,
+  decodes in its steps and reaches its teacher's sampler; the evaluation
+  sweep puts student and teacher side by side."""
+  teacher_dir, _ = full_run
+  c = distill_config(data_root, teacher_dir)
+  full = Recorder()
+  train_tokenizer.run(c, str(tmp_path / 'full'), writer=full)
+  first = Recorder()
+  monkeypatch.setattr(checkpoint.PreemptionGuard, 'should_stop',
+                      lambda self, step: step == 2)
+  train_tokenizer.run(distill_config(data_root, teacher_dir),
+                      str(tmp_path / 'cut'), writer=first)
+  monkeypatch.undo()
+  assert sorted(first.scalars) == [1, 2]
+  second = Recorder()
+  train_tokenizer.run(distill_config(data_root, teacher_dir),
+                      str(tmp_path / 'cut'), writer=second)
+  assert min(second.scalars) == 3
+  np.testing.assert_array_equal(losses(first) + losses(second), losses(full))
+  assert {'loss_steps1', 'loss_steps2'} <= set(full.scalars[4])
+  assert '1-step student' in (tmp_path / 'full' / 'psnr_4.md').read_text()
+
+  student = vftok.Tokenizer.from_checkpoint(str(tmp_path / 'full'))
+  teacher = vftok.Tokenizer.from_checkpoint(str(teacher_dir))
+  for a, b in zip(jax.tree.leaves(student.params['params']['encoder']),
+                  jax.tree.leaves(teacher.params['params']['encoder'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  x = np.random.default_rng(0).normal(size=(2, 5, 4, 4, 16)).astype(np.float32)
+  tokens = student.tokenize(x)
+  np.testing.assert_array_equal(tokens, teacher.tokenize(x))
+  np.testing.assert_array_equal(student.detokenize(tokens, seed=1),
+                                student.detokenize(tokens, steps=2, seed=1))
+  np.testing.assert_array_equal(
+      student.detokenize(tokens, sampler='teacher', seed=1),
+      teacher.detokenize(tokens, seed=1, **{
+          k: c.sample[k] for k in ('steps', 'guidance_scale', 'guidance')}))
+
+  from vftok.jobs import eval_tokenizer  # pylint: disable=g-import-not-at-top
+  e = load_config('eval_tokenizer')
+  e.checkpoint, e.num_clips, e.budgets = str(tmp_path / 'full'), 2, (1, 4)
+  e.fvd.layer, e.fvd.resolution = 'pool', 16
+  result = eval_tokenizer.run(e, str(tmp_path / 'sweep'))
+  got = [(r['sampler'], r['steps'], r['guidance'], r['budget'])
+         for r in result['rows']]
+  g = c.sample.guidance_scale
+  assert got == [('student', 1, 1.0, 1), ('student', 1, 1.0, 4),
+                 ('student', 2, 1.0, 1), ('student', 2, 1.0, 4),
+                 ('teacher', 1, g, 1), ('teacher', 1, g, 4),
+                 ('teacher', 2, g, 1), ('teacher', 2, g, 4),
+                 ('teacher', 4, g, 1), ('teacher', 4, g, 4)]
+  flops = {(r['sampler'], r['steps']): r['gflops_per_clip_detokenize']
+           for r in result['rows']}
+  # Two guided passes per teacher step, one per student step.
+  assert flops[('teacher', 4)] == pytest.approx(8 * flops[('student', 1)])
+  md = (tmp_path / 'sweep' / 'sweep.md').read_text()
+  assert '- student, 2 Euler steps:' in md and 'fewer FLOPs' in md
+  assert 'guidance 3.0 (APG: 2 decoder passes per step)' in md
+  assert (tmp_path / 'sweep' / 'recon_student_g1_s2.png').exists()
+
+  # No teacher named: one error before anything is written.
+  with pytest.raises(Exception, match='needs its teacher'):
+    train_tokenizer.run(distill_config(data_root), str(tmp_path / 'none'),
+                        writer=Recorder())
+  assert not (tmp_path / 'none').exists()
+
+
 def test_damaged_latest_checkpoint_resumes_from_the_previous(
     data_root, full_run, tmp_path):
   """A truncated file in step 6: the run moves it aside, resumes from step 3

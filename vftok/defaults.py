@@ -186,6 +186,35 @@ def decoder_finetune(config, init_from: str = ''):
   return config
 
 
+# Model fields a distillation stage keeps from its own config; every other
+# model field is the teacher's (train_tokenizer.check_inputs adopts them).
+STUDENT_OWN_FIELDS = ('step_conditioning', 'repa_weight', 'dtype',
+                      'attention_impl', 'remat')
+
+
+def distill_decoder(config, init_from: str = '',
+                    student_steps=(1, 2, 4), steps: int = 4):
+  """Few-step decoder distillation (models/distill.py): a student decoder
+  that starts as the teacher's (the run in init_from), encoder and REPA head
+  frozen, trained so that `student_steps` Euler steps land where the
+  teacher's guided sampler (config.sample: its steps, guidance, time grid)
+  does. The student's model is the teacher's, plus a step-count embedding
+  (model.step_conditioning); `detokenize` then defaults to `steps` steps, no
+  guidance (it is distilled in), and keeps the teacher's path
+  (sampler='teacher')."""
+  config.model.step_conditioning = True
+  config.model.repa_weight = 0.0     # no REPA target: the flow is the target
+  config.optim.freeze = ('encoder', 'repa_head')
+  config.optim.weight_decay = 0.0
+  config.train.init_from = init_from
+  config.distill = ml_collections.ConfigDict(
+      {'student_steps': tuple(student_steps), 'steps': int(steps)})
+  # The training-time table: the student at its default steps, unguided.
+  config.eval.sample_steps = int(steps)
+  config.eval.guidance_scale = 1.0
+  return config
+
+
 def grid_counterpart(config):
   """The paper's 3D-grid controlled counterpart of a tokenizer config (Figs.
   6, 7, 11): the same latents, encoder, flow decoder and REPA; one token per

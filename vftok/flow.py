@@ -106,6 +106,19 @@ def time_grid(steps: int, shift: float = 1.0):
   return shift_time(jnp.arange(steps, -1, -1, dtype=jnp.float32) / steps, shift)
 
 
+GUIDANCE_PASSES = ('auto', 'one', 'two')
+
+
+def one_pass(passes: str, backend: str) -> bool:
+  """config.sample.guidance_passes -> run guidance as one batched forward?
+  'auto': one off a CPU, two on it (as fast there, half the memory:
+  docs/attention_kernels.md)."""
+  if passes not in GUIDANCE_PASSES:
+    raise ValueError(f'config.sample.guidance_passes={passes!r}: must be one '
+                     f'of {GUIDANCE_PASSES}')
+  return passes == 'one' or (passes == 'auto' and backend != 'cpu')
+
+
 def euler_sample(velocity_fn: Callable, noise, steps: int,
                  guidance: Union[float, Guidance] = 1.0, shift: float = 1.0,
                  first_frame: Optional[jax.Array] = None,
@@ -125,6 +138,30 @@ def euler_sample(velocity_fn: Callable, noise, steps: int,
   release's 'clean' mode): latent frame 0 is set to this clean value before
   every model call and in the output; later frames are generated around it.
   """
+  x, _ = _integrate(velocity_fn, noise, steps, guidance, shift, first_frame,
+                    one_pass)
+  return x
+
+
+def euler_trajectory(velocity_fn: Callable, noise, steps: int,
+                     guidance: Union[float, Guidance], shift: float,
+                     times, one_pass: bool = True):
+  """The same integration as euler_sample (no first frame) -> the states at
+  `times` [M] (each in [0, 1]) on its piecewise-linear path: [M, B, ...].
+  Between two Euler steps the sampler's x(t) is linear in t, so a state at
+  any t is exact for this sampler, not an interpolation of a smoother one
+  (the targets of few-step distillation, models/distill.py)."""
+  times = jnp.asarray(times, jnp.float32)
+  x, states = _integrate(velocity_fn, noise, steps, guidance, shift, None,
+                         one_pass, times)
+  at_end = (times <= 0).reshape((-1,) + (1,) * x.ndim)
+  return jnp.where(at_end, x[None], states)
+
+
+def _integrate(velocity_fn, noise, steps, guidance, shift, first_frame,
+               one_pass, times=None):
+  """-> (x at t = 0, the states at `times` (None: not recorded) for those
+  above 0; those at 0 are left to the caller)."""
   if steps < 1:
     raise ValueError(f'need at least one Euler step, got {steps}')
   g = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
@@ -152,12 +189,19 @@ def euler_sample(velocity_fn: Callable, noise, steps: int,
     return v, buffer_new if keep_buffer else buffer
 
   def step(carry, i):
-    x, buffer = carry
+    x, buffer, states = carry
     x = condition(x)
     t, t_next = ts[i], ts[i + 1]
     v, buffer = velocity(x, jnp.full((batch,), t), buffer)
-    return (x + (t_next - t) * v, buffer), None
+    if times is not None:  # states at t_next < tau <= t lie on this step
+      inside = (times <= t) & (times > t_next)
+      at = x[None] + (times - t).reshape((-1,) + (1,) * x.ndim) * v[None]
+      states = jnp.where(inside.reshape((-1,) + (1,) * x.ndim), at, states)
+    return (x + (t_next - t) * v, buffer, states), None
 
   buffer = jnp.zeros_like(noise) if keep_buffer else jnp.zeros((), noise.dtype)
-  (x, _), _ = jax.lax.scan(step, (noise, buffer), jnp.arange(steps))
-  return condition(x)
+  states = (jnp.zeros((0,)) if times is None
+            else jnp.zeros((times.shape[0],) + noise.shape, noise.dtype))
+  (x, _, states), _ = jax.lax.scan(step, (noise, buffer, states),
+                                   jnp.arange(steps))
+  return condition(x), (None if times is None else states)

@@ -35,15 +35,17 @@ from vftok import optim
 from vftok import sharding
 from vftok.data import pipeline
 from vftok.models import ar
+from vftok.models import distill
 from vftok.models import layers
 from vftok.models import tokenizer
 from vftok.models.pretrained import features
 
 CHECKPOINT_DIR = checkpoint.CHECKPOINT_DIR
 
-# Parameters a stage-2 decoder adds to its stage-1 source: the learned prefix
-# token of given conditioning frames starts from its fresh init.
-ADDED_IN_STAGE2 = ('prefix_token',)
+# Parameters a fine-tuning stage adds to its source run, which start from
+# their fresh init: a stage-2 decoder's learned prefix token of given
+# conditioning frames, a distilled student's step-count table (zeros).
+ADDED_BY_FINETUNING = ('prefix_token', 'step_embed')
 
 
 @flax.struct.dataclass
@@ -90,6 +92,8 @@ def tokenizer_task(config, with_teacher: bool = True) -> Task:
   init_fn = _init_fn(model, tx, dummies)
   if not with_teacher:
     return Task(model, tx, schedule, init_fn, None)
+  if tokenizer.is_distilled(m):
+    return _distill_task(config, model, tx, schedule, init_fn)
   freeze_encoder = 'encoder' in tuple(config.optim.get('freeze', ()))
   # The frozen REPA teacher's weights (if any) enter every step as an
   # argument rather than as constants baked into the executable.
@@ -101,6 +105,31 @@ def tokenizer_task(config, with_teacher: bool = True) -> Task:
                              freeze_encoder)
 
   return Task(model, tx, schedule, init_fn, loss_fn, (teacher.params,))
+
+
+def _distill_task(config, student, tx, schedule, init_fn) -> Task:
+  """Few-step distillation (models/distill.py): the teacher is the run in
+  config.train.init_from (the student starts from it); its decoder's params
+  enter every step as an argument, like the REPA teacher's."""
+  source = config.train.get('init_from')
+  if not source:
+    raise ValueError('a distillation stage (config.model.step_conditioning) '
+                     'needs its teacher: config.train.init_from names the '
+                     'workdir of a trained tokenizer')
+  teacher_config = checkpoint.load_workdir_config(source)
+  if tokenizer.is_distilled(teacher_config.model):
+    raise ValueError(f'config.train.init_from={source!r} is a distilled '
+                     'student; distil from the tokenizer it was distilled from')
+  params, _ = restore_params(teacher_config, source)
+  teacher = tokenizer.build(teacher_config.model,
+                            layers.optional_dtype(teacher_config.model.dtype))
+
+  def loss_fn(params, batch, rng, teacher_params):
+    return distill.loss_fn(student, teacher, params, teacher_params, batch,
+                           rng, config)
+
+  return Task(student, tx, schedule, init_fn, loss_fn,
+              (distill.teacher_decoder_params(params),))
 
 
 def ar_task(config) -> Task:
@@ -285,7 +314,7 @@ def restore_params(config, workdir: str, step: Optional[int] = None,
 def init_params_from(workdir: str, params, mesh):
   """Params of the run in `workdir`, checked against and laid out like
   `params` (the new run's; same architecture, e.g. stage 1 -> stage 2, which
-  may add only the ADDED_IN_STAGE2 parameters: those keep `params`' values)."""
+  may add only the ADDED_BY_FINETUNING parameters: those keep `params`' values)."""
   src, _ = restore_params(checkpoint.load_workdir_config(workdir), workdir,
                           mesh=mesh)
   key = jax.tree_util.keystr
@@ -293,7 +322,7 @@ def init_params_from(workdir: str, params, mesh):
   flat_new = jax.tree_util.tree_leaves_with_path(params)
   added = [key(p) for p, _ in flat_new if key(p) not in flat_src]
   dropped = set(flat_src) - {key(p) for p, _ in flat_new}
-  if dropped or any(not k.endswith(tuple(f"['{n}']" for n in ADDED_IN_STAGE2))
+  if dropped or any(not k.endswith(tuple(f"['{n}']" for n in ADDED_BY_FINETUNING))
                     for k in added):
     raise ValueError(f'train.init_from={workdir!r}: its model has different '
                      'parameters than this config (different architecture: '

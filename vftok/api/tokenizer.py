@@ -92,6 +92,7 @@ class Tokenizer:
     self.params = params
     self.vae = vae  # a vftok.VidTok for encode_video / decode_video
     self.step = None  # the checkpoint step (from_checkpoint)
+    self._teacher = None  # a distilled student's teacher (teacher())
     m = config.model
     self.model = tokenizer_lib.build(
         m, layers.optional_dtype(config.model.dtype))
@@ -246,23 +247,26 @@ class Tokenizer:
           [a] * (x.shape[0] // b))
       prefix = (None if first_frame is None
                 else jnp.ones((x.shape[0],), jnp.int32))
+      # A distilled student is told how many steps it takes.
+      step_count = (jnp.full((x.shape[0],), steps) if self.is_distilled
+                    else None)
       v, _ = model.apply(params, rows(codes), x, t, rows(keep), null, prefix,
-                         method=tokenizer_lib.VideoFlexTok.decode)
+                         step_count, method=tokenizer_lib.VideoFlexTok.decode)
       return v
 
-    passes = (self.config.get('sample') or {}).get('guidance_passes', 'auto')
-    if passes not in ('auto', 'one', 'two'):
-      raise ValueError(f"config.sample.guidance_passes={passes!r}: must be "
-                       "'auto', 'one' or 'two'")
-    one_pass = passes == 'one' or (passes == 'auto'
-                                   and jax.default_backend() != 'cpu')
+    one_pass = flow.one_pass(
+        (self.config.get('sample') or {}).get('guidance_passes', 'auto'),
+        jax.default_backend())
 
     return flow.euler_sample(velocity, noise, steps, guidance, time_shift,
                              first_frame=first_frame, one_pass=one_pass)
 
-  def sample_defaults(self) -> dict:
+  def sample_defaults(self, sampler: Optional[str] = None) -> dict:
     """detokenize's defaults: the config's `sample` block (the release
-    notebook's settings unless the config says otherwise)."""
+    notebook's settings unless the config says otherwise); a distilled
+    student's: config.distill.steps, no guidance (it is distilled in), and
+    for sampler='teacher' its `sample` block: the sampler it was distilled
+    from."""
     s = self.config.get('sample') or {}
     defaults = dict(steps=40, guidance='apg', guidance_scale=25.0,
                     apg_momentum=0.0, apg_eta=0.0, apg_norm_threshold=0.6,
@@ -270,7 +274,48 @@ class Tokenizer:
     out = {k: s.get(k, v) for k, v in defaults.items()}
     # 0: the time shift the model was trained with.
     out['time_shift'] = out['time_shift'] or self.config.model.time_shift
+    if self.is_distilled and sampler != 'teacher':
+      out.update(steps=int(self.config.distill.steps), guidance_scale=1.0)
     return out
+
+  # ---- a distilled student and its teacher ----------------------------------
+  @property
+  def is_distilled(self) -> bool:
+    """A few-step student (configs/demo.py:distill; models/distill.py)."""
+    return tokenizer_lib.is_distilled(self.config.model)
+
+  @property
+  def student_steps(self):
+    """The step counts a distilled student was trained for; () otherwise."""
+    if not self.is_distilled:
+      return ()
+    return tuple(int(v) for v in self.config.distill.student_steps)
+
+  def teacher(self) -> 'Tokenizer':
+    """A distilled student's teacher: the tokenizer in its
+    config.train.init_from (loaded once, on the same mesh)."""
+    if not self.is_distilled:
+      raise ValueError('teacher(): this tokenizer is not a distilled student')
+    if self._teacher is None:
+      self._teacher = Tokenizer.from_checkpoint(
+          self.config.train.init_from, field='train.init_from (the teacher '
+          'of this distilled student)', mesh=self.mesh)
+    return self._teacher
+
+  def _check_student(self, steps: int, guidance_scale: float, first_frame):
+    if steps not in self.student_steps:
+      raise ValueError(
+          f'steps={steps}: this distilled decoder was trained for '
+          f'{self.student_steps} steps; pass one of those, or '
+          "sampler='teacher' for the teacher's sampler")
+    if guidance_scale != 1.0:
+      raise ValueError(
+          f'guidance_scale={guidance_scale:g}: a distilled student has its '
+          "teacher's guidance distilled in (scale 1, one pass per step); "
+          "sampler='teacher' guides the teacher")
+    if first_frame is not None:
+      raise ValueError("first_frame=: the student was distilled without "
+                       "frame conditioning; use sampler='teacher'")
 
   def detokenize(self, tokens, steps: Optional[int] = None,
                  guidance_scale: Optional[float] = None, seed: int = 0, *,
@@ -280,7 +325,8 @@ class Tokenizer:
                  apg_norm_threshold: Optional[float] = None,
                  time_shift: Optional[float] = None,
                  first_frame=None, pad_with_mask_token: bool = True,
-                 latent_size=None, budgets=None) -> jax.Array:
+                 latent_size=None, budgets=None,
+                 sampler: Optional[str] = None) -> jax.Array:
     """int tokens [B, T, k], 1 <= k <= K -> latents [B, T, H, W, C].
 
     budgets: tokens kept per clip [B] or per latent frame [B, T] (each in
@@ -308,7 +354,31 @@ class Tokenizer:
     [B, 1, H, W, C]: decode conditioned on this clean first latent frame
     (decoders fine-tuned with frame conditioning, stage 2); the output's
     frame 0 is exactly it.
+
+    sampler: a distilled student decodes in its few steps ('student', its
+    default: steps from its trained step counts, unguided); 'teacher' runs
+    its teacher's decoder, unset arguments from the sampler it was distilled
+    from (sample_defaults('teacher')); the tokens are the same (the encoder
+    is the teacher's).
     """
+    if sampler not in (None, 'student', 'teacher'):
+      raise ValueError(f"sampler={sampler!r}: choose 'student' or 'teacher'")
+    if sampler == 'teacher' and self.is_distilled:
+      # Unset arguments: the sampler the student was distilled from.
+      d = self.sample_defaults('teacher')
+      pick = lambda v, key: d[key] if v is None else v
+      return self.teacher().detokenize(
+          tokens, pick(steps, 'steps'), pick(guidance_scale, 'guidance_scale'),
+          seed, noise=noise, guidance=pick(guidance, 'guidance'),
+          apg_momentum=pick(apg_momentum, 'apg_momentum'),
+          apg_eta=pick(apg_eta, 'apg_eta'),
+          apg_norm_threshold=pick(apg_norm_threshold, 'apg_norm_threshold'),
+          time_shift=pick(time_shift, 'time_shift'),
+          first_frame=first_frame, pad_with_mask_token=pad_with_mask_token,
+          latent_size=latent_size, budgets=budgets)
+    if sampler == 'student' and not self.is_distilled:
+      raise ValueError("sampler='student': this tokenizer is not a distilled "
+                       'student (configs/demo.py:distill makes one)')
     d = self.sample_defaults()
     pick = lambda v, key: d[key] if v is None else v
     steps = int(pick(steps, 'steps'))
@@ -322,6 +392,9 @@ class Tokenizer:
       raise ValueError(f'tokens of shape {tokens.shape}: {err}')
     if steps < 1:
       raise ValueError(f'steps must be >= 1, got {steps}')
+    if self.is_distilled:
+      self._check_student(steps, float(pick(guidance_scale, 'guidance_scale')),
+                          first_frame)
     keep = None
     if budgets is not None:     # k per clip or per latent frame
       if not pad_with_mask_token:

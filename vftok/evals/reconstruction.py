@@ -63,7 +63,8 @@ class Evaluator:
 
   def _write(self, step, table, rows):
     e = self.config.eval
-    text = table_markdown(table, self.budgets, e.sample_steps, e.guidance_scale)
+    text = table_markdown(table, self.budgets, e.sample_steps, e.guidance_scale,
+                          one_step_label(self.tok))
     print(f'\nReconstruction PSNR at step {step} '
           f'({self.config.eval.num_clips} held-out clips):\n{text}\n', flush=True)
     self.writer.write_scalars(step, {f'eval/psnr_{n}': v for n, v in table.items()})
@@ -104,13 +105,26 @@ def reconstruct_batch(tok, latents, frames, to_pixels, budgets, steps: int,
                          guidance_scale=guidance_scale, seed=seed)
     recon[k] = to_pixels(np.asarray(lat))
     add(f'k={k}', recon[k])
-    lat = tok.detokenize(tokens[:, :, :k], steps=1, guidance_scale=1.0,
-                         seed=seed)
+    lat = tok.detokenize(tokens[:, :, :k], seed=seed, **one_step_args(tok))
     mean[k] = to_pixels(np.asarray(lat))
     add(f'mean_k={k}', mean[k])
   rows = ([frames, codec_px] + [recon[k] for k in budgets]
           + [mean[k] for k in budgets])
   return psnr, rows
+
+
+def one_step_args(tok) -> dict:
+  """The second column's decode: the one-step mean (one unguided Euler
+  step); for a distilled student that was trained for one step, its 1-step
+  sample instead (a student has no unguided velocity to take a mean from)."""
+  if 1 in tok.student_steps:
+    return dict(steps=1)
+  return dict(steps=1, guidance_scale=1.0,
+              sampler='teacher' if tok.is_distilled else None)
+
+
+def one_step_label(tok) -> str:
+  return '1-step student' if 1 in tok.student_steps else 'one-step mean'
 
 
 def block_grid(frames, block: int = 8) -> np.ndarray:
@@ -137,11 +151,12 @@ def row_labels(budgets):
 
 
 def table_markdown(table: Dict[str, float], budgets, steps: int,
-                   guidance_scale: float) -> str:
+                   guidance_scale: float,
+                   second: str = 'one-step mean') -> str:
   """The PSNR table (mean dB per row of `reconstruct_batch`'s names): one row
   per budget, sampled and one-step mean, then the baselines and the codec."""
   lines = [f'| tokens / latent frame | sampled ({steps} steps, '
-           f'guidance {guidance_scale:g}) | one-step mean |', '|---|---|---|']
+           f'guidance {guidance_scale:g}) | {second} |', '|---|---|---|']
   lines += [f'| {k} | {table[f"k={k}"]:.2f} | {table[f"mean_k={k}"]:.2f} |'
             for k in budgets]
   lines += ['| **baselines** | | |']

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from vftok.evals import media
+from vftok import errors
 from vftok import sharding
 from vftok.models import latent_codecs
 from vftok.data import pipeline
@@ -62,10 +63,12 @@ from vftok.evals import reconstruction
 from vftok import api
 from vftok.evals import timing as timing_lib
 from vftok.evals import video_features
+from vftok.models import flops
 from vftok.models import tokenizer as tokenizer_lib
 
-COLUMNS = ('budget', 'guidance', 'steps', 'rfvd', 'rfid', 'psnr', 'ssim', 'mae',
-           'mse', 'lpips', 'class_score', 'sec_per_clip_detokenize')
+COLUMNS = ('sampler', 'budget', 'guidance', 'steps', 'rfvd', 'rfid', 'psnr',
+           'ssim', 'mae', 'mse', 'lpips', 'class_score',
+           'sec_per_clip_detokenize', 'gflops_per_clip_detokenize')
 # Per clip, averaged over clips (Table 8 of the paper also has MAE and MSE:
 # pixel levels 0-255, over every pixel and channel of the clip).
 PIXEL_METRICS = ('psnr', 'ssim', 'mae', 'mse')
@@ -73,18 +76,55 @@ PIXEL_METRICS = ('psnr', 'ssim', 'mae', 'mse')
 
 # ------------------------------------------------------------------- run ---
 
-def _check(config, model_config, devices: int):
+def _check(config, tok, devices: int):
+  """-> (budgets, settings: (sampler, guidance, steps) per decoder setting).
+  A plain tokenizer: its flow sampler ('flow') over guidance_scales x
+  sample_steps. A distilled student: 'student' at each of its step counts
+  (config.student_steps, default all it was trained for; guidance is
+  distilled in) beside 'teacher': the sampler it was distilled from
+  (its config.sample) at config.teacher_steps, default that sampler's
+  steps and the student's (the undistilled few-step baseline)."""
   if config.batch_size < 1 or config.batch_size % devices:
     raise ValueError(f'config.batch_size={config.batch_size} must be a '
                      f'positive multiple of the {devices} devices (the batch '
                      'is split over them)')
-  budgets = tokenizer_lib.check_budgets(model_config, config.budgets)
+  budgets = tokenizer_lib.check_budgets(tok.config.model, config.budgets)
+  if tok.is_distilled:
+    student = sorted({int(s) for s in config.get('student_steps', ())}
+                     ) or list(tok.student_steps)
+    for s in student:
+      if s not in tok.student_steps:
+        raise errors.InputError(
+            f'config.student_steps={tuple(config.student_steps)}: the student '
+            f'was trained for {tok.student_steps} steps')
+    teacher = tok.config.sample
+    g = float(teacher.guidance_scale)
+    teacher_steps = sorted({int(s) for s in config.get('teacher_steps', ())}
+                           ) or sorted({int(teacher.steps), *student})
+    return budgets, ([('student', 1.0, s) for s in student]
+                     + [('teacher', g, s) for s in teacher_steps])
   steps = [int(s) for s in config.sample_steps]
   guidance = [float(g) for g in config.guidance_scales]
   if not steps or min(steps) < 1 or not guidance:
     raise ValueError('config.sample_steps must be >= 1 and '
                      'config.guidance_scales non-empty')
-  return budgets, [(g, s) for g in guidance for s in steps]
+  return budgets, [('flow', g, s) for g in guidance for s in steps]
+
+
+def _detokenize_args(config, tok, sampler: str, g: float, s: int) -> dict:
+  """detokenize's arguments for one setting of the sweep."""
+  if sampler == 'student':
+    return dict(steps=s)
+  if sampler == 'teacher':  # the sampler the student was distilled from
+    return dict(sampler='teacher', steps=s, guidance_scale=g)
+  return dict(steps=s, guidance_scale=g, guidance=config.guidance,
+              **{f'apg_{k}': v for k, v in config.apg.items()})
+
+
+def setting_name(sampler: str, g: float, s: int) -> str:
+  """'g3.0_s25' for the flow sampler, else '<sampler>_g<g>_s<s>'."""
+  name = f'g{g}_s{s}'
+  return name if sampler == 'flow' else f'{sampler}_{name}'
 
 
 def run(config, workdir: str, writer=None) -> Dict:
@@ -94,7 +134,9 @@ def run(config, workdir: str, writer=None) -> Dict:
   tok = api.Tokenizer.from_checkpoint(config.checkpoint, config.step,
                                       mesh=mesh)
   step = tok.step
-  budgets, settings = _check(config, tok.config.model, mesh.size)
+  budgets, settings = _check(config, tok, mesh.size)
+  if tok.is_distilled:
+    tok.teacher()  # loaded (or one clear error) before the workdir is made
   data, n, batches = eval_data.eval_batches(config, tok.config)
   codec = latent_codecs.load_codec(data)
   denormalize = pipeline.make_denormalizer(data)
@@ -115,7 +157,6 @@ def run(config, workdir: str, writer=None) -> Dict:
       workdir, just_logging=jax.process_index() > 0)
 
   timer = timing_lib.Timer()
-  apg = {f'apg_{k}': v for k, v in config.apg.items()}
   features = video_features.I3DFeatures(
       config.fvd.layer, config.fvd.resolution, config.fvd.num_frames,
       config.batch_size, mesh)
@@ -169,22 +210,23 @@ def run(config, workdir: str, writer=None) -> Dict:
     score('codec', codec_px, frames, labels)
     if b == 0:
       grid['rows'] = [frames, codec_px]
-    for g, s in settings:
+    for sampler, g, s in settings:
       for k in budgets:
         # Budgets share one compilation: tokens are padded to K with the
         # mask token.
         lat = sharding.fetch(timer(
-            f'detokenize/g{g}_s{s}/k{k}', tok.detokenize, tokens[:, :, :k],
-            steps=s, guidance_scale=g, guidance=config.guidance, noise=noise,
-            compile_key=('detokenize', g, s), **apg))[:nb]
+            f'detokenize/{setting_name(sampler, g, s)}/k{k}', tok.detokenize,
+            tokens[:, :, :k], noise=noise,
+            compile_key=('detokenize', sampler, g, s),
+            **_detokenize_args(config, tok, sampler, g, s)))[:nb]
         t0 = time.perf_counter()
         px = media.to_uint8(codec.decode(denormalize(lat)))
         codec_seconds += time.perf_counter() - t0
-        score((g, s, k), px, frames, labels)
+        score((sampler, g, s, k), px, frames, labels)
         if b == 0:
-          grid.setdefault((g, s), []).append(px)
-      logging.info('eval batch %d, guidance %g, %d steps: done (%.0f s)', b,
-                   g, s, time.perf_counter() - t_start)
+          grid.setdefault((sampler, g, s), []).append(px)
+      logging.info('eval batch %d, %s, guidance %g, %d steps: done (%.0f s)',
+                   b, sampler, g, s, time.perf_counter() - t_start)
     logging.info('eval batch %d: %d / %d clips', b, start, n)
 
   real = np.concatenate(acc['original']['feats'])
@@ -206,11 +248,16 @@ def run(config, workdir: str, writer=None) -> Dict:
     return out
 
   rows = []
-  for g, s in settings:
+  for sampler, g, s in settings:
+    gflops = s * flops.detokenize_step(tok.config.model,
+                                       guided=g != 1.0) / 1e9
     for k in budgets:
-      row = dict(budget=k, guidance=g, steps=s, **summarize((g, s, k)))
+      name = setting_name(sampler, g, s)
+      row = dict(sampler=sampler, budget=k, guidance=g, steps=s,
+                 **summarize((sampler, g, s, k)))
       row['sec_per_clip_detokenize'] = timer.seconds[
-          f'detokenize/g{g}_s{s}/k{k}'] / n
+          f'detokenize/{name}/k{k}'] / n
+      row['gflops_per_clip_detokenize'] = gflops
       rows.append(row)
   ceiling = summarize('codec')
   if classifier is not None:
@@ -218,17 +265,21 @@ def run(config, workdir: str, writer=None) -> Dict:
         np.mean(np.concatenate(acc['original']['class'])))
   timing = {
       'tokenize': timer.seconds['tokenize'] / n,
-      **{f'detokenize_g{g}_s{s}': sum(
-          timer.seconds[f'detokenize/g{g}_s{s}/k{k}'] for k in budgets)
-         / (n * len(budgets)) for g, s in settings},
+      **{f'detokenize_{setting_name(*st)}': sum(
+          timer.seconds[f'detokenize/{setting_name(*st)}/k{k}']
+          for k in budgets) / (n * len(budgets)) for st in settings},
       'i3d_features': features.seconds_per_clip,
       'codec_decode': codec_seconds / (n * (len(settings) * len(budgets) + 1)),
       'compile_seconds': timer.compile_seconds + features.compile_seconds,
       'wall_seconds': time.perf_counter() - t_start,
   }
-  guidance = config.guidance
+  guidance, apg = config.guidance, dict(config.apg)
+  if tok.is_distilled:  # the teacher rows guide as the distilled sampler did
+    t = tok.config.sample
+    guidance, apg = t.guidance, dict(momentum=t.apg_momentum, eta=t.apg_eta,
+                                     norm_threshold=t.apg_norm_threshold)
   if guidance == 'apg':
-    guidance += ' ' + ', '.join(f'{k}={v:g}' for k, v in config.apg.items())
+    guidance += ' ' + ', '.join(f'{k}={v:g}' for k, v in apg.items())
   info = dict(checkpoint=os.path.abspath(config.checkpoint), step=step,
               num_clips=n, seed=config.seed, devices=mesh.size,
               guidance=guidance,
@@ -259,12 +310,15 @@ def markdown(result) -> str:
   has_class = np.isfinite(ceil['class_score'])
   has_lpips = np.isfinite(ceil.get('lpips', np.nan))
   has_rfid = np.isfinite(ceil.get('rfid', np.nan))
-  head = ['budget', 'guidance', 'steps', 'rFVD']
+  samplers = [r.get('sampler', 'flow') for r in rows]
+  has_sampler = any(x != 'flow' for x in samplers)
+  head = (['sampler'] if has_sampler else []) + ['budget', 'guidance',
+                                                 'steps', 'rFVD']
   head += ['rFID'] if has_rfid else []
   head += ['PSNR (dB)', 'SSIM', 'MAE', 'MSE']
   head += ['LPIPS'] if has_lpips else []
   head += ['class score'] if has_class else []
-  head += ['s/clip detokenize']
+  head += ['s/clip detokenize', 'GFLOP/clip']
   lines = [
       f"# Tokenizer sweep: {info['checkpoint']} (step {info['step']})", '',
       f"{info['num_clips']} evaluation clips of {info['clip_shape']} pixels, "
@@ -274,22 +328,27 @@ def markdown(result) -> str:
       'clips is biased upward: compare numbers at equal clip counts).', '',
       '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
-    cells = [str(r['budget']), f"{r['guidance']:g}", str(r['steps']),
-             _fmt(r['rfvd'], 2)]
+    cells = ([r.get('sampler', 'flow')] if has_sampler else []) + [
+        str(r['budget']), f"{r['guidance']:g}", str(r['steps']),
+        _fmt(r['rfvd'], 2)]
     cells += [_fmt(r['rfid'], 2)] if has_rfid else []
     cells += [_fmt(r['psnr'], 2), _fmt(r['ssim'], 4),
              _fmt(r['mae'], 2), _fmt(r['mse'], 1)]
     cells += [_fmt(r['lpips'], 4)] if has_lpips else []
     cells += [_fmt(r['class_score'], 3)] if has_class else []
-    cells += [_fmt(r['sec_per_clip_detokenize'], 4)]
+    cells += [_fmt(r['sec_per_clip_detokenize'], 4),
+              _fmt(r.get('gflops_per_clip_detokenize', np.nan), 1)]
     lines.append('| ' + ' | '.join(cells) + ' |')
-  cells = ['codec only (ceiling)', '', '', _fmt(ceil['rfvd'], 2)]
+  cells = ([''] if has_sampler else []) + ['codec only (ceiling)', '', '',
+                                            _fmt(ceil['rfvd'], 2)]
   cells += [_fmt(ceil['rfid'], 2)] if has_rfid else []
   cells += [_fmt(ceil['psnr'], 2), _fmt(ceil['ssim'], 4), _fmt(ceil['mae'], 2),
            _fmt(ceil['mse'], 1)]
   cells += [_fmt(ceil['lpips'], 4)] if has_lpips else []
   cells += [_fmt(ceil['class_score'], 3)] if has_class else []
-  lines.append('| ' + ' | '.join(cells + ['']) + ' |')
+  lines.append('| ' + ' | '.join(cells + ['', '']) + ' |')
+  if has_sampler:
+    lines += [''] + speedup_lines(rows)
   if has_class:
     lines += ['', f"Class score of the original clips: "
               f"{ceil['class_score_original']:.3f} ({info['classifier']})."]
@@ -298,11 +357,16 @@ def markdown(result) -> str:
             f"- tokenize: {t['tokenize']:.4f}"]
   for name, v in t.items():
     if name.startswith('detokenize_'):
-      g, s = name[len('detokenize_g'):].split('_s')
-      kind = info['guidance'].split()[0].upper()
+      rest = name[len('detokenize_'):]   # setting_name(...)
+      sampler, g_s = ('', rest[1:]) if rest.startswith('g') else rest.split(
+          '_g', 1)
+      g, s = g_s.split('_s')
+      kind = ('distilled in' if sampler == 'student'
+              else info['guidance'].split()[0].upper())
       cfg = (f' ({kind}: 2 decoder passes per step)' if float(g) != 1.0
              else '')
-      lines.append(f'- detokenize, {s} Euler steps, guidance {g}{cfg}: '
+      who = f'{sampler}, ' if sampler else ''
+      lines.append(f'- detokenize, {who}{_steps(int(s))}, guidance {g}{cfg}: '
                    f'{v:.4f}')
   lines += [f"- I3D features ({info['features']}): {t['i3d_features']:.4f}",
             f"- codec latents -> pixels (host): {t['codec_decode']:.4f}",
@@ -311,12 +375,46 @@ def markdown(result) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _steps(n: int) -> str:
+  return f'{n} Euler step' + ('' if n == 1 else 's')
+
+
+def speedup_lines(rows):
+  """A distilled student against its teacher's sampler (the teacher row with
+  the most steps): mean seconds and FLOPs per clip over the budgets, and
+  the PSNR / rFVD differences at the worst budget."""
+  by = {}
+  for r in rows:
+    by.setdefault((r['sampler'], r['steps']), []).append(r)
+  teacher = max((k for k in by if k[0] == 'teacher'), key=lambda k: k[1],
+                default=None)
+  if teacher is None:
+    return []
+  t_rows = {r['budget']: r for r in by[teacher]}
+  mean = lambda rs, key: float(np.mean([r[key] for r in rs]))
+  out = [f'Against the teacher at {teacher[1]} steps (mean over budgets; '
+         'PSNR and rFVD at the worst budget):', '']
+  for (sampler, steps), rs in sorted(by.items()):
+    if sampler != 'student':
+      continue
+    speed = (mean(by[teacher], 'sec_per_clip_detokenize')
+             / mean(rs, 'sec_per_clip_detokenize'))
+    fl = (mean(by[teacher], 'gflops_per_clip_detokenize')
+          / mean(rs, 'gflops_per_clip_detokenize'))
+    d_psnr = min(r['psnr'] - t_rows[r['budget']]['psnr'] for r in rs)
+    d_fvd = max(r['rfvd'] / t_rows[r['budget']]['rfvd'] - 1 for r in rs)
+    out.append(f'- student, {_steps(steps)}: {speed:.1f}x faster, {fl:.1f}x '
+               f'fewer FLOPs; PSNR {d_psnr:+.2f} dB, rFVD {100 * d_fvd:+.1f} %')
+  return out
+
+
 def plot(path: str, result):
   """rFVD, PSNR and SSIM vs budget (log2 axis), one line per setting."""
   info = result['info']
   budget_plot.plot_budget_curves(
       path, result['rows'],
-      lambda r: f"guidance {r['guidance']:g}, {r['steps']} steps",
+      lambda r: (f"{r['sampler']}, " if r.get('sampler', 'flow') != 'flow'
+                 else '') + f"guidance {r['guidance']:g}, {r['steps']} steps",
       (('rfvd', 'rFVD (lower is better)'),
        ('psnr', 'PSNR dB (higher is better)'),
        ('ssim', 'SSIM (higher is better)')),
@@ -334,17 +432,20 @@ def _write(workdir, result, settings, budgets, grid, grid_clips, writer):
     plot(tmp, result)
   labels = ['original', 'codec'] + [f'{k} tok' for k in budgets]
   images = {}
-  for g, s in settings:
-    img = reconstruction.make_grid(grid['rows'] + grid[(g, s)], labels,
-                                   clips=grid_clips)
+  for sampler, g, s in settings:
+    img = reconstruction.make_grid(grid['rows'] + grid[(sampler, g, s)],
+                                   labels, clips=grid_clips)
+    who = '' if sampler == 'flow' else f'{sampler}_'
     with records.atomic_path(
-        os.path.join(workdir, f'recon_g{g:g}_s{s}.png')) as tmp:
+        os.path.join(workdir, f'recon_{who}g{g:g}_s{s}.png')) as tmp:
       Image.fromarray(img).save(tmp, format='PNG')
-    images[f'recon/guidance{g:g}_steps{s}'] = img[None]
+    images[f'recon/{who}guidance{g:g}_steps{s}'] = img[None]
   print('\n' + text, flush=True)
 
   for r in result['rows']:
-    tag = f"guidance{r['guidance']:g}_steps{r['steps']}"
+    who = r.get('sampler', 'flow')
+    tag = ('' if who == 'flow' else f'{who}_') + (
+        f"guidance{r['guidance']:g}_steps{r['steps']}")
     scalars = {f'{m}/{tag}': r[m] for m in ('rfvd',) + PIXEL_METRICS}
     for m in ('class_score', 'lpips', 'rfid'):
       if np.isfinite(r[m]):

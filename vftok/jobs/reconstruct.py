@@ -56,7 +56,8 @@ def run(config, workdir: str):
   labels = reconstruction.row_labels(budgets)
   blocks = {label: float(np.mean(reconstruction.block_grid(row)))
             for label, row in zip(labels, rows)}
-  text = reconstruction.table_markdown(table, budgets, steps, guidance)
+  text = reconstruction.table_markdown(table, budgets, steps, guidance,
+                                       reconstruction.one_step_label(tok))
   head = (f'{os.path.basename(config.video)}: {len(frames)} clips of '
           f'{model.num_frames} frames starting at '
           f'{", ".join(f"{s:.2f}" for s in starts)} s, centre-cropped to '

@@ -1,5 +1,7 @@
-"""Trains a VideoFlexTok tokenizer (stage 1, or stage 2 with a frozen encoder
-and config.train.init_from): the one script, in phases.
+"""Trains a VideoFlexTok tokenizer (stage 1; stage 2 with a frozen encoder
+and config.train.init_from; or a few-step student of the decoder in
+config.train.init_from, config.model.step_conditioning: models/distill.py):
+the one script, in phases.
 
     mesh -> data -> model -> shard -> step -> restore -> evals -> loop
 
@@ -15,6 +17,7 @@ from absl import logging
 import jax
 
 from vftok import checkpoint
+from vftok import defaults
 from vftok import errors
 from vftok import sharding
 from vftok import training
@@ -82,13 +85,16 @@ def run(config, workdir: str, writer=None):
         config.train.init_from, state.params, mesh))
 
   # ---- evals -----------------------------------------------------------------
-  evaluator = reconstruction.Evaluator(config, data, workdir, writer)
+  # (None when config.train.eval_every = 0: such a run needs no eval set.)
+  evaluator = (reconstruction.Evaluator(config, data, workdir, writer)
+               if config.train.eval_every > 0 else None)
 
   # ---- loop ------------------------------------------------------------------
   per_step = config.data.global_batch_size * config.model.latent_frames
   return training.run_loop(
       config, workdir, writer, state=state, train_step=train_step,
-      train_iter=train_iter, next_batch=next_batch, evaluate=evaluator.run,
+      train_iter=train_iter, next_batch=next_batch,
+      evaluate=evaluator and evaluator.run,
       fresh_start=fresh_start, per_step={'latent_frames_per_sec': per_step},
       extra_metrics=bad_records.metrics, finished_table='psnr_{step}.md')
 
@@ -98,6 +104,18 @@ def check_inputs(config, workdir: str):
   workdir: the data (-> pipeline.Data; the demo set is built under
   config.data.root on first use), the REPA teacher's weights and, on a fresh
   start, the stage-1 workdir of train.init_from."""
+  distilled = tokenizer_lib.is_distilled(config.model)
+  init_from = config.train.get('init_from')
+  resume = bool(checkpoint.finished_steps(workdir))
+  if distilled and not resume:
+    if not init_from:
+      raise errors.InputError(
+          'a distillation stage (config.model.step_conditioning) needs its '
+          'teacher, but config.train.init_from names none: pass '
+          '--config.train.init_from=DIR, the --workdir of a trained tokenizer '
+          '(or of configs/convert_official.py)')
+    adopt_teacher_model(config, checkpoint.check_workdir(
+        init_from, 'train_tokenizer', field='train.init_from')[2])
   # A token structure the config contradicts (a grid K that is not h * w,
   # flat-1D tokens with frame conditioning) before the data is even built.
   tokenizer_lib.check_structure(config.model)
@@ -109,9 +127,8 @@ def check_inputs(config, workdir: str):
         'by chunk (for tokenize_dataset and long-video AR); the tokenizer '
         'trains on 17-frame clips: encode the videos with num_frames=17')
   features.check(config.model)
-  init_from = config.train.get('init_from')
   stage2 = 'encoder' in tuple(config.optim.get('freeze', ()))
-  if checkpoint.finished_steps(workdir):
+  if resume:
     return data  # a resume: the workdir's checkpoint wins over init_from
   if stage2 and not init_from:
     raise errors.InputError(
@@ -122,6 +139,27 @@ def check_inputs(config, workdir: str):
     checkpoint.check_workdir(init_from, 'train_tokenizer',
                              field='train.init_from')
   return data
+
+
+def adopt_teacher_model(config, teacher) -> None:
+  """A distilled student's model is its teacher's (plus the step table):
+  every model field but defaults.STUDENT_OWN_FIELDS is taken from the
+  teacher's config (a stage-2, grid or converted release teacher alike)."""
+  if tokenizer_lib.is_distilled(teacher.model):
+    raise errors.InputError(
+        f'config.train.init_from={config.train.init_from!r} is a distilled '
+        'student; distil from the tokenizer it was distilled from')
+  changed = []
+  for key, value in teacher.model.items():
+    if key in defaults.STUDENT_OWN_FIELDS or key not in config.model:
+      continue
+    value = tuple(value) if isinstance(value, list) else value
+    if config.model[key] != value:
+      changed.append(f'{key}={value!r}')
+      config.model[key] = value
+  if changed:
+    logging.info('distillation: the student takes its teacher\'s model '
+                 'fields %s', ', '.join(changed))
 
 
 def _log_param_counts(params, writer):

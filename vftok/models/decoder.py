@@ -26,6 +26,9 @@ import numpy as np
 from vftok.models import layers
 from vftok.models import masks
 
+# Step counts a distilled student's table covers: 1, 2, 4, ..., 128.
+STEP_LEVELS = 8
+
 
 class Decoder(nn.Module):
   width: int
@@ -43,6 +46,10 @@ class Decoder(nn.Module):
   pos_kind: str = 'sum'             # layers.POSEMB_KINDS
   frame_conditioning: bool = False  # stage 2: a learned prefix mask token
   repa_layer: int = 1               # hidden states after this many blocks
+  # A distilled student (models/distill.py): a learned table of one vector per
+  # sampler step count 1, 2, 4, ..., added to the time condition. Zero at
+  # init, so the student starts as its teacher's decoder exactly.
+  step_conditioning: bool = False
   # Std of the learned register / patch position embeddings. Near t = 1 the
   # noisy patches carry no content, so position is all a patch token knows
   # of where it is; at 0.02 a tiny model learns slowly where to put what the
@@ -54,7 +61,8 @@ class Decoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, codes, x_t, t, keep=None, uncond=None, prefix=None):
+  def __call__(self, codes, x_t, t, keep=None, uncond=None, prefix=None,
+               steps=None):
     """codes [B, T, k, D] (k <= K; k < K: the truncated form); x_t
     [B, T*pt, H, W, C]; t: flow time [B] (1 = noise).
 
@@ -62,6 +70,8 @@ class Decoder(nn.Module):
     uncond: bool [B] (True: the null condition, for CFG) or None;
     prefix: int [B] or None: latent frames < prefix are given conditioning
     frames whose registers get the prefix mask token (stage 2).
+    steps: int [B] or None: the Euler step count of the sampler calling a
+    distilled student (a power of 2 up to 2 ** (STEP_LEVELS - 1)).
 
     Returns (velocity [B, T*pt, H, W, C] float32,
              patch hidden states after block `repa_layer` [B, T, N, width]).
@@ -112,6 +122,18 @@ class Decoder(nn.Module):
 
     cond = layers.TimeEmbedding(self.width, self.dtype, name='time_embed')(
         jnp.broadcast_to(t, (b,)))
+    if self.step_conditioning:
+      table = self.param('step_embed', nn.with_logical_partitioning(
+          nn.initializers.zeros, (None, 'embed')), (STEP_LEVELS, self.width))
+      if steps is not None:
+        level = jnp.round(jnp.log2(jnp.broadcast_to(steps, (b,)).astype(
+            jnp.float32))).astype(jnp.int32)
+        cond = cond + table.astype(self.dtype)[jnp.clip(level, 0,
+                                                        STEP_LEVELS - 1)]
+    elif steps is not None:
+      raise ValueError('steps= conditions a distilled student; this decoder '
+                       'has no step conditioning (config.model.'
+                       'step_conditioning)')
     layout = masks.interleaved(t_frames, n, k, self.registers_first)
     mask = masks.decoder_mask(self.attention)(layout, layout)
     # Modulation slice per token: the frame's first sub-sequence uses slice 0.

@@ -38,8 +38,9 @@ class VideoFlexTok(nn.Module):
   def encode_streaming(self, latents, cache, frame_offset):
     return self.encoder(latents, None, cache, frame_offset)
 
-  def decode(self, codes, x_t, t, keep=None, uncond=None, prefix=None):
-    return self.decoder(codes, x_t, t, keep, uncond, prefix)
+  def decode(self, codes, x_t, t, keep=None, uncond=None, prefix=None,
+             steps=None):
+    return self.decoder(codes, x_t, t, keep, uncond, prefix, steps)
 
   def repa(self, hidden):
     return self.repa_head(hidden)
@@ -121,6 +122,12 @@ def require_time_causal(model_config, what: str) -> None:
     raise ValueError(f"{what} needs time-causal tokens; this tokenizer's "
                      "encoder sees every frame (model.encoder_attention="
                      f"{encoder_attention(model_config)!r}, the flat-1D ablation)")
+
+
+def is_distilled(model_config) -> bool:
+  """A few-step student decoder (models/distill.py): conditioned on the
+  sampler's step count, guidance distilled in."""
+  return bool(model_config.get('step_conditioning', False))
 
 
 def budgets(model_config):
@@ -225,6 +232,7 @@ def build(model_config, dtype=jnp.float32, width_override=None) -> VideoFlexTok:
           adaln_subsequences=m.adaln_subsequences,
           register_pos_max_size=m.register_pos_max_size,
           frame_conditioning=has_frame_conditioning(m),
+          step_conditioning=is_distilled(m),
           repa_layer=m.repa_layer, pos_init_std=m.dec_pos_init_std, **common),
       repa_head=repa_lib.RepaHead(width=dec_w, depth=m.repa_depth,
                                   head_dim=m.head_dim, feature_dim=m.repa_dim,
