@@ -378,9 +378,10 @@ def _sweep_result():
   """A small sweep result as run() builds it -> (result, settings, budgets,
   grid)."""
   budgets, settings = [1, 2], [('flow', 1.0, 2)]
-  rows = [dict(budget=k, guidance=1.0, steps=2, rfvd=10.0 / k, psnr=20.0 + k,
-               ssim=0.5, mae=8.0, mse=100.0, lpips=0.1 * k, rfid=5.0 / k,
-               class_score=float('nan'), sec_per_clip_detokenize=0.01)
+  rows = [dict(sampler='flow', budget=k, guidance=1.0, steps=2, rfvd=10.0 / k,
+               psnr=20.0 + k, ssim=0.5, mae=8.0, mse=100.0, lpips=0.1 * k,
+               rfid=5.0 / k, class_score=float('nan'),
+               sec_per_clip_detokenize=0.01, gflops_per_clip_detokenize=0.5)
           for k in budgets]
   info = dict(checkpoint='/ckpt/tok', step=6, num_clips=2, seed=0, devices=8,
               guidance='cfg', platform='cpu', clip_shape=[17, 32, 32, 3],
