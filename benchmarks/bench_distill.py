@@ -61,7 +61,6 @@ def main(argv):
     teacher = student.teacher()
   else:
     student, teacher = random_pair(load_config(args.config))
-  s = student.config.sample
   steps = ([int(v) for v in args.student_steps.split(',')]
            if args.student_steps else list(student.student_steps))
   m = student.config.model
@@ -71,10 +70,7 @@ def main(argv):
       np.float32)
   tokens = np.asarray(student.tokenize(latents))[:, :, :k]
   noise = student.clip_noise(np.arange(args.batch))
-  teacher_args = dict(steps=int(s.steps), guidance_scale=float(s.guidance_scale),
-                      guidance=s.guidance, apg_momentum=s.apg_momentum,
-                      apg_eta=s.apg_eta, apg_norm_threshold=s.apg_norm_threshold,
-                      time_shift=student.sample_defaults('teacher')['time_shift'])
+  teacher_args = student.sample_defaults('teacher')
   runs = {'teacher': lambda: teacher.detokenize(tokens, noise=noise,
                                                 **teacher_args)}
   for n in steps:
@@ -89,15 +85,17 @@ def main(argv):
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - t0)
   per_clip = {name: float(np.median(t)) / args.batch for name, t in times.items()}
-  guided = float(s.guidance_scale) != 1.0
-  gflop = {'teacher': int(s.steps) * flops.detokenize_step(m, guided=guided) / 1e9}
+  guided = float(teacher_args['guidance_scale']) != 1.0
+  gflop = {'teacher': int(teacher_args['steps'])
+           * flops.detokenize_step(m, guided=guided) / 1e9}
   for n in steps:
     gflop[f'student_{n}'] = n * flops.detokenize_step(m, guided=False) / 1e9
   d = jax.devices()[0]
   print(f'# {args.workdir or args.config}: {d.platform} ({d.device_kind}), '
         f'batch {args.batch}, {k} tokens per frame, median of {args.repeats}, '
         f'jax {jax.__version__}')
-  print(f'teacher: {s.steps} steps, {s.guidance} at scale {s.guidance_scale:g}'
+  print(f"teacher: {teacher_args['steps']} steps, {teacher_args['guidance']} "
+        f"at scale {teacher_args['guidance_scale']:g}"
         f' ({"2 passes" if guided else "1 pass"} per step)\n')
   print('| sampler | s/clip detokenize | speed-up | GFLOP/clip | fewer FLOPs |')
   print('|---|---|---|---|---|')

@@ -66,6 +66,14 @@ class Guidance:
   eta: float = 0.0
   norm_threshold: float = 0.0
 
+  @classmethod
+  def from_settings(cls, s) -> 'Guidance':
+    """From sampler settings (models/tokenizer.sample_settings' keys:
+    guidance, guidance_scale, apg_momentum, apg_eta, apg_norm_threshold)."""
+    return cls(float(s['guidance_scale']), s['guidance'],
+               float(s['apg_momentum']), float(s['apg_eta']),
+               float(s['apg_norm_threshold']))
+
   def __post_init__(self):
     if self.kind not in ('cfg', 'apg'):
       raise ValueError(f"guidance kind must be 'cfg' or 'apg', got {self.kind!r}")

@@ -117,9 +117,6 @@ def _distill_task(config, student, tx, schedule, init_fn) -> Task:
                      'needs its teacher: config.train.init_from names the '
                      'workdir of a trained tokenizer')
   teacher_config = checkpoint.load_workdir_config(source)
-  if tokenizer.is_distilled(teacher_config.model):
-    raise ValueError(f'config.train.init_from={source!r} is a distilled '
-                     'student; distil from the tokenizer it was distilled from')
   params, _ = restore_params(teacher_config, source)
   teacher = tokenizer.build(teacher_config.model,
                             layers.optional_dtype(teacher_config.model.dtype))

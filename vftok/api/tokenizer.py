@@ -267,16 +267,7 @@ class Tokenizer:
     student's: config.distill.steps, no guidance (it is distilled in), and
     for sampler='teacher' its `sample` block: the sampler it was distilled
     from."""
-    s = self.config.get('sample') or {}
-    defaults = dict(steps=40, guidance='apg', guidance_scale=25.0,
-                    apg_momentum=0.0, apg_eta=0.0, apg_norm_threshold=0.6,
-                    time_shift=0.0)
-    out = {k: s.get(k, v) for k, v in defaults.items()}
-    # 0: the time shift the model was trained with.
-    out['time_shift'] = out['time_shift'] or self.config.model.time_shift
-    if self.is_distilled and sampler != 'teacher':
-      out.update(steps=int(self.config.distill.steps), guidance_scale=1.0)
-    return out
+    return tokenizer_lib.sample_settings(self.config, sampler)
 
   # ---- a distilled student and its teacher ----------------------------------
   @property
@@ -420,11 +411,12 @@ class Tokenizer:
                        f'{err}')
     if first_frame is not None:
       first_frame = self._check_first_frame(first_frame, b, hw)
-    g = flow.Guidance(float(pick(guidance_scale, 'guidance_scale')),
-                      pick(guidance, 'guidance'),
-                      float(pick(apg_momentum, 'apg_momentum')),
-                      float(pick(apg_eta, 'apg_eta')),
-                      float(pick(apg_norm_threshold, 'apg_norm_threshold')))
+    g = flow.Guidance.from_settings(dict(
+        guidance_scale=pick(guidance_scale, 'guidance_scale'),
+        guidance=pick(guidance, 'guidance'),
+        apg_momentum=pick(apg_momentum, 'apg_momentum'),
+        apg_eta=pick(apg_eta, 'apg_eta'),
+        apg_norm_threshold=pick(apg_norm_threshold, 'apg_norm_threshold')))
     shift = float(pick(time_shift, 'time_shift'))
     shape = (b, t * pt, *hw, self.latent_shape[-1])
     if noise is None:

@@ -97,10 +97,10 @@ def _check(config, tok, devices: int):
         raise errors.InputError(
             f'config.student_steps={tuple(config.student_steps)}: the student '
             f'was trained for {tok.student_steps} steps')
-    teacher = tok.config.sample
-    g = float(teacher.guidance_scale)
+    teacher = tok.sample_defaults('teacher')
+    g = float(teacher['guidance_scale'])
     teacher_steps = sorted({int(s) for s in config.get('teacher_steps', ())}
-                           ) or sorted({int(teacher.steps), *student})
+                           ) or sorted({int(teacher['steps']), *student})
     return budgets, ([('student', 1.0, s) for s in student]
                      + [('teacher', g, s) for s in teacher_steps])
   steps = [int(s) for s in config.sample_steps]
@@ -275,9 +275,9 @@ def run(config, workdir: str, writer=None) -> Dict:
   }
   guidance, apg = config.guidance, dict(config.apg)
   if tok.is_distilled:  # the teacher rows guide as the distilled sampler did
-    t = tok.config.sample
-    guidance, apg = t.guidance, dict(momentum=t.apg_momentum, eta=t.apg_eta,
-                                     norm_threshold=t.apg_norm_threshold)
+    t = tok.sample_defaults('teacher')
+    guidance = t['guidance']
+    apg = {k: t[f'apg_{k}'] for k in ('momentum', 'eta', 'norm_threshold')}
   if guidance == 'apg':
     guidance += ' ' + ', '.join(f'{k}={v:g}' for k, v in apg.items())
   info = dict(checkpoint=os.path.abspath(config.checkpoint), step=step,

@@ -66,19 +66,6 @@ def student_pairs(student_steps: Sequence[int]):
   return tuple(np.asarray(c, np.int32) for c in zip(*rows))
 
 
-def guidance_of(sample_config) -> flow.Guidance:
-  """The teacher sampler's guidance (config.sample, as detokenize reads it)."""
-  s = sample_config
-  return flow.Guidance(float(s.guidance_scale), s.guidance,
-                       float(s.apg_momentum), float(s.apg_eta),
-                       float(s.apg_norm_threshold))
-
-
-def time_shift_of(config) -> float:
-  return float(config.sample.get('time_shift', 0.0)
-               or config.model.time_shift)
-
-
 def loss_fn(student, teacher, params, teacher_params, batch: Dict, rng,
             config) -> Tuple[jax.Array, Dict]:
   """The distillation objective (see the module docstring).
@@ -99,7 +86,8 @@ def loss_fn(student, teacher, params, teacher_params, batch: Dict, rng,
   codes = jax.lax.stop_gradient(codes)
 
   s_row, start, end = student_pairs(config.distill.student_steps)
-  shift = time_shift_of(config)
+  sampler = tokenizer_lib.sample_settings(config, 'teacher')
+  shift = float(sampler['time_shift'])
   grid = flow.time_grid(int(s_row.max()), shift)
   passes = flow.one_pass(config.sample.get('guidance_passes', 'auto'),
                          jax.default_backend())
@@ -112,8 +100,8 @@ def loss_fn(student, teacher, params, teacher_params, batch: Dict, rng,
     return v
 
   states = jax.lax.stop_gradient(flow.euler_trajectory(
-      teacher_velocity, eps, int(config.sample.steps),
-      guidance_of(config.sample), shift, grid, passes))
+      teacher_velocity, eps, int(sampler['steps']),
+      flow.Guidance.from_settings(sampler), shift, grid, passes))
   x_a, x_b = states[start], states[end]            # [P, B, T, H, W, C]
   t_a, t_b = grid[start], grid[end]                # [P]
   target = (x_b - x_a) / (t_b - t_a).reshape(-1, 1, 1, 1, 1, 1)

@@ -130,6 +130,28 @@ def is_distilled(model_config) -> bool:
   return bool(model_config.get('step_conditioning', False))
 
 
+# detokenize's settings where a config's `sample` block is silent: the
+# release notebook's 40 Euler steps, APG at scale 25 on the velocity
+# (per-channel norm threshold 0.6, no momentum, eta 0).
+SAMPLE_DEFAULTS = dict(steps=40, guidance='apg', guidance_scale=25.0,
+                       apg_momentum=0.0, apg_eta=0.0, apg_norm_threshold=0.6,
+                       time_shift=0.0)
+
+
+def sample_settings(config, sampler=None) -> dict:
+  """The sampler of a tokenizer config: its `sample` block over
+  SAMPLE_DEFAULTS, time shift 0 -> the model's training shift. A distilled
+  student's own: config.distill.steps, unguided; sampler='teacher': the
+  `sample` block, the sampler it was distilled from (the one rule behind
+  Tokenizer.detokenize and the distillation targets)."""
+  s = config.get('sample') or {}
+  out = {k: s.get(k, v) for k, v in SAMPLE_DEFAULTS.items()}
+  out['time_shift'] = out['time_shift'] or config.model.time_shift
+  if is_distilled(config.model) and sampler != 'teacher':
+    out.update(steps=int(config.distill.steps), guidance_scale=1.0)
+  return out
+
+
 def budgets(model_config):
   """Token budgets a tokenizer decodes at: 1, 2, 4, ..., K, or only all K
   for a grid tokenizer (no nested dropout: fewer tokens mean nothing)."""
