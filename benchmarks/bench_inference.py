@@ -4,11 +4,14 @@ depend on them).
   PYTHONPATH=. python benchmarks/bench_inference.py --config=configs/tokenizer_k600.py
       [--official=tests/fixtures/official/model.safetensors --latent_shape=3,4,6]
       [--batch 1] [--steps 2] [--repeats 3] [--dtype float32]
-      [--attention_impl xla,pallas_gpu] [--peak_tflops 989] [--markdown F]
-      [--skip_unavailable]
+      [--attention_impl xla,pallas_gpu] [--guidance_passes one,two]
+      [--peak_tflops 989] [--markdown F] [--skip_unavailable]
 
 Per `model.attention_impl` (vftok/models/attention_kernels.py; default: the
-config's; one row each, benchmarks/outcomes.py): the compile
+config's) and `sample.guidance_passes` (vftok/flow.py: the conditional and
+null-condition forwards of a guided step as one batched forward of 2B rows,
+or two of B; default: the config's, 'auto'), one row each
+(benchmarks/outcomes.py): the compile
 time, then seconds for `tokenize` and for one Euler step of `detokenize`
 (with guidance: a conditional and a null-condition forward), medians of
 --repeats after a warm-up; tokenize clips/s, detokenize clips/s for a whole
@@ -28,6 +31,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 import vftok
@@ -58,8 +62,9 @@ def peak_tflops(args) -> float:
                                                args.dtype)
 
 
-def bench_impl(tok, impl, args, x, name):
-  """Tokenize and detokenize speed of one attention implementation."""
+def bench_impl(tok, impl, args, x, name, passes=''):
+  """Tokenize and detokenize speed of one attention implementation (and
+  guidance pass setting)."""
   m = tok.config.model
   t0 = time.perf_counter()
   tokens = jax.block_until_ready(tok.tokenize(x))
@@ -76,7 +81,7 @@ def bench_impl(tok, impl, args, x, name):
   f_detok = flops.detokenize_step(m, impl) * args.batch / s_detok / 1e12
   peak = peak_tflops(args)
   mfu = lambda f: f' = {f / peak:.1%} MFU' if peak else ''
-  label = f'[{impl or "default"}]'
+  label = row_label(impl, passes)
   print(f'{label} compile: tokenize {compile_tok:.1f} s, detokenize '
         f'{compile_detok:.1f} s')
   print(f'{label} tokenize: {s_tok:.3f} s per call ({tok_clips:.2f} clips/s,'
@@ -85,8 +90,32 @@ def bench_impl(tok, impl, args, x, name):
         f'(2 forwards); a 40-step APG decode: {40 * s_detok:.1f} s '
         f'({detok_clips:.3f} clips/s, {f_detok:.3f} TFLOP/s analytic'
         f'{mfu(f_detok)})', flush=True)
-  return (f'| {name} | {impl or "default"} | {args.batch} | {tok_clips:.2f} |'
-          f' {detok_clips:.3f} | {f_tok:.2f} / {f_detok:.2f} |')
+  return (f'| {name} | {impl or "default"} | {passes or "config"} | '
+          f'{args.batch} | {tok_clips:.2f} | {s_detok:.3f} | {detok_clips:.3f}'
+          f' | {f_tok:.2f} / {f_detok:.2f} |')
+
+
+def row_label(impl: str, passes: str) -> str:
+  return f'[{impl or "default"}' + (f', {passes} pass' if passes else '') + ']'
+
+
+def variant(tok, impl: str, passes: str, args):
+  """`tok` with another attention implementation or guidance pass setting
+  (the same weights)."""
+  m = tok.config.model
+  if impl == (m.get('attention_impl', '') or '') and not passes:
+    return tok
+  if impl != (m.get('attention_impl', '') or '') and args.official:
+    raise ValueError('--attention_impl applies to --config models only')
+  c = tok.config.copy_and_resolve_references()
+  c.model.attention_impl = impl
+  if passes:
+    if 'sample' not in c:
+      c.sample = ml_collections.ConfigDict()
+    c.sample.guidance_passes = passes
+  if args.official:
+    return vftok.Tokenizer(c, tok.params)
+  return vftok.Tokenizer.from_config(c, seed=0)   # seed 0: the same weights
 
 
 def main():
@@ -102,6 +131,9 @@ def main():
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--attention_impl', default=None,
                  help="comma-separated model.attention_impl values")
+  p.add_argument('--guidance_passes', default='',
+                 help="comma-separated sample.guidance_passes values "
+                 "('one', 'two', 'auto'; default: the config's)")
   p.add_argument('--peak_tflops', type=float, default=0.0)
   p.add_argument('--markdown', default='', help='append result rows here')
   p.add_argument('--skip_unavailable', action='store_true',
@@ -127,20 +159,16 @@ def main():
         f'{args.batch}, {args.dtype}')
   impls = (args.attention_impl.split(',') if args.attention_impl is not None
            else [m.get('attention_impl', '') or ''])
-  rows = ['| model | attention | batch | tokenize clips/s | detokenize clips/s '
-          '(40 APG steps) | TFLOP/s tok / detok |', '|---|---|---|---|---|---|']
+  passes_list = args.guidance_passes.split(',') if args.guidance_passes else ['']
+  rows = ['| model | attention | guidance passes | batch | tokenize clips/s | '
+          's per guided Euler step | detokenize clips/s (40 APG steps) | '
+          'TFLOP/s tok / detok |', '|---|---|---|---|---|---|---|---|']
   outcomes = Outcomes(skip_unavailable=args.skip_unavailable)
   for impl in impls:
-    with outcomes.row(f'[{impl or "default"}]'):
-      if impl != (m.get('attention_impl', '') or ''):
-        if args.official:
-          raise ValueError('--attention_impl applies to --config models only')
-        c = tok.config.copy_and_resolve_references()
-        c.model.attention_impl = impl
-        tok_i = vftok.Tokenizer.from_config(c, seed=0)
-      else:
-        tok_i = tok
-      rows.append(bench_impl(tok_i, impl, args, x, name))
+    for passes in passes_list:
+      with outcomes.row(row_label(impl, passes)):
+        rows.append(bench_impl(variant(tok, impl, passes, args), impl, args,
+                               x, name, passes))
   print('\n'.join(rows))
   if args.markdown:
     with open(args.markdown, 'a') as f:

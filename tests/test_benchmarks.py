@@ -57,11 +57,16 @@ def test_inference_bench_reports_clips_per_second():
   proc = subprocess.run(
       [sys.executable, 'benchmarks/bench_inference.py',
        '--config=configs/demo.py', '--steps=1', '--repeats=1',
-       '--attention_impl=xla'],
+       '--attention_impl=xla', '--guidance_passes=one,two'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert re.search(r'\[xla\] tokenize: .* clips/s', proc.stdout), proc.stdout
-  assert re.search(r'\[xla\] detokenize: .* clips/s', proc.stdout), proc.stdout
+  for passes in ('one', 'two'):
+    label = rf'\[xla, {passes} pass\]'
+    assert re.search(label + r' tokenize: .* clips/s', proc.stdout), proc.stdout
+    assert re.search(label + r' detokenize: .* clips/s', proc.stdout), (
+        proc.stdout)
+    assert re.search(rf'\| configs/demo.py \| xla \| {passes} \| 1 \|',
+                     proc.stdout), proc.stdout
 
 
 def test_distill_bench_times_student_and_teacher():
@@ -189,7 +194,7 @@ class Tok:
       raise ValueError('cannot build bogus')
     return cls(config)
 
-def bench_impl(tok, impl, args, x, name):
+def bench_impl(tok, impl, args, x, name, passes=''):
   if impl == 'pallas_gpu':
     raise RuntimeError('fake Triton failure')
   return f'| {name} | {impl} | measured |'

@@ -14,6 +14,7 @@ from vftok.models import latent_codecs
 from vftok.data import demo
 from vftok.data import pipeline
 from vftok.data import records
+from vftok.data import tokens as token_records
 from vftok.models.pretrained import features
 
 from testing_utils import corrupt_middle
@@ -361,3 +362,28 @@ def test_corrupt_record_is_named_or_skipped_and_counted(tmp_path):
                      r'than data.max_bad_record_fraction=0.05'):
     for _ in range(5):
       counter(next(it))
+
+
+def test_token_statistics_are_the_lookup_tables_entropies(tmp_path):
+  """8 clips of [1, 2] tokens: slot 0 is always code 7; slot 1 draws 1 or 2
+  (half each) for label 0 and is always 3 for label 1."""
+  slot1 = {0: [1, 1, 2, 2], 1: [3, 3, 3, 3]}
+  examples = [dict(tokens=np.array([[7, code]], np.uint16), label=label,
+                   caption='', source=f'synthetic:{label}:{i}')
+              for label in (0, 1) for i, code in enumerate(slot1[label])]
+  records.write_token_records(
+      str(tmp_path / 'train-00000-of-00001.array_record'), examples)
+  got = token_records.statistics(str(tmp_path / 'train-*.array_record'))
+  ln = np.log
+  assert got['clips'] == 8 and got['tokens_shape'] == [1, 2]
+  assert got['distinct_codes'] == 4
+  # 16 tokens: 7 x 8, 1 x 2, 2 x 2, 3 x 4.
+  np.testing.assert_allclose(got['unigram'],
+                             0.5 * ln(2) + 2 * 0.125 * ln(8) + 0.25 * ln(4))
+  # Slot 0 is certain; slot 1 (half the tokens) is 1, 2, 3 at 1/4, 1/4, 1/2.
+  np.testing.assert_allclose(got['per_slot'],
+                             0.5 * (2 * 0.25 * ln(4) + 0.5 * ln(2)))
+  # Given the label only slot 1 of label 0 (a quarter of the tokens) varies.
+  np.testing.assert_allclose(got['per_slot_class'], 0.25 * ln(2))
+  with pytest.raises(errors.InputError, match='none-'):
+    token_records.statistics(str(tmp_path / 'none-*.array_record'))

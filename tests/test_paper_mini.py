@@ -49,6 +49,13 @@ def test_paper_mini_smoke_runs_every_phase_and_resumes(tmp_path, capsys):
   large = {r['ar_params'] for r in rows if r['ar_size'] == 'large'}
   assert len(small) == len(large) == 1 and small != large
   assert all(isinstance(f['holds'], bool) for f in summary['findings'])
+  # The AR training sets' statistics: conditioning never raises entropy.
+  stats = summary['token_stats']
+  assert stats['videoflextok']['tokens_shape'] == [5, 4]
+  assert stats['grid']['tokens_shape'] == [5, 16]
+  for st in stats.values():
+    assert st['unigram'] >= st['per_slot'] >= st['per_slot_class'] >= 0
+  assert 'per slot and class' in (work / 'paper_mini.md').read_text()
   # The grid counterpart trained through the job runner loads as a
   # Tokenizer with one token per latent patch and refuses other budgets.
   tok = vftok.Tokenizer.from_checkpoint(str(work / 'tokenizer_grid'))

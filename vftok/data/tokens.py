@@ -212,3 +212,41 @@ def finalize(workdir: str, plan=None):
   logging.info('%s: %d token records in %d shards', workdir,
                manifest['counts'][split], n)
   return manifest
+
+
+def _entropy(counts: np.ndarray) -> float:
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+def _conditional_entropy(groups: np.ndarray, tokens: np.ndarray) -> float:
+  """H(token | group) in nats, the plug-in estimate over these records."""
+  (g, _), joint = np.unique(np.stack([groups, tokens]), axis=1,
+                            return_counts=True)
+  _, which = np.unique(g, return_inverse=True)
+  p_token_given_group = joint / np.bincount(which, weights=joint)[which]
+  return float(-(joint / joint.sum() * np.log(p_token_given_group)).sum())
+
+
+def statistics(pattern: str) -> dict:
+  """How hard the token records are to model: the codes in use and the
+  entropies (nats per token) that lookup tables of their frequencies reach
+  on these records (plug-in estimates, so on the low side): `unigram` one
+  table for all, `per_slot` one per (frame, level) slot, `per_slot_class`
+  one per slot and label. A next-token model's training loss above
+  `per_slot_class` has not yet learned what a table of counts knows."""
+  examples = records.read_records(pattern)
+  if not examples:
+    raise errors.InputError(f'no token records match {pattern!r}')
+  tokens = np.stack([np.asarray(e['tokens'], np.int64) for e in examples])
+  labels = np.asarray([int(e.get('label', -1)) for e in examples], np.int64)
+  n, t, k = tokens.shape
+  slots = np.broadcast_to(np.arange(t * k).reshape(1, t, k), tokens.shape)
+  flat = tokens.reshape(-1)
+  by_slot = slots.reshape(-1)
+  by_slot_class = (slots + t * k * (labels[:, None, None] + 1)).reshape(-1)
+  return dict(clips=int(n), tokens_shape=[int(t), int(k)],
+              distinct_codes=int(np.unique(flat).size),
+              unigram=_entropy(np.bincount(flat)),
+              per_slot=_conditional_entropy(by_slot, flat),
+              per_slot_class=_conditional_entropy(by_slot_class, flat))

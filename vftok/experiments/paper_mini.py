@@ -31,6 +31,7 @@ from vftok import checkpoint
 from vftok import defaults
 from vftok import errors
 from vftok.data import records
+from vftok.data import tokens as token_records
 from vftok.evals import budget_plot
 from vftok.experiments import seed_ranges
 from vftok.jobs import eval_ar
@@ -252,10 +253,38 @@ def collect(exp: Experiment) -> Dict:
             gflops_per_video=float(r['gflops_per_video'])))
   # Chance: a sampler that ignores the class (whatever it draws) scores the
   # mean over the classes of p(class | sample) = 1 / classes.
-  return dict(rows=rows,
+  return dict(rows=rows, token_stats=token_stats(exp),
               real_class_score=float(result['real']['class_score']),
               chance=1.0 / len(result['info']['conditions']),
               phase_seconds=dict(exp.finished))
+
+
+def token_stats(exp: Experiment) -> Dict[str, Dict]:
+  """Per tokenizer, how hard its tokens are for the AR (data/tokens.py
+  statistics of the records both AR sizes trained on)."""
+  return {kind: token_records.statistics(train_ar.token_records(
+      exp.ar_config(kind, 'small'), exp.path(f'ar_{kind}_small')))
+          for kind in TOKENIZERS}
+
+
+STATS_ABOUT = ('Token statistics of the AR training set (nats per token): '
+               'the entropy a lookup table of code frequencies reaches on it, '
+               'one table for all slots, one per slot, one per slot and '
+               'class. An AR whose training loss is above the last has not '
+               'yet learned what a table of counts knows.')
+
+
+def stats_lines(per_seed: List[Dict[str, Dict]]) -> List[str]:
+  """The token statistics table, a row per tokenizer (and seed)."""
+  lines = ['| tokenizer | seed | distinct codes | unigram | per slot | '
+           'per slot and class |', '|---|---|---|---|---|---|']
+  for kind in TOKENIZERS:
+    for seed, stats in per_seed:
+      st = stats[kind]
+      lines.append(f"| {NAMES[kind]} | {seed} | {st['distinct_codes']} | "
+                   f"{st['unigram']:.2f} | {st['per_slot']:.2f} | "
+                   f"{st['per_slot_class']:.2f} |")
+  return lines
 
 
 def findings(summary) -> List[Dict]:
@@ -345,6 +374,8 @@ def markdown(exp: Experiment, summary, checks) -> str:
   for c in checks:
     lines.append(f"- {'yes' if c['holds'] else 'no'}: {c['claim']} "
                  f"({c['numbers']})")
+  lines += ['', STATS_ABOUT, ''] + stats_lines(
+      [(exp.config.seed, summary['token_stats'])])
   total = sum(summary['phase_seconds'].values())
   lines += ['', 'Phases (seconds): ' + ', '.join(
       f'{k} {v:.0f}' for k, v in summary['phase_seconds'].items()) +
@@ -392,6 +423,10 @@ def write_seed_report(workdir: str, seeds, summaries) -> Dict:
   for c in checks:
     lines.append(f"- {seed_ranges.verdict(c)}: {c['claim']} "
                  f"({'; '.join(c['numbers'])})")
+  if all('token_stats' in s for s in summaries):
+    summary['token_stats'] = [s['token_stats'] for s in summaries]
+    lines += ['', STATS_ABOUT, ''] + stats_lines(
+        list(zip(seeds, summary['token_stats'])))
   lines += ['', 'Minutes per seed: ' + ', '.join(
       f'seed {s} {m:.1f}' for s, m in zip(seeds, minutes)) + '.']
   text = '\n'.join(lines) + '\n'
