@@ -102,10 +102,10 @@ def row_label(impl: str, passes: str) -> str:
 def variant(tok, impl: str, passes: str, args):
   """`tok` with another attention implementation or guidance pass setting
   (the same weights)."""
-  m = tok.config.model
-  if impl == (m.get('attention_impl', '') or '') and not passes:
+  same_impl = impl == (tok.config.model.get('attention_impl', '') or '')
+  if same_impl and not passes:
     return tok
-  if impl != (m.get('attention_impl', '') or '') and args.official:
+  if not same_impl and args.official:
     raise ValueError('--attention_impl applies to --config models only')
   c = tok.config.copy_and_resolve_references()
   c.model.attention_impl = impl

@@ -214,11 +214,6 @@ def finalize(workdir: str, plan=None):
   return manifest
 
 
-def _entropy(counts: np.ndarray) -> float:
-  p = counts[counts > 0] / counts.sum()
-  return float(-(p * np.log(p)).sum())
-
-
 def _conditional_entropy(groups: np.ndarray, tokens: np.ndarray) -> float:
   """H(token | group) in nats, the plug-in estimate over these records."""
   (g, _), joint = np.unique(np.stack([groups, tokens]), axis=1,
@@ -237,7 +232,7 @@ def statistics(pattern: str) -> dict:
   `per_slot_class` has not yet learned what a table of counts knows."""
   examples = records.read_records(pattern)
   if not examples:
-    raise errors.InputError(f'no token records match {pattern!r}')
+    raise errors.InputError(f'the token records {pattern!r} hold no clips')
   tokens = np.stack([np.asarray(e['tokens'], np.int64) for e in examples])
   labels = np.asarray([int(e.get('label', -1)) for e in examples], np.int64)
   n, t, k = tokens.shape
@@ -247,6 +242,6 @@ def statistics(pattern: str) -> dict:
   by_slot_class = (slots + t * k * (labels[:, None, None] + 1)).reshape(-1)
   return dict(clips=int(n), tokens_shape=[int(t), int(k)],
               distinct_codes=int(np.unique(flat).size),
-              unigram=_entropy(np.bincount(flat)),
+              unigram=_conditional_entropy(np.zeros_like(flat), flat),
               per_slot=_conditional_entropy(by_slot, flat),
               per_slot_class=_conditional_entropy(by_slot_class, flat))
