@@ -92,23 +92,6 @@ def write_synthetic_records(directory, n=32):
   return os.path.join(directory, 'train-*.array_record')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Runs of one test compile the same train step (and later tests the same
-  sampler): a persistent compilation cache makes the repeats cache hits."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ('jax_compilation_cache_dir',
-           'jax_persistent_cache_min_compile_time_secs')
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update(names[0], str(tmp_path_factory.mktemp('xla_cache')))
-  jax.config.update(names[1], 0.5)
-  cc.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
-
-
 @pytest.fixture(scope='module')
 def demo_root(tmp_path_factory):
   return testing_utils.small_demo_set(tmp_path_factory.mktemp('demo_data'),

@@ -290,8 +290,11 @@ def test_remat_leaves_params_loss_and_grads_unchanged():
     def loss(p):
       v, f = m.apply(p, lat, 0.5 * lat, jnp.full((2,), 0.3), keep)
       return jnp.mean(v ** 2) + jnp.mean(f ** 2)
-    return jax.value_and_grad(loss)(params)
+    return jax.jit(jax.value_and_grad(loss))(params)
 
+  # Jitted, as training runs it (and faster to test than op by op); the
+  # policies' barriers change XLA's fusions, so gradients of size ~10 agree
+  # to float32 rounding (2.7e-6 measured), not bit for bit.
   ref_loss, ref_grads = loss_and_grads(base)
   # Attention implementations: tests/test_attention.py (the whole loss).
   for overrides in (dict(remat='dots'), dict(remat='full')):
@@ -302,7 +305,7 @@ def test_remat_leaves_params_loss_and_grads_unchanged():
     loss, grads = loss_and_grads(config)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='config.model.remat'):
     init(tiny_config(remat='everything'))
   with pytest.raises(ValueError, match='config.model.attention_impl'):

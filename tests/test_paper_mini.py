@@ -28,10 +28,11 @@ def test_paper_mini_smoke_runs_every_phase_and_resumes(tmp_path, capsys):
   phases = json.loads((work / 'phases.json').read_text())
   assert list(phases) == [
       'tokenizer_videoflextok', 'tokenizer_grid', 'classifier',
-      'sweep_videoflextok', 'sweep_grid', 'ar_videoflextok_small',
-      'ar_videoflextok_large', 'ar_grid_small', 'ar_grid_large',
-      'eval_ar_videoflextok_small', 'eval_ar_videoflextok_large',
-      'eval_ar_grid_small', 'eval_ar_grid_large', 'report']
+      'sweep_videoflextok', 'sweep_grid',
+      'ar_videoflextok_small', 'eval_ar_videoflextok_small',
+      'ar_videoflextok_large', 'eval_ar_videoflextok_large',
+      'ar_grid_small', 'eval_ar_grid_small',
+      'ar_grid_large', 'eval_ar_grid_large', 'report']
   for name in ('paper_mini.md', 'fig6_model_size.png', 'fig7_budgets.png',
                'fig11_cfg.png'):
     assert (work / name).exists(), name

@@ -5,8 +5,9 @@ that runs the jobs of Figs. 6, 7 and 11 on the demo set, phase by phase.
                                              finished configs/demo.py run)
     classifier                               the class score's I3D classifier
     sweep_{videoflextok,grid}                rFVD, PSNR vs tokens per frame
-    ar_{tokenizer}_{small,large}             class-conditional AR, 2 sizes
-    eval_ar_{tokenizer}_{small,large}        gFVD, class score vs budget, CFG
+    ar_{tokenizer}_{small,large}             class-conditional AR, 2 sizes,
+    eval_ar_{tokenizer}_{small,large}        each followed by its evaluation:
+                                             gFVD, class score vs budget, CFG
     report                                   paper_mini.md / .json, 3 figures
 
 Each phase runs the ordinary job (`vftok.jobs.*.run`) in <workdir>/<phase>
@@ -153,13 +154,13 @@ class Experiment:
         sc.classifier.path = self.path('classifier', 'classifier.npz')
         eval_tokenizer.run(sc, self.path(f'sweep_{kind}'))
       out.append((f'sweep_{kind}', sweep))
+    # Each AR is evaluated as soon as it is trained: a run cut off later
+    # keeps the scores of the models it finished.
     for kind in TOKENIZERS:
       for size in SIZES:
         out.append((f'ar_{kind}_{size}', lambda kind=kind, size=size:
                     train_ar.run(self.ar_config(kind, size),
                                  self.path(f'ar_{kind}_{size}'))))
-    for kind in TOKENIZERS:
-      for size in SIZES:
         out.append((f'eval_ar_{kind}_{size}', lambda kind=kind, size=size:
                     eval_ar.run(self.eval_ar_config(kind, size),
                                 self.path(f'eval_ar_{kind}_{size}'))))
