@@ -2,9 +2,11 @@
 tokenizers, classifier, sweeps, four AR models, their evaluations, the
 report) runs through vftok.main's job runner on the jobs' small demo set;
 a re-run skips every finished phase; the report's table, figures and
-findings are written. (The miniature itself is not run in CI: its numbers
+findings are written; seeds finished elsewhere combine from their
+records. (The miniature itself is not run in CI: its numbers
 are in docs/paper_experiments.md.)"""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -69,3 +71,20 @@ def test_paper_mini_smoke_runs_every_phase_and_resumes(tmp_path, capsys):
   # A re-run: every phase is skipped, the report is what it was.
   main.run_job(paper_mini, c, str(work))
   assert json.loads((work / 'phases.json').read_text()) == phases
+
+  # Seeds run at different times, on different machines, combine: a seed
+  # workdir holding only its phases.json and paper_mini.json counts as
+  # finished (docs/paper_mini_runs/ keeps those files of the reported runs).
+  seeds_dir = tmp_path / 'seeds'
+  for s in (0, 1):
+    (seeds_dir / f'seed_{s}').mkdir(parents=True)
+    for name in ('phases.json', 'paper_mini.json'):
+      shutil.copy(work / name, seeds_dir / f'seed_{s}' / name)
+  cs = c.copy_and_resolve_references()
+  cs.seeds = (0, 1)
+  combined = main.run_job(paper_mini, cs, str(seeds_dir))
+  assert combined['seeds'] == [0, 1]
+  assert len(combined['rows']) == len(rows)
+  assert (seeds_dir / 'paper_mini.md').exists()
+  assert sorted(p.name for p in (seeds_dir / 'seed_0').iterdir()) == [
+      'paper_mini.json', 'phases.json']
