@@ -30,5 +30,6 @@ def get_config(arg=None):
   # full budget's estimated gain, and rate-distortion slopes in latent dB per
   # token (from spending on every clip to one token each).
   c.fractions = (0.3, 0.5, 0.7, 0.85, 0.95)
-  c.db_per_token = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+  c.db_per_token = (1.0, 0.5, 0.3, 0.2, 0.15, 0.12, 0.1, 0.07, 0.05, 0.03,
+                    0.02, 0.01, 0.003)
   return c

@@ -129,6 +129,49 @@ def test_choose_budget_is_the_smallest_that_meets_the_target(tok):
     tok.choose_budget(x, db_per_token=-1.0)
 
 
+def test_per_frame_search_raises_the_frame_that_buys_the_most(tok):
+  """The joint per-frame search: from 1 token everywhere to K everywhere,
+  each point raises one frame of each clip to the next candidate, the one
+  whose decode (recomputed here, same noise) gains the most latent dB per
+  token; a target picks the first point that meets it."""
+  from vftok.api import budgets  # pylint: disable=g-import-not-at-top
+  tok = testing_utils.perturbed(vftok.Tokenizer(tok.config, tok.params))
+  x = latents()
+  est = budgets.BudgetEstimates(tok, x, seed=3)
+  noise = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
+  path, psnr, _ = est.frame_path()
+  b, t = x.shape[:2]
+  assert path.shape == (t * 2 + 1, b, t)      # candidates 1, 2, 4
+  assert (path[0] == 1).all() and (path[-1] == 4).all()
+  clip_psnr = lambda bud: budgets.latent_psnr(x, tok.detokenize(
+      tok.tokenize(x), steps=1, guidance_scale=1.0, noise=noise,
+      budgets=bud), (1, 2, 3, 4))
+  np.testing.assert_allclose(clip_psnr(path[3]), psnr[3], atol=1e-4)
+  for p in range(len(path) - 1):
+    raised = path[p + 1] != path[p]
+    assert (raised.sum(axis=1) == 1).all()
+  # At point 2, every other frame's raise gains at most the chosen one's
+  # dB per token.
+  base, now = clip_psnr(path[1]), psnr[2]
+  chosen_gain = (now - base) / ((path[2] - path[1]).sum(axis=1) / t)
+  for f in range(t):
+    trial = path[1].copy()
+    open_ = trial[:, f] < 4
+    trial[open_, f] *= 2
+    gain = (clip_psnr(trial) - base) / np.maximum(
+        (trial - path[1]).sum(axis=1) / t, 1e-9)
+    assert np.all(gain[open_] <= chosen_gain[open_] + 1e-3)
+  target = float(np.median(psnr))
+  chosen = est.pick(per_frame=True, target_psnr=target)
+  for i in range(b):
+    first = int(np.argmax(psnr[:, i] >= target))
+    if psnr[first, i] >= target:
+      np.testing.assert_array_equal(chosen[i], path[first, i])
+  best = est.pick(per_frame=True, db_per_token=0.0)
+  for i in range(b):
+    np.testing.assert_array_equal(best[i], path[np.argmax(psnr[:, i]), i])
+
+
 @pytest.mark.parametrize('bad,match', [
     (np.zeros((2, 3, 4, 4)), r'\[B, T, H, W, C\]'),
     (np.zeros((2, 3, 4, 4, 5)), 'channels'),

@@ -88,3 +88,24 @@ def test_paper_mini_smoke_runs_every_phase_and_resumes(tmp_path, capsys):
   assert (seeds_dir / 'paper_mini.md').exists()
   assert sorted(p.name for p in (seeds_dir / 'seed_0').iterdir()) == [
       'paper_mini.json', 'phases.json']
+
+
+@pytest.mark.parametrize('reuse', [False, True])
+def test_every_trained_part_of_a_seed_takes_its_seed(tmp_path, monkeypatch,
+                                                     reuse):
+  """--config.seed=s trains seed s's tokenizers and ARs afresh (fresh, or
+  reusing a finished demo run for VideoFlexTok: its grid counterpart still
+  takes the experiment's seed), not seed 0's again."""
+  c = load_config('paper_mini')
+  if reuse:
+    demo = load_config('demo')   # a finished seed-0 run, as check_workdir reads it
+    monkeypatch.setattr(paper_mini.checkpoint, 'check_workdir',
+                        lambda path, *a, **k: (path, 1600, demo))
+    c.tokenizer_workdir = str(tmp_path / 'demo_run')
+  exp = paper_mini.Experiment(paper_mini.seed_config(c, 1), str(tmp_path / 'w'))
+  kinds = ('grid',) if reuse else paper_mini.TOKENIZERS
+  for kind in kinds:
+    assert exp.tokenizer_config(kind).seed == 1, kind
+  for kind in paper_mini.TOKENIZERS:
+    for size in paper_mini.SIZES:
+      assert exp.ar_config(kind, size).seed == 1

@@ -6,10 +6,18 @@ step from pure noise, no guidance: its estimate of E[latents | tokens], the
 MSE-optimal output) at each candidate budget, compared with the latents that
 were tokenized. Cost: one decoder pass per candidate budget (5 for K = 16),
 against `steps` (x2 with guidance) passes for one sampled decode; the tokens
-come from one encoder pass. Per-frame budgets read each frame's error at a
-budget shared by all frames: with the time-causal decoder a frame depends on
-earlier frames' tokens too, so a frame's own budget is an estimate, which
-`detokenize(budgets=[B, T])` then decodes exactly.
+come from one encoder pass.
+
+Per-frame budgets are searched jointly, with the decoder in the loop: with
+the time-causal decoder a frame is decoded from its own tokens and every
+earlier frame's, so a token spent on frame t also serves frames after it,
+and reading each frame's error at a budget shared by all frames misses
+that. From one token everywhere, each round raises, per clip, the one
+frame's budget to the next candidate that buys the most estimated dB per
+token added; the path ends at K everywhere and every target reads its
+point off it. Cost: T x (candidates - 1) rounds of at most T one-step
+passes, one per frame (~50 passes per clip for T = 5, K = 16; frames
+already at K are skipped), about one sampled decode at the demo's settings.
 
 Targets, in latent space (the pixels are the codec's business):
   target_psnr   dB of the latents' mean square over the error's;
@@ -66,11 +74,27 @@ def check_target(target) -> None:
     raise ValueError(f'db_per_token={target["db_per_token"]} must be >= 0')
 
 
+def _pick_on(ks, psnr, mse, target):
+  """The index of the chosen point along axis 0 of psnr / mse [P, ...]
+  (points in increasing cost ks [P, ...]) for one target."""
+  if target.get('db_per_token') is not None:
+    # ties: the cheaper point
+    return np.argmax(psnr - target['db_per_token'] * ks, axis=0)
+  if target.get('target_psnr') is not None:
+    ok = psnr >= target['target_psnr']
+  elif target.get('target_mse') is not None:
+    ok = mse <= target['target_mse']
+  else:
+    ok = psnr >= psnr[0] + target['fraction'] * (psnr[-1] - psnr[0]) - 1e-9
+  ok[-1] = True                                       # else: the most tokens
+  return np.argmax(ok, axis=0)                        # the cheapest that meets
+
+
 class BudgetEstimates:
   """The one-step mean's latent error at every candidate budget, for clips
-  tokenized once (per latent frame; a clip's error is its frames' mean).
-  pick(**target) then chooses per clip or per frame, for any number of
-  targets, at no further cost."""
+  tokenized once. pick(**target) chooses per clip from them, and per frame
+  from the joint search (module docstring; run on the first per-frame pick),
+  for any number of targets at no further cost."""
 
   def __init__(self, tok, latents, *, candidates: Sequence[int] = (),
                seed: int = 0, tokens=None):
@@ -87,47 +111,81 @@ class BudgetEstimates:
     # One noise draw for every candidate: the budgets differ, not the noise.
     noise = np.random.default_rng(seed).standard_normal(
         latents.shape).astype(np.float32)
-    mse = []
-    for k in self.candidates:
-      mean = np.asarray(tok.detokenize(self.tokens[:, :, :k], steps=1,
-                                       guidance_scale=1.0, noise=noise,
-                                       latent_size=latents.shape[2:4]))
-      mse.append(latent_mse(latents, mean, (2, 3, 4)))
-    self.frame_mse = np.stack(mse)                    # [candidates, B, T]
-    self.frame_power = latent_power(latents, (2, 3, 4))   # [B, T]
+    self._tok, self._latents, self._noise = tok, latents, noise
+    self.decoder_passes = 0        # one-step decodes of the whole batch
+    # frames are equal in size: a clip's mean square is its frames' mean
+    self.power = latent_power(latents, (1, 2, 3, 4))              # [B]
+    self.mse = np.stack([self._clip_mse(np.full(latents.shape[:2], k))
+                         for k in self.candidates])   # [candidates, B]
+    self._path = None
 
-  def errors(self, per_frame: bool):
-    """-> (psnr, mse), each [candidates, B] (per_frame: [candidates, B, T])."""
-    mse, power = self.frame_mse, self.frame_power
-    if not per_frame:       # frames are equal in size: a clip's mean is theirs
-      mse, power = mse.mean(axis=-1), power.mean(axis=-1)
-    return psnr_of(power, mse), mse
+  def _clip_mse(self, budgets) -> np.ndarray:
+    """The one-step mean's latent MSE per clip at budgets [B, T]."""
+    k = int(np.max(budgets))
+    self.decoder_passes += 1
+    mean = self._tok.detokenize(
+        self.tokens[:, :, :k], steps=1, guidance_scale=1.0, noise=self._noise,
+        latent_size=self._latents.shape[2:4], budgets=budgets)
+    return latent_mse(self._latents, np.asarray(mean), (1, 2, 3, 4))
+
+  def errors(self):
+    """-> (psnr, mse) per clip at every candidate, each [candidates, B]."""
+    return psnr_of(self.power, self.mse), self.mse
+
+  def frame_path(self):
+    """The joint per-frame search (module docstring) -> (budgets int
+    [P, B, T], psnr [P, B], mse [P, B]) at its P = T (candidates - 1) + 1
+    points, one token everywhere first, K everywhere last."""
+    if self._path is None:
+      ks = np.asarray(self.candidates)
+      b, t = self.tokens.shape[:2]
+      level = np.zeros((b, t), int)             # index into ks, per frame
+      mse = self.mse[0]
+      points = [(ks[level], mse)]
+      for _ in range(t * (len(ks) - 1)):
+        gain = np.full((t, b), -np.inf)
+        trial_mse = np.zeros((t, b))
+        for f in range(t):
+          open_ = level[:, f] < len(ks) - 1
+          if not open_.any():
+            continue
+          trial = level.copy()
+          trial[open_, f] += 1
+          trial_mse[f] = self._clip_mse(ks[trial])
+          added = (ks[trial[:, f]] - ks[level[:, f]]) / t   # mean tokens
+          db = psnr_of(self.power, trial_mse[f]) - psnr_of(self.power, mse)
+          gain[f] = np.where(open_, db / np.maximum(added, 1e-9), -np.inf)
+        best = np.argmax(gain, axis=0)          # per clip: the frame to raise
+        clips = np.arange(b)
+        level[clips, best] += 1
+        mse = trial_mse[best, clips]
+        points.append((ks[level], mse))
+      budgets = np.stack([p[0] for p in points])
+      mse = np.stack([p[1] for p in points])
+      self._path = budgets, psnr_of(self.power, mse), mse
+    return self._path
 
   def pick(self, per_frame: bool = False, **target) -> np.ndarray:
     """-> budgets int [B] (per_frame: [B, T]) for one target (module
     docstring)."""
     check_target(target)
-    (psnr, mse), ks = self.errors(per_frame), np.asarray(self.candidates)
-    if target.get('db_per_token') is not None:
-      gain = psnr - target['db_per_token'] * ks.reshape(
-          (-1,) + (1,) * (psnr.ndim - 1))
-      return ks[np.argmax(gain, axis=0)]   # ties: the smaller budget
-    if target.get('target_psnr') is not None:
-      ok = psnr >= target['target_psnr']
-    elif target.get('target_mse') is not None:
-      ok = mse <= target['target_mse']
-    else:
-      ok = psnr >= psnr[0] + target['fraction'] * (psnr[-1] - psnr[0]) - 1e-9
-    ok[-1] = True                                     # else: all K
-    return ks[np.argmax(ok, axis=0)]                  # the smallest that meets
+    if not per_frame:
+      psnr, mse = self.errors()
+      ks = np.asarray(self.candidates)
+      return ks[_pick_on(ks[:, None], psnr, mse, target)]
+    budgets, psnr, mse = self.frame_path()
+    chosen = _pick_on(budgets.mean(axis=-1), psnr, mse, target)
+    return budgets[chosen, np.arange(budgets.shape[1])]
 
 
 def choose_budget(tok, latents, *, per_frame: bool = False,
                   candidates: Sequence[int] = (), seed: int = 0, **target):
   """-> (tokens int32 [B, T, K], budgets int [B] or [B, T]) for exactly one
-  of target_psnr / target_mse / fraction / db_per_token: for the first three
-  the smallest candidate budget (default: the tokenizer's 1, 2, 4, ..., K)
-  whose one-step mean meets the target, else K. Decode with
+  of target_psnr / target_mse / fraction / db_per_token, each a clip's
+  latent quality: for the first three the smallest candidate budget
+  (default: the tokenizer's 1, 2, 4, ..., K) whose one-step mean meets the
+  target, else K; per_frame, the first point of the joint per-frame search
+  that meets it (module docstring). Decode with
   tok.detokenize(tokens, budgets=budgets)."""
   check_target(target)
   est = BudgetEstimates(tok, latents, candidates=candidates, seed=seed)

@@ -100,6 +100,9 @@ class Experiment:
       config.train.time_budget_s, config.train.total_steps = 0.0, step
     else:
       config = ml_collections.ConfigDict(self.config.tokenizer.to_dict())
+    # The experiment's seed: each seed's tokenizers (and so its classifier
+    # data, token sets and ARs) are trained afresh, not seed 0's again.
+    config.seed = self.config.seed
     return defaults.grid_counterpart(config) if kind == 'grid' else config
 
   def ar_config(self, kind: str, size: str):
