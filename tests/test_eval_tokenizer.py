@@ -302,6 +302,10 @@ def test_eval_budgets_job_decodes_the_chosen_budgets(ckpt, tmp_path):
   rows = {r['policy']: r for r in result['rows']}
   for k in (1, 2, 4):
     assert rows[f'fixed {k}']['budget'] == k
+    assert rows[f'fixed {k}']['frame_budgets'] == [k] * 5
+  for r in result['rows']:      # where each policy's tokens went, per frame
+    if r['mode'] != 'oracle':
+      assert np.mean(r['frame_budgets']) == pytest.approx(r['budget'])
   for mode in ('clip', 'frame'):
     ones = rows[f'per {mode}, fraction=0']
     assert ones['budget'] == 1
