@@ -160,7 +160,6 @@ def run(config, workdir: str) -> Dict:
       chosen = np.broadcast_to(
           chosen.reshape(nb, -1), tokens.shape[:2]).astype(np.int32)
       a = acc[name]
-      a.setdefault('budget', []).append(chosen.mean(axis=1))
       a.setdefault('per_frame', []).append(chosen)
       for key, kw in (('psnr', dict(steps=steps, guidance_scale=scale)),
                       ('psnr_mean', dict(steps=1, guidance_scale=1.0))):
@@ -174,13 +173,13 @@ def run(config, workdir: str) -> Dict:
   rows = []
   for name, mode, criterion, target in todo:
     a = acc[name]
+    per_frame = np.concatenate(a['per_frame'])          # [clips, T]
     rows.append(dict(policy=name, mode=mode, criterion=criterion,
-                     target=target,
+                     target=target, budget=float(per_frame.mean()),
                      **{key: float(np.mean(np.concatenate(a[key])))
-                        for key in ('budget', 'psnr', 'psnr_mean')},
+                        for key in ('psnr', 'psnr_mean')},
                      # where the tokens went: the mean budget of each frame
-                     frame_budgets=np.concatenate(a['per_frame']).mean(
-                         axis=0).tolist()))
+                     frame_budgets=per_frame.mean(axis=0).tolist()))
   rows += oracle_rows(acc, budgets)
   saved = [s for measure, _ in MEASURES for s in savings(rows, measure)]
   info = dict(checkpoint=model.source, step=tok.step,
