@@ -26,6 +26,10 @@ def get_config(arg=None):
   c.sample_steps = 0       # 0: the model's sampler (config.sample)
   c.guidance_scale = 0.0   # 0: the model's
   c.modes = ('clip', 'frame')   # budgets per clip, per latent frame
+  # What the choice searches with (api/budgets.py): its own noise draw
+  # ('own': blind to the decode it is scored on) and the noise each clip is
+  # then decoded from ('decode': as a codec with a fixed seed can).
+  c.choose_noise = ('own', 'decode')
   # Targets of the content-chosen curves (api/budgets.py): fractions of the
   # full budget's estimated gain, and rate-distortion slopes in latent dB per
   # token (from spending on every clip to one token each).

@@ -132,13 +132,13 @@ def test_choose_budget_is_the_smallest_that_meets_the_target(tok):
 def test_per_frame_search_raises_the_frame_that_buys_the_most(tok):
   """The joint per-frame search: from 1 token everywhere to K everywhere,
   each point raises one frame of each clip to the next candidate, the one
-  whose decode (recomputed here, same noise) gains the most latent dB per
-  token; a target picks the first point that meets it."""
+  whose decode (recomputed here from the noise it was given) gains the most
+  latent dB per token; a target picks the first point that meets it."""
   from vftok.api import budgets  # pylint: disable=g-import-not-at-top
   tok = testing_utils.perturbed(vftok.Tokenizer(tok.config, tok.params))
   x = latents()
-  est = budgets.BudgetEstimates(tok, x, seed=3)
-  noise = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
+  noise = np.asarray(tok.clip_noise(np.arange(x.shape[0]), seed=3))
+  est = budgets.BudgetEstimates(tok, x, seed=0, noise=noise)
   path, psnr, _ = est.frame_path()
   b, t = x.shape[:2]
   assert path.shape == (t * 2 + 1, b, t)      # candidates 1, 2, 4
@@ -170,6 +170,9 @@ def test_per_frame_search_raises_the_frame_that_buys_the_most(tok):
   best = est.pick(per_frame=True, db_per_token=0.0)
   for i in range(b):
     np.testing.assert_array_equal(best[i], path[np.argmax(psnr[:, i]), i])
+  with pytest.raises(ValueError, match=r'noise \(1, 3, 4, 4, 4\) must have '
+                     r"the latents' shape \(2, 3, 4, 4, 4\)"):
+    budgets.BudgetEstimates(tok, x, noise=noise[:1])
 
 
 @pytest.mark.parametrize('bad,match', [

@@ -307,11 +307,12 @@ def test_eval_budgets_job_decodes_the_chosen_budgets(ckpt, tmp_path):
     if r['mode'] != 'oracle':
       assert np.mean(r['frame_budgets']) == pytest.approx(r['budget'])
   for mode in ('clip', 'frame'):
-    ones = rows[f'per {mode}, fraction=0']
-    assert ones['budget'] == 1
-    assert ones['psnr'] == rows['fixed 1']['psnr']
-    assert ones['psnr_mean'] == rows['fixed 1']['psnr_mean']
-    assert 1 <= rows[f'per {mode}, db_per_token=0']['budget'] <= 4
+    for by in ('', ' for the decode noise'):    # config.choose_noise
+      ones = rows[f'per {mode}{by}, fraction=0']
+      assert ones['budget'] == 1
+      assert ones['psnr'] == rows['fixed 1']['psnr']
+      assert ones['psnr_mean'] == rows['fixed 1']['psnr_mean']
+      assert 1 <= rows[f'per {mode}{by}, db_per_token=0']['budget'] <= 4
   for measure in ('psnr', 'psnr_mean'):
     best = {k for k in (2, 4) if all(rows[f'fixed {j}'][measure] < rows[
         f'fixed {k}'][measure] for j in (1, 2, 4) if j < k)}
@@ -328,6 +329,9 @@ def test_eval_budgets_job_decodes_the_chosen_budgets(ckpt, tmp_path):
     assert (tmp_path / name).stat().st_size > 0
   c.modes = ('video',)
   with pytest.raises(ValueError, match="'video' is not 'clip' or 'frame'"):
+    eval_budgets.run(c, str(tmp_path / 'bad'))
+  c.modes, c.choose_noise = ('clip',), ('fresh',)
+  with pytest.raises(ValueError, match="'fresh' is not 'own' or 'decode'"):
     eval_budgets.run(c, str(tmp_path / 'bad'))
 
 

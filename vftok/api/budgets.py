@@ -20,6 +20,15 @@ passes, one per frame (frames already at K are skipped): 99-104 passes per
 clip measured for T = 5, K = 16 (docs/generation.md), about two sampled
 decodes at the demo's settings.
 
+The decode noise: a decode is a function of the tokens, the budgets and the
+decoder's initial noise, so budgets searched with the noise they will be
+decoded from (`noise=`, e.g. tok.clip_noise(ids, seed), which a codec with a
+fixed seed knows at both ends) are chosen for that decode; without it the
+search draws its own noise (`seed`) and chooses for a decode it has not
+seen. Near the full budget's quality the steps are hundredths of a dB, on the
+order of what the noise changes, so this matters most at high budgets
+(docs/generation.md measures both).
+
 Targets, in latent space (the pixels are the codec's business):
   target_psnr   dB of the latents' mean square over the error's;
   target_mse    the error's mean square;
@@ -95,10 +104,11 @@ class BudgetEstimates:
   """The one-step mean's latent error at every candidate budget, for clips
   tokenized once. pick(**target) chooses per clip from them, and per frame
   from the joint search (module docstring; run on the first per-frame pick),
-  for any number of targets at no further cost."""
+  for any number of targets at no further cost. noise [B, T, H, W, C]: the
+  decode's initial noise the budgets are chosen for; None: a draw from seed."""
 
   def __init__(self, tok, latents, *, candidates: Sequence[int] = (),
-               seed: int = 0, tokens=None):
+               seed: int = 0, tokens=None, noise=None):
     m = tok.config.model
     self.candidates = (sorted({int(k) for k in candidates})
                        or tokenizer_lib.budgets(m))
@@ -109,9 +119,13 @@ class BudgetEstimates:
     latents = np.asarray(latents, np.float32)
     self.tokens = np.asarray(tok.tokenize(latents) if tokens is None
                              else tokens)
-    # One noise draw for every candidate: the budgets differ, not the noise.
-    noise = np.random.default_rng(seed).standard_normal(
-        latents.shape).astype(np.float32)
+    # One noise for every candidate: the budgets differ, not the noise.
+    if noise is None:
+      noise = np.random.default_rng(seed).standard_normal(latents.shape)
+    elif np.shape(noise) != latents.shape:
+      raise ValueError(f'noise {np.shape(noise)} must have the latents\' '
+                       f'shape {latents.shape}')
+    noise = np.asarray(noise, np.float32)
     self._tok, self._latents, self._noise = tok, latents, noise
     self.decoder_passes = 0        # one-step decodes of the whole batch
     # frames are equal in size: a clip's mean square is its frames' mean
@@ -181,14 +195,17 @@ class BudgetEstimates:
 
 
 def choose_budget(tok, latents, *, per_frame: bool = False,
-                  candidates: Sequence[int] = (), seed: int = 0, **target):
+                  candidates: Sequence[int] = (), seed: int = 0, noise=None,
+                  **target):
   """-> (tokens int32 [B, T, K], budgets int [B] or [B, T]) for exactly one
   of target_psnr / target_mse / fraction / db_per_token, each a clip's
   latent quality: for the first three the smallest candidate budget
   (default: the tokenizer's 1, 2, 4, ..., K) whose one-step mean meets the
   target, else K; per_frame, the first point of the joint per-frame search
   that meets it (module docstring). Decode with
-  tok.detokenize(tokens, budgets=budgets)."""
+  tok.detokenize(tokens, budgets=budgets), and pass that decode's noise
+  here where it is known (module docstring: the decode noise)."""
   check_target(target)
-  est = BudgetEstimates(tok, latents, candidates=candidates, seed=seed)
+  est = BudgetEstimates(tok, latents, candidates=candidates, seed=seed,
+                        noise=noise)
   return est.tokens, est.pick(per_frame, **target)

@@ -10,11 +10,12 @@ mean), codec to pixels, PSNR per clip:
   fixed k         every clip and frame keeps k tokens (k = 1, 2, 4, ..., K);
   clip / frame    api/budgets.py picks k per clip from the one-step mean's
                   latent error at each budget, or per latent frame by its
-                  joint search with the decoder in the loop (its own noise
-                  draw, not the noise scored here), for each target in
-                  config.fractions
-                  (of the full budget's gain) and config.db_per_token (the
-                  rate-distortion trade-off).
+                  joint search with the decoder in the loop, for each
+                  target in config.fractions (of the full budget's gain) and
+                  config.db_per_token (the rate-distortion trade-off); each
+                  searched with its own noise draw ('own': blind to the
+                  decode) and/or with the noise the clip is decoded from
+                  here ('decode'), per config.choose_noise.
   oracle          per clip, the budget that maximises the clip's measured
                   PSNR minus a slope x k, from the fixed rows' own decodes:
                   it knows every clip's outcome at every budget, so it bounds
@@ -45,26 +46,41 @@ from vftok.evals import media
 from vftok.evals import pixels
 from vftok.models import tokenizer as tokenizer_lib
 
-COLUMNS = ('policy', 'mode', 'criterion', 'target', 'budget', 'psnr',
+COLUMNS = ('policy', 'mode', 'noise', 'criterion', 'target', 'budget', 'psnr',
            'psnr_mean')
 MEASURES = (('psnr', 'sampled'), ('psnr_mean', 'one-step mean'))
 # The oracle's slopes, pixel dB per token (a dense sweep: it costs no decode).
 ORACLE_SLOPES = (0.0,) + tuple(np.geomspace(1e-3, 1.0, 19))
 
 
-def policies(config, budgets) -> List[Tuple[str, str, str, float]]:
-  """(name, mode, criterion, target) for every policy the config asks for."""
-  out = [(f'fixed {k}', 'fixed', 'budget', float(k)) for k in budgets]
+NOISES = {'own': '', 'decode': ' for the decode noise'}
+
+
+def policies(config, budgets) -> List[Tuple[str, str, str, float, str]]:
+  """(name, mode, criterion, target, noise) for every policy the config asks
+  for; noise: what the choice searched with ('own' draw or the 'decode'
+  noise, api/budgets.py), '' for fixed budgets."""
+  out = [(f'fixed {k}', 'fixed', 'budget', float(k), '') for k in budgets]
+  for noise in config.choose_noise:
+    if noise not in NOISES:
+      raise ValueError(f"config.choose_noise: {noise!r} is not 'own' or "
+                       "'decode'")
   for mode in config.modes:
     if mode not in ('clip', 'frame'):
       raise ValueError(f"config.modes: {mode!r} is not 'clip' or 'frame'")
-    for criterion, targets in (('fraction', config.fractions),
-                               ('db_per_token', config.db_per_token)):
-      for v in targets:
-        budgets_lib.check_target({criterion: float(v)})
-        out.append((f'per {mode}, {criterion}={float(v):g}', mode, criterion,
-                    float(v)))
+  for noise in config.choose_noise:
+    for mode in config.modes:
+      for criterion, targets in (('fraction', config.fractions),
+                                 ('db_per_token', config.db_per_token)):
+        for v in targets:
+          budgets_lib.check_target({criterion: float(v)})
+          out.append((f'per {mode}{NOISES[noise]}, {criterion}={float(v):g}',
+                      mode, criterion, float(v), noise))
   return out
+
+
+def family_name(mode: str, noise: str, criterion: str) -> str:
+  return f'per {mode}{NOISES[noise]}, {criterion}'
 
 
 def tokens_at_psnr(points: Sequence[Tuple[float, float]], psnr: float) -> float:
@@ -81,28 +97,29 @@ def tokens_at_psnr(points: Sequence[Tuple[float, float]], psnr: float) -> float:
 
 
 def savings(rows, measure: str) -> List[Dict]:
-  """Per content-chosen family (mode, criterion) and fixed budget k > 1 that
+  """Per content-chosen family (mode, noise, criterion) and fixed budget k > 1 that
   is the best single budget for its PSNR (no smaller one reaches it): the
   family's tokens at fixed k's mean PSNR and the saving 1 - tokens / k (NaN
   where the family's curve stays below that PSNR)."""
   fixed = sorted((r['budget'], r[measure]) for r in rows
                  if r['mode'] == 'fixed')
   out = []
-  families = dict.fromkeys((r['mode'], r['criterion']) for r in rows
-                           if r['mode'] != 'fixed')
-  for mode, criterion in families:
+  family = lambda r: (r['mode'], r.get('noise', ''), r['criterion'])
+  families = dict.fromkeys(family(r) for r in rows if r['mode'] != 'fixed')
+  for mode, noise, criterion in families:
     if mode == 'oracle' and criterion != measure:
       continue      # an oracle is scored on the measure it chose by
     # Every family shares the two ends: one token everywhere (its limit at
     # fraction 0 or a steep db_per_token) and all K.
     curve = [fixed[0], fixed[-1]] + [
         (r['budget'], r[measure]) for r in rows
-        if (r['mode'], r['criterion']) == (mode, criterion)]
+        if family(r) == (mode, noise, criterion)]
     for k, p in fixed[1:]:
       if any(p0 >= p for k0, p0 in fixed if k0 < k):
         continue    # a smaller fixed budget does as well: k is no one's best
       t = tokens_at_psnr(curve, p)
-      out.append(dict(measure=measure, mode=mode, criterion=criterion,
+      out.append(dict(measure=measure, mode=mode, noise=noise,
+                      criterion=criterion,
                       fixed_budget=k, psnr=p, tokens=t, saving=1 - t / k))
   return out
 
@@ -119,7 +136,8 @@ def oracle_rows(acc, budgets) -> List[Dict]:
     for slope in ORACLE_SLOPES:
       pick = np.argmax(per_clip[measure] - slope * ks[:, None], axis=0)
       rows.append(dict(policy=f'oracle by {measure}, slope={slope:.3g}',
-                       mode='oracle', criterion=measure, target=slope,
+                       mode='oracle', noise='', criterion=measure,
+                       target=slope,
                        budget=float(ks[pick].mean()),
                        **{m: float(per_clip[m][pick, clips].mean())
                           for m, _ in MEASURES}))
@@ -150,13 +168,17 @@ def run(config, workdir: str) -> Dict:
     nb = latents.shape[0]
     noise = np.asarray(tok.clip_noise(np.arange(start, start + nb),
                                       config.seed))
-    estimates = budgets_lib.BudgetEstimates(
-        tok, latents, seed=config.seed + 1000 + start)
-    tokens = estimates.tokens
+    tokens = np.asarray(tok.tokenize(latents))
+    # 'own': the search's own noise draw, not the one scored here; 'decode':
+    # searched with the noise these clips are decoded from below.
+    estimates = {by: budgets_lib.BudgetEstimates(
+        tok, latents, tokens=tokens, seed=config.seed + 1000 + start,
+        noise=noise if by == 'decode' else None)
+                 for by in config.choose_noise}
     start += nb
-    for name, mode, criterion, target in todo:
+    for name, mode, criterion, target, by in todo:
       chosen = (np.full(nb, int(target)) if mode == 'fixed'
-                else estimates.pick(mode == 'frame', **{criterion: target}))
+                else estimates[by].pick(mode == 'frame', **{criterion: target}))
       chosen = np.broadcast_to(
           chosen.reshape(nb, -1), tokens.shape[:2]).astype(np.int32)
       a = acc[name]
@@ -166,15 +188,15 @@ def run(config, workdir: str) -> Dict:
         lat = tok.detokenize(tokens, budgets=chosen, noise=noise, **kw)
         px = media.to_uint8(model.to_pixels(lat))
         a.setdefault(key, []).append(np.asarray(pixels.psnr(px, frames)))
-    passes.append(estimates.decoder_passes)
+    passes += [e.decoder_passes for e in estimates.values()]
     logging.info('eval_budgets: %d / %d clips (%.0f s)', start, n,
                  time.perf_counter() - t_start)
 
   rows = []
-  for name, mode, criterion, target in todo:
+  for name, mode, criterion, target, by in todo:
     a = acc[name]
     per_frame = np.concatenate(a['per_frame'])          # [clips, T]
-    rows.append(dict(policy=name, mode=mode, criterion=criterion,
+    rows.append(dict(policy=name, mode=mode, noise=by, criterion=criterion,
                      target=target, budget=float(per_frame.mean()),
                      **{key: float(np.mean(np.concatenate(a[key])))
                         for key in ('psnr', 'psnr_mean')},
@@ -226,7 +248,7 @@ def markdown(result) -> str:
               else f"{100 * s['saving']:.0f} %")
     tokens = f"{s['tokens']:.2f}" if np.isfinite(s['tokens']) else '-'
     policy = ('oracle' if s['mode'] == 'oracle'
-              else f"per {s['mode']}, {s['criterion']}")
+              else family_name(s['mode'], s['noise'], s['criterion']))
     lines.append(f"| {names[s['measure']]} | {policy} | {s['fixed_budget']:g} | "
                  f"{s['psnr']:.2f} | {tokens} | {saving} |")
   cost = info['choose_passes']
@@ -244,7 +266,7 @@ def plot(path: str, result, budgets):
       lambda r: ('fixed budget' if r['mode'] == 'fixed' else
                  f"oracle by {dict(MEASURES)[r['criterion']]}"
                  if r['mode'] == 'oracle'
-                 else f"per {r['mode']}, {r['criterion']}"),
+                 else family_name(r['mode'], r['noise'], r['criterion'])),
       (('psnr', f"PSNR dB, sampled ({info['steps']} steps, "
                 f"{info['guidance']})"),
        ('psnr_mean', 'PSNR dB, one-step mean')),
