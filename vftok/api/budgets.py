@@ -12,13 +12,16 @@ Per-frame budgets are searched jointly, with the decoder in the loop: with
 the time-causal decoder a frame is decoded from its own tokens and every
 earlier frame's, so a token spent on frame t also serves frames after it,
 and reading each frame's error at a budget shared by all frames misses
-that. From one token everywhere, each round raises, per clip, the one
-frame's budget to the next candidate that buys the most estimated dB per
-token added; the path ends at K everywhere and every target reads its
-point off it. Cost: T x (candidates - 1) rounds of at most T one-step
-passes, one per frame (frames already at K are skipped): 99-104 passes per
-clip measured for T = 5, K = 16 (docs/generation.md), about two sampled
-decodes at the demo's settings.
+that. From one token everywhere, each round raises, per clip, one frame's
+budget to whichever higher candidate buys the most estimated dB per token
+added; the path ends at K everywhere and every target reads its point off
+it. Any higher candidate, not only the next: a frame's next step can lose
+while the one after gains a lot (measured: 2 tokens worse than 1 and 4 far
+better, docs/generation.md), and a search that only looks one step ahead
+leaves such a frame at 1 token to the end. Cost: at most T x (candidates - 1)
+rounds of one one-step pass per frame and higher candidate: 224 passes per
+clip measured for T = 5, K = 16 (about 4.5 sampled decodes at the demo's
+settings).
 
 The decode noise: a decode is a function of the tokens, the budgets and the
 decoder's initial noise, so budgets searched with the noise they will be
@@ -149,32 +152,39 @@ class BudgetEstimates:
 
   def frame_path(self):
     """The joint per-frame search (module docstring) -> (budgets int
-    [P, B, T], psnr [P, B], mse [P, B]) at its P = T (candidates - 1) + 1
-    points, one token everywhere first, K everywhere last."""
+    [P, B, T], psnr [P, B], mse [P, B]) at its P <= T (candidates - 1) + 1
+    points, one token everywhere first, K everywhere last (a clip that gets
+    there early repeats its last point)."""
     if self._path is None:
       ks = np.asarray(self.candidates)
+      top = len(ks) - 1
       b, t = self.tokens.shape[:2]
+      clips = np.arange(b)
       level = np.zeros((b, t), int)             # index into ks, per frame
       mse = self.mse[0]
       points = [(ks[level], mse)]
-      for _ in range(t * (len(ks) - 1)):
-        gain = np.full((t, b), -np.inf)
-        trial_mse = np.zeros((t, b))
+      while (level < top).any():
         now = psnr_of(self.power, mse)
+        gain = np.full(b, -np.inf)
+        frame, up, new_mse = np.zeros(b, int), np.zeros(b, int), mse.copy()
         for f in range(t):
-          open_ = level[:, f] < len(ks) - 1
-          if not open_.any():
-            continue
-          trial = level.copy()
-          trial[open_, f] += 1
-          trial_mse[f] = self._clip_mse(ks[trial])
-          added = (ks[trial[:, f]] - ks[level[:, f]]) / t   # mean tokens
-          db = psnr_of(self.power, trial_mse[f]) - now
-          gain[f] = np.where(open_, db / np.maximum(added, 1e-9), -np.inf)
-        best = np.argmax(gain, axis=0)          # per clip: the frame to raise
-        clips = np.arange(b)
-        level[clips, best] += 1
-        mse = trial_mse[best, clips]
+          for step in range(1, top + 1):
+            open_ = level[:, f] + step <= top
+            if not open_.any():
+              break
+            trial = level.copy()
+            trial[open_, f] += step
+            trial_mse = self._clip_mse(ks[trial])
+            added = (ks[trial[:, f]] - ks[level[:, f]]) / t   # mean tokens
+            g = np.where(open_, (psnr_of(self.power, trial_mse) - now)
+                         / np.maximum(added, 1e-9), -np.inf)
+            better = g > gain                   # ties: the earlier frame
+            gain = np.where(better, g, gain)
+            frame = np.where(better, f, frame)
+            up = np.where(better, step, up)
+            new_mse = np.where(better, trial_mse, new_mse)
+        level[clips, frame] += up               # 0 for a clip already at K
+        mse = new_mse
         points.append((ks[level], mse))
       budgets = np.stack([p[0] for p in points])
       mse = np.stack([p[1] for p in points])

@@ -552,7 +552,8 @@ class Tokenizer:
     clip (per_frame=True: per latent frame) whose one-step mean meets
     target_psnr / target_mse / fraction in latent space, or the
     rate-distortion pick for db_per_token (budgets.py); decode with
-    detokenize(tokens, budgets=budgets)."""
+    detokenize(tokens, budgets=budgets), and pass that decode's noise as
+    noise= where it is known (the budgets are then chosen for it)."""
     return budgets_lib.choose_budget(self, latents, **target)
 
   def tokenize_long(self, chunk_latents):
