@@ -19,9 +19,9 @@ it. Any higher candidate, not only the next: a frame's next step can lose
 while the one after gains a lot (measured: 2 tokens worse than 1 and 4 far
 better, docs/generation.md), and a search that only looks one step ahead
 leaves such a frame at 1 token to the end. Cost: at most T x (candidates - 1)
-rounds of one one-step pass per frame and higher candidate: 224 passes per
-clip measured for T = 5, K = 16 (about 4.5 sampled decodes at the demo's
-settings).
+rounds of one one-step pass per frame and higher candidate: 220-231 passes
+per clip measured for T = 5, K = 16 (about 4.5 sampled decodes at the
+demo's settings).
 
 The decode noise: a decode is a function of the tokens, the budgets and the
 decoder's initial noise, so budgets searched with the noise they will be

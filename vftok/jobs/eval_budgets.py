@@ -56,6 +56,10 @@ ORACLE_SLOPES = (0.0,) + tuple(np.geomspace(1e-3, 1.0, 19))
 NOISES = {'own': '', 'decode': ' for the decode noise'}
 
 
+def family_name(mode: str, noise: str, criterion: str) -> str:
+  return f'per {mode}{NOISES[noise]}, {criterion}'
+
+
 def policies(config, budgets) -> List[Tuple[str, str, str, float, str]]:
   """(name, mode, criterion, target, noise) for every policy the config asks
   for; noise: what the choice searched with ('own' draw or the 'decode'
@@ -74,13 +78,9 @@ def policies(config, budgets) -> List[Tuple[str, str, str, float, str]]:
                                  ('db_per_token', config.db_per_token)):
         for v in targets:
           budgets_lib.check_target({criterion: float(v)})
-          out.append((f'per {mode}{NOISES[noise]}, {criterion}={float(v):g}',
+          out.append((f'{family_name(mode, noise, criterion)}={float(v):g}',
                       mode, criterion, float(v), noise))
   return out
-
-
-def family_name(mode: str, noise: str, criterion: str) -> str:
-  return f'per {mode}{NOISES[noise]}, {criterion}'
 
 
 def tokens_at_psnr(points: Sequence[Tuple[float, float]], psnr: float) -> float:
@@ -97,9 +97,9 @@ def tokens_at_psnr(points: Sequence[Tuple[float, float]], psnr: float) -> float:
 
 
 def savings(rows, measure: str) -> List[Dict]:
-  """Per content-chosen family (mode, noise, criterion) and fixed budget k > 1 that
-  is the best single budget for its PSNR (no smaller one reaches it): the
-  family's tokens at fixed k's mean PSNR and the saving 1 - tokens / k (NaN
+  """Per content-chosen family (mode, noise, criterion) and fixed budget
+  k > 1 that is the best single budget for its PSNR (no smaller one reaches
+  it): the family's tokens at fixed k's mean PSNR and the saving 1 - tokens / k (NaN
   where the family's curve stays below that PSNR)."""
   fixed = sorted((r['budget'], r[measure]) for r in rows
                  if r['mode'] == 'fixed')
