@@ -99,8 +99,8 @@ def tokens_at_psnr(points: Sequence[Tuple[float, float]], psnr: float) -> float:
 def savings(rows, measure: str) -> List[Dict]:
   """Per content-chosen family (mode, noise, criterion) and fixed budget
   k > 1 that is the best single budget for its PSNR (no smaller one reaches
-  it): the family's tokens at fixed k's mean PSNR and the saving 1 - tokens / k (NaN
-  where the family's curve stays below that PSNR)."""
+  it): the family's tokens at fixed k's mean PSNR and the saving
+  1 - tokens / k (NaN where the family's curve stays below that PSNR)."""
   fixed = sorted((r['budget'], r[measure]) for r in rows
                  if r['mode'] == 'fixed')
   out = []
