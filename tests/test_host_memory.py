@@ -26,11 +26,14 @@ def loss(ws, x):
 x = jnp.full((4096, 512), 0.01, jnp.float32)
 ws = [jnp.full((512, 512), 0.01, jnp.float32) for _ in range(8)]
 step = jax.jit(jax.grad(loss)).lower(ws, x).compile()
-jax.block_until_ready(step(ws, x))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(10):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(step(ws, x))
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+# The median: a tuned heap may still grow once in the first runs (a freed
+# block split by a later allocation), then every run reuses it.
+faults = sorted(faults)[len(faults) // 2]
 temp_pages = step.memory_analysis().temp_size_in_bytes / 4096
 json.dump(dict(faults=faults, temp_pages=temp_pages,
                kept=vftok.HOST_MEMORY_KEPT), sys.stdout)
@@ -53,6 +56,6 @@ def test_a_step_reuses_its_temporaries_without_page_faults():
     pytest.skip('an accelerator host: malloc left alone')
   default = _faults_per_run('default')
   # glibc's default maps the temporaries afresh each run (~2 faults per
-  # page here), which is what the tuning removes: measured 34k vs 1.1k.
+  # page here), which is what the tuning removes: measured 34k vs 0-256.
   assert default['faults'] > 0.5 * default['temp_pages'], default
   assert tuned['faults'] < 0.1 * tuned['temp_pages'], tuned

@@ -209,6 +209,56 @@ def swiglu_hidden(width: int, mlp_ratio: float) -> int:
   return int(2 * int(width * mlp_ratio) / 3)
 
 
+def _sum_leading(a, b):
+  """a [..., M], b [..., N] -> [M, N]: the sum over every token of a^T b (a
+  weight's gradient)."""
+  lead = tuple(range(a.ndim - 1))
+  return jax.lax.dot_general(a, b, ((lead, lead), ((), ())))
+
+
+@jax.custom_vjp
+def swiglu(x, w1, w3, w2):
+  """silu(x w1) * (x w3) @ w2 for x [..., D], with a hand-written backward
+  pass: the autodiff one made XLA:CPU write the [tokens, hidden] gate
+  gradients out transposed for the weight gradients and keep the sigmoid's
+  intermediates (measured: 4 encoder blocks of the demo, fwd + bwd, 43 ->
+  34 ms on 2 cores). Equal to autodiff within float rounding (tests)."""
+  return _swiglu_fwd(x, w1, w3, w2)[0]
+
+
+def _swiglu_fwd(x, w1, w3, w2):
+  gate, up = x @ w1, x @ w3
+  return (nn.silu(gate) * up) @ w2, (x, gate, up, w1, w3, w2)
+
+
+def _swiglu_bwd(saved, dy):
+  x, gate, up, w1, w3, w2 = saved
+  sig = jax.nn.sigmoid(gate)
+  act = gate * sig                                   # silu(gate)
+  dh = dy @ w2.T
+  dup = dh * act
+  dgate = dh * up * sig * (1 + gate * (1 - sig))     # silu'(gate)
+  dx = dgate @ w1.T + dup @ w3.T
+  return (dx, _sum_leading(x, dgate), _sum_leading(x, dup),
+          _sum_leading(act * up, dy))
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
+class _Kernel(nn.Module):
+  """The kernel of `dense(features, axes, ...)` alone (same name, shape,
+  initialiser and logical axes, so checkpoints and inits are unchanged), for
+  code that multiplies by it itself."""
+  shape: Sequence[int]
+  axes: Sequence[str]
+
+  @nn.compact
+  def __call__(self):
+    return self.param('kernel', nn.with_logical_partitioning(
+        _kernel_init, tuple(self.axes)), tuple(self.shape))
+
+
 class Mlp(nn.Module):
   """SwiGLU: fc2(silu(fc1 x) * fc3 x)."""
   width: int
@@ -218,10 +268,11 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     hidden = swiglu_hidden(self.width, self.mlp_ratio)
-    gate = dense(hidden, ('embed', 'mlp'), 'fc1', self.dtype)(x)
-    up = dense(hidden, ('embed', 'mlp'), 'fc3', self.dtype)(x)
-    return dense(self.width, ('mlp', 'embed'), 'fc2', self.dtype)(
-        nn.silu(gate) * up)
+    w1 = _Kernel((x.shape[-1], hidden), ('embed', 'mlp'), name='fc1')()
+    w3 = _Kernel((x.shape[-1], hidden), ('embed', 'mlp'), name='fc3')()
+    w2 = _Kernel((hidden, self.width), ('mlp', 'embed'), name='fc2')()
+    x, w1, w3, w2 = nn.dtypes.promote_dtype(x, w1, w3, w2, dtype=self.dtype)
+    return swiglu(x, w1, w3, w2)
 
 
 @jax.custom_vjp
