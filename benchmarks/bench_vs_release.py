@@ -6,8 +6,8 @@ side on this machine, the same weights, the same inputs, interleaved.
       [--ops tokenize,decoder,detokenize,vidtok_encode,vidtok_decode] \
       [--impls ,xla] [--max_isa avx2] [--markdown rows.md]
 
-The release runs from a local checkout (`git archive 4fd72ec` of a mirror of
-stipefrkovic/ml-videoflextok; never vendored) in a child process
+The release runs from a local checkout (`git archive 4fd72ec videoflextok`
+of a mirror of stipefrkovic/ml-videoflextok; never vendored) in a child process
 (benchmarks/release_worker.py) with its pinned dependencies on
 --release_pkgs (`pip install --target DIR --no-deps hydra-core omegaconf
 antlr4-python3-runtime==4.9.3 mup diffusers==0.20.0 huggingface_hub==0.25.2`)
@@ -30,9 +30,11 @@ Operations, each the median of --repeats runs after one warm-up run
 --impls: the vftok `model.attention_impl` values, one column each ('' = the
 default: 'xla_sparse' on CPU; 'xla' = dense), for tokenize and the decoder
 forward; the whole detokenize and VidTok time the first one only. --max_isa avx2 caps both
-sides' vector ISA (XLA's --xla_cpu_max_isa, torch's ATEN_CPU_CAPABILITY and
-oneDNN's ONEDNN_MAX_CPU_ISA): an AVX-512 machine then measures what a 2-core
-AVX2 machine runs.
+sides' vector ISA as far as their settings reach (XLA's --xla_cpu_max_isa for
+its generated code, torch's ATEN_CPU_CAPABILITY and oneDNN's
+ONEDNN_MAX_CPU_ISA): closer to a 2-core AVX2 machine, not the same, since
+the matmul libraries pick kernels by CPUID (XLA's YNNPACK runs a 2048^3 f32
+matmul at the same speed capped or not; docs/attention_kernels.md).
 """
 import argparse
 import json
@@ -93,10 +95,14 @@ class ReleaseProcess:
   """benchmarks/release_worker.py in a child process, one JSON line each
   way per request."""
 
-  def __init__(self, args):
+  def __init__(self, args, work):
     env = dict(os.environ)
     path = [args.release] + ([args.release_pkgs] if args.release_pkgs else [])
     env['PYTHONPATH'] = os.pathsep.join(path)
+    # torch.compile's kernels compiled afresh for this run: a cache shared
+    # across runs hands kernels built under one --max_isa to another, and
+    # those compute something else (tokens then agree on ~5 %).
+    env['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(work, 'inductor')
     env.pop('XLA_FLAGS', None)
     if args.max_isa:
       env.update({k: v for k, v in ISA_ENV[args.max_isa].items()
@@ -174,8 +180,8 @@ def main(argv=None):
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flag}'
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  release = ReleaseProcess(args)
   work = tempfile.mkdtemp(prefix='bench_vs_release_')
+  release = ReleaseProcess(args, work)
   vid_ops = [o for o in args.ops if o.startswith('vidtok')]
   setup = release.ask(op='setup', dir=work, seed=0, width=args.width,
                       head_dim=args.head_dim, depth=args.depth,
