@@ -250,68 +250,18 @@ def sparse_density(mask, overhead: int = GROUP_OVERHEAD_ROWS) -> float:
 def _xla_sparse(q, k, v, mask, scale):
   """Dense attention per query group over its key span ([B, H, L, D]
   layout once, so each group's dots need no transposes)."""
-  m = np.ascontiguousarray(np.asarray(mask, bool))
-  fn = _grouped_attention(m.tobytes(), m.shape, float(scale))
   qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-  return fn(qh, kh, vh).transpose(0, 2, 1, 3)
-
-
-@functools.lru_cache(maxsize=64)
-def _grouped_attention(mask_bytes: bytes, shape, scale: float):
-  """The grouped attention of one static mask: [B, H, L, D] q / k / v ->
-  [B, H, Lq, D], with a hand-written backward pass from the saved
-  probabilities (autodiff's kept more and transposed more on XLA:CPU)."""
-  mask = np.frombuffer(mask_bytes, bool).reshape(shape)
-  groups = query_groups(mask)
-  f32 = jnp.float32
-
-  def probs_of(qh, kh, group):
-    r0, r1, k0, k1, full = group
+  outs = []
+  for r0, r1, k0, k1, full in query_groups(mask):
     logits = jnp.einsum('bhqd,bhkd->bhqk', qh[:, :, r0:r1], kh[:, :, k0:k1],
-                        preferred_element_type=f32) * scale
+                        preferred_element_type=jnp.float32) * scale
     if not full:
       logits = jnp.where(jnp.asarray(mask[r0:r1, k0:k1]), logits,
-                         jnp.finfo(f32).min)
-    return jax.nn.softmax(logits, axis=-1)
-
-  def forward(qh, kh, vh):
-    probs = [probs_of(qh, kh, g) for g in groups]
-    outs = [jnp.einsum('bhqk,bhkd->bhqd', p.astype(vh.dtype), vh[:, :, k0:k1])
-            for p, (_, _, k0, k1, _) in zip(probs, groups)]
-    return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)), probs
-
-  @jax.custom_vjp
-  def attention_fn(qh, kh, vh):
-    return forward(qh, kh, vh)[0]
-
-  def fwd(qh, kh, vh):
-    out, probs = forward(qh, kh, vh)
-    return out, (qh, kh, vh, out, probs)
-
-  def bwd(saved, dout):
-    qh, kh, vh, out, probs = saved
-    # softmax backward: dS = P * (dP - rowsum(dO * O)).
-    delta = jnp.sum(dout.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
-    dq, dk, dv = [], jnp.zeros(kh.shape, f32), jnp.zeros(vh.shape, f32)
-    for p, (r0, r1, k0, k1, full) in zip(probs, groups):
-      do = dout[:, :, r0:r1]
-      dv = dv.at[:, :, k0:k1].add(jnp.einsum(
-          'bhqk,bhqd->bhkd', p.astype(do.dtype), do, preferred_element_type=f32))
-      dp = jnp.einsum('bhqd,bhkd->bhqk', do, vh[:, :, k0:k1],
-                      preferred_element_type=f32)
-      ds = p * (dp - delta[:, :, r0:r1]) * scale
-      if not full:   # masked logits are constants (matters in key-less rows)
-        ds = jnp.where(jnp.asarray(mask[r0:r1, k0:k1]), ds, 0.0)
-      dq.append(jnp.einsum('bhqk,bhkd->bhqd', ds.astype(kh.dtype),
-                           kh[:, :, k0:k1], preferred_element_type=f32))
-      dk = dk.at[:, :, k0:k1].add(jnp.einsum(
-          'bhqk,bhqd->bhkd', ds.astype(qh.dtype), qh[:, :, r0:r1],
-          preferred_element_type=f32))
-    dq = dq[0] if len(dq) == 1 else jnp.concatenate(dq, axis=2)
-    return dq.astype(qh.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype)
-
-  attention_fn.defvjp(fwd, bwd)
-  return attention_fn
+                         jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    outs.append(jnp.einsum('bhqk,bhkd->bhqd', probs, vh[:, :, k0:k1]))
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+  return out.transpose(0, 2, 1, 3)
 
 
 # --------------------------------------------------------------------------
