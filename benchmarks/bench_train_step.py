@@ -37,7 +37,9 @@ arguments + outputs + temporaries.
 the paper configs' memory can be read off on a CPU host: XLA's CPU buffer
 assignment and its memory-minded schedule, a guide to the GPU/TPU ones, not
 an exact match. Timed CPU rows compile with XLA:CPU's default schedule, as
-training does, so their memory column is larger.
+training does, so their memory column is larger. CPU times as on a 2-core
+AVX2 machine without AVX-512, on any AVX-512 host that can fault on CPUID:
+`python benchmarks/as_avx2.py python benchmarks/bench_train_step.py ...`.
 
 A row is one stage x attention_impl x remat policy. A row that fails (out of
 memory, a kernel failing: XLA's RuntimeError; any other error) is printed as

@@ -29,12 +29,12 @@ Operations, each the median of --repeats runs after one warm-up run
                17 x --vidtok_resolution^2 clip.
 --impls: the vftok `model.attention_impl` values, one column each ('' = the
 default: 'xla_sparse' on CPU; 'xla' = dense), for tokenize and the decoder
-forward; the whole detokenize and VidTok time the first one only. --max_isa avx2 caps both
-sides' vector ISA as far as their settings reach (XLA's --xla_cpu_max_isa for
-its generated code, torch's ATEN_CPU_CAPABILITY and oneDNN's
-ONEDNN_MAX_CPU_ISA): closer to a 2-core AVX2 machine, not the same, since
-the matmul libraries pick kernels by CPUID (XLA's YNNPACK runs a 2048^3 f32
-matmul at the same speed capped or not; docs/attention_kernels.md).
+forward; the whole detokenize and VidTok time the first one only.
+--max_isa avx2 runs the whole benchmark, release worker included, through
+benchmarks/as_avx2.py: every library on both sides then takes its AVX2
+kernels, as on a machine without AVX-512 (XLA's and torch's ISA caps, and
+CPUID answered without the AVX-512 bits, which is what keeps the matmul
+libraries off it).
 """
 import argparse
 import json
@@ -47,13 +47,13 @@ import time
 
 import numpy as np
 
+import as_avx2
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = ('tokenize', 'decoder', 'detokenize', 'vidtok_encode', 'vidtok_decode')
 # The release notebook's APG (vftok's Tokenizer.sample_defaults match it).
 APG = dict(guidance_scale=25.0, perform_norm_guidance=True, eta=0.0,
            momentum=0.0, norm_threshold=0.6)
-ISA_ENV = {'avx2': dict(ATEN_CPU_CAPABILITY='avx2', ONEDNN_MAX_CPU_ISA='AVX2',
-                        xla='AVX2')}
 
 
 def parse_args(argv=None):
@@ -104,9 +104,6 @@ class ReleaseProcess:
     # those compute something else (tokens then agree on ~5 %).
     env['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(work, 'inductor')
     env.pop('XLA_FLAGS', None)
-    if args.max_isa:
-      env.update({k: v for k, v in ISA_ENV[args.max_isa].items()
-                  if k != 'xla'})
     self.proc = subprocess.Popen(
         [sys.executable, os.path.join(HERE, 'release_worker.py'),
          f'--release={args.release}', f'--threads={args.threads}'],
@@ -148,7 +145,8 @@ def machine(args, release_info) -> str:
          'AVX2' if 'avx2' in flags else 'no AVX2')
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') \
       else os.cpu_count()
-  cap = f', capped at {args.max_isa.upper()}' if args.max_isa else ''
+  cap = (', run as AVX2 without AVX-512 (benchmarks/as_avx2.py)'
+         if args.max_isa else '')
   return (f'{model}: {cores} cores usable, {isa}{cap}; vftok jax '
           f'{jax.__version__} (XLA CPU); release torch '
           f'{release_info["torch"]} ({release_info["threads"]} threads, '
@@ -175,9 +173,11 @@ def vftok_side(args, model_path, vidtok_path):
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.max_isa:   # before jax starts XLA
-    flag = f'--xla_cpu_max_isa={ISA_ENV[args.max_isa]["xla"]}'
-    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {flag}'
+  if args.max_isa and not os.environ.get(as_avx2.ACTIVE):
+    # A fresh process: the CPUID library must be loaded at its start.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__),
+                               *argv], as_avx2.avx2_env())
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   work = tempfile.mkdtemp(prefix='bench_vs_release_')

@@ -5,6 +5,7 @@ failed step makes benchmarks/device_check.sh exit non-zero (fast: no compile,
 a fake interpreter)."""
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -261,11 +262,7 @@ def test_release_bench_builds_the_release_config_at_its_sizes():
   """benchmarks/bench_vs_release.py has the release build its model from its
   own config resized (release_worker.sized_config; the release itself is not
   in CI): vftok reads that config as the benchmark's sizes."""
-  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-  try:
-    import release_worker  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  release_worker = import_benchmark('release_worker')
   from vftok.models.pretrained import official  # pylint: disable=g-import-not-at-top
   config = release_worker.sized_config(384, 64, 6, 32, (5, 16, 16), (1, 1, 1))
   m = official.model_config(config)['model']
@@ -276,3 +273,66 @@ def test_release_bench_builds_the_release_config_at_its_sizes():
   # The dev fixture's config is untouched (a copy is resized).
   assert release_worker.dev_config()['encoder']['module_dict'][
       'enc_transformer']['dim'] == 64
+
+
+def import_benchmark(name):
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  try:
+    return __import__(name)
+  finally:
+    sys.path.pop(0)
+
+
+def test_as_avx2_environment_caps_every_library(monkeypatch):
+  """benchmarks/as_avx2.py: on an AVX2-only host only the framework caps are
+  set; on an AVX-512 host the CPUID library is preloaded too, and a host that
+  cannot fault on CPUID gets one error naming why."""
+  as_avx2 = import_benchmark('as_avx2')
+  monkeypatch.setattr(as_avx2, 'cpu_flags', lambda: {'avx2', 'fma'})
+  env = as_avx2.avx2_env({'XLA_FLAGS': '--xla_foo=1'})
+  assert env['XLA_FLAGS'] == '--xla_foo=1 --xla_cpu_max_isa=AVX2'
+  assert env['ATEN_CPU_CAPABILITY'] == 'avx2'
+  assert env['ONEDNN_MAX_CPU_ISA'] == 'AVX2'
+  assert 'LD_PRELOAD' not in env
+  assert as_avx2.avx2_env(env) == env  # once only: no doubled flags
+  monkeypatch.setattr(as_avx2, 'cpu_flags', lambda: {'avx2', 'avx512f'})
+  with pytest.raises(SystemExit, match='cpuid_fault'):
+    as_avx2.avx2_env({})
+  monkeypatch.setattr(as_avx2, 'cpu_flags', lambda: {'sse4_2'})
+  with pytest.raises(SystemExit, match='no AVX2'):
+    as_avx2.avx2_env({})
+
+
+def _can_hide_avx512():
+  as_avx2 = import_benchmark('as_avx2')
+  return ({'avx512f', 'cpuid_fault'} <= as_avx2.cpu_flags()
+          and bool(shutil.which('cc') or shutil.which('gcc')))
+
+
+@pytest.mark.skipif(not _can_hide_avx512(),
+                    reason='needs an AVX-512 CPU with CPUID faulting and cc')
+def test_as_avx2_hides_avx512_from_cpuid_and_passes_real_faults_on(tmp_path):
+  """Under benchmarks/as_avx2.py CPUID reports no AVX-512 (numpy reads it at
+  import) and AVX2 still; a real segfault still reaches Python's
+  faulthandler, which replaced the CPUID handler's place in the process."""
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))  # built afresh
+  env.pop('VFTOK_AS_AVX2', None)
+
+  def run(code):
+    return subprocess.run(
+        [sys.executable, 'benchmarks/as_avx2.py', sys.executable, '-c', code],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+
+  features = ('import numpy as np; '
+              'f = np._core._multiarray_umath.__cpu_features__; '
+              'print(f["AVX512F"], f["AVX2"])')
+  proc = subprocess.run([sys.executable, '-c', features], capture_output=True,
+                        text=True, timeout=60)
+  assert proc.stdout.split() == ['True', 'True'], proc.stderr
+  proc = run('import faulthandler; faulthandler.enable(); ' + features)
+  assert proc.stdout.split() == ['False', 'True'], proc.stderr
+  assert list(tmp_path.glob('vftok/hide_avx512-*.so'))
+  proc = run('import faulthandler; faulthandler.enable(); '
+             'import ctypes; ctypes.string_at(0)')
+  assert proc.returncode == -11, (proc.returncode, proc.stderr)
+  assert 'Fatal Python error: Segmentation fault' in proc.stderr, proc.stderr
