@@ -337,16 +337,25 @@ def test_residual_checkpoint_is_the_identity_in_value_and_gradient():
   np.testing.assert_array_equal(g, jnp.full_like(x, 2.0))
 
 
-def test_swiglu_backward_equals_autodiff():
+@pytest.mark.parametrize('dropout', [False, True])
+def test_swiglu_backward_equals_autodiff(dropout):
   """layers.swiglu's hand-written backward pass (faster on XLA:CPU) gives
-  autodiff's gradients for x and all three weights: float32 to rounding,
-  bfloat16 as close to the float32 gradients as autodiff's own."""
+  autodiff's gradients for x and all three weights, with and without a
+  dropout multiplier on the hidden units (the AR model's MLP): float32 to
+  rounding, bfloat16 as close to the float32 gradients as autodiff's own."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 5, 16)).astype(np.float32))
   w1, w3 = (jnp.asarray(rng.normal(size=(16, 42)).astype(np.float32) * 0.3)
             for _ in range(2))
   w2 = jnp.asarray(rng.normal(size=(42, 16)).astype(np.float32) * 0.3)
-  plain = lambda x, w1, w3, w2: (nn.silu(x @ w1) * (x @ w3)) @ w2
+  drop = None
+  if dropout:  # nn.Dropout's multiplier at rate 0.25: 0 or 1 / 0.75
+    drop = jnp.asarray((rng.random((2, 5, 42)) > 0.25) / 0.75, jnp.float32)
+  scaled = lambda h, dtype: h if drop is None else h * drop.astype(dtype)
+  plain = lambda x, w1, w3, w2: scaled(nn.silu(x @ w1) * (x @ w3),
+                                       x.dtype) @ w2
+  fused = lambda x, w1, w3, w2: layers.swiglu(
+      x, w1, w3, w2, None if drop is None else drop.astype(x.dtype))
 
   def grads(fn, dtype):
     loss = lambda *a: jnp.sum(jnp.sin(
@@ -355,13 +364,13 @@ def test_swiglu_backward_equals_autodiff():
         x, w1, w3, w2)
 
   ref_loss, ref = grads(plain, jnp.float32)
-  loss, got = grads(layers.swiglu, jnp.float32)
+  loss, got = grads(fused, jnp.float32)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
   for a, b in zip(got, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # bfloat16 compute: the error against float32 is autodiff's, not more.
   _, auto16 = grads(plain, jnp.bfloat16)
-  _, got16 = grads(layers.swiglu, jnp.bfloat16)
+  _, got16 = grads(fused, jnp.bfloat16)
   for a, b, r in zip(got16, auto16, ref):
     scale = float(jnp.max(jnp.abs(r)))
     assert float(jnp.max(jnp.abs(a - r))) <= max(
