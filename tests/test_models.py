@@ -348,14 +348,12 @@ def test_swiglu_backward_equals_autodiff(dropout):
   w1, w3 = (jnp.asarray(rng.normal(size=(16, 42)).astype(np.float32) * 0.3)
             for _ in range(2))
   w2 = jnp.asarray(rng.normal(size=(42, 16)).astype(np.float32) * 0.3)
-  drop = None
-  if dropout:  # nn.Dropout's multiplier at rate 0.25: 0 or 1 / 0.75
-    drop = jnp.asarray((rng.random((2, 5, 42)) > 0.25) / 0.75, jnp.float32)
-  scaled = lambda h, dtype: h if drop is None else h * drop.astype(dtype)
-  plain = lambda x, w1, w3, w2: scaled(nn.silu(x @ w1) * (x @ w3),
-                                       x.dtype) @ w2
-  fused = lambda x, w1, w3, w2: layers.swiglu(
-      x, w1, w3, w2, None if drop is None else drop.astype(x.dtype))
+  keep = None
+  if dropout:  # nn.Dropout at rate 0.25: kept units scaled by 1 / 0.75
+    keep = jnp.asarray(rng.random((2, 5, 42)) > 0.25)
+  dropped = lambda h: h if keep is None else jnp.where(keep, h / 0.75, 0)
+  plain = lambda x, w1, w3, w2: dropped(nn.silu(x @ w1) * (x @ w3)) @ w2
+  fused = lambda x, w1, w3, w2: layers.swiglu(x, w1, w3, w2, keep, 0.75)
 
   def grads(fn, dtype):
     loss = lambda *a: jnp.sum(jnp.sin(

@@ -68,8 +68,8 @@ def _rms_norm(name, dtype):
 
 
 class SwiGLU(nn.Module):
-  """down((silu(gate x) * up x), dropout on the hidden units): layers.swiglu,
-  whose hand-written backward is the faster one on CPU."""
+  """down(silu(gate x) * up x), with dropout on the hidden units:
+  layers.swiglu, whose hand-written backward is the faster one on CPU."""
   config: ARConfig
 
   @nn.compact
@@ -80,13 +80,13 @@ class SwiGLU(nn.Module):
     wu = layers.Kernel(hidden, ('embed', 'mlp'), name='up')()
     wd = layers.Kernel(hidden[::-1], ('mlp', 'embed'), name='down')()
     x, wg, wu, wd = nn.dtypes.promote_dtype(x, wg, wu, wd, dtype=dt)
-    drop = None
+    keep = None
     if c.dropout > 0 and not deterministic:
-      # nn.Dropout's own mask (same rng stream and bits) as a multiplier.
-      drop = nn.Dropout(c.dropout)(
-          jnp.ones(x.shape[:-1] + (c.mlp_hidden,), x.dtype),
-          deterministic=False)
-    return layers.swiglu(x, wg, wu, wd, drop)
+      # nn.Dropout's own mask (its rng stream and bits), read off a ones array.
+      keep = nn.Dropout(c.dropout)(
+          jnp.ones(x.shape[:-1] + (c.mlp_hidden,), jnp.float32),
+          deterministic=False) > 0
+    return layers.swiglu(x, wg, wu, wd, keep, 1.0 - c.dropout)
 
 
 class Block(nn.Module):
