@@ -29,15 +29,23 @@ CAPS = dict(ATEN_CPU_CAPABILITY='avx2', ONEDNN_MAX_CPU_ISA='AVX2')
 XLA_CAP = '--xla_cpu_max_isa=AVX2'
 
 
-def cpu_flags() -> set[str]:
+def cpuinfo() -> dict[str, str]:
+  """The first CPU's /proc/cpuinfo fields ({} where there is none)."""
+  fields = {}
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('flags'):
-          return set(line.split(':', 1)[1].split())
+        if not line.strip():
+          break
+        key, _, value = line.partition(':')
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return set()
+  return fields
+
+
+def cpu_flags() -> set[str]:
+  return set(cpuinfo().get('flags', '').split())
 
 
 def build_shim(cache_dir: str = '') -> str:

@@ -130,16 +130,8 @@ class ReleaseProcess:
 
 
 def machine(args, release_info) -> str:
-  model, flags = platform.processor(), set()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          model = line.split(':', 1)[1].strip()
-        if line.startswith('flags'):
-          flags = set(line.split(':', 1)[1].split())
-  except OSError:
-    pass
+  model = as_avx2.cpuinfo().get('model name', platform.processor())
+  flags = as_avx2.cpu_flags()
   import jax  # pylint: disable=g-import-not-at-top
   isa = ('AVX-512' if 'avx512f' in flags else
          'AVX2' if 'avx2' in flags else 'no AVX2')

@@ -27,6 +27,14 @@ def run_bench(*args):
   return proc.stdout
 
 
+def import_benchmark(name):
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  try:
+    return __import__(name)
+  finally:
+    sys.path.pop(0)
+
+
 def temp_gib(out):
   return {m.group(1): float(m.group(2)) for m in re.finditer(
       r'remat=(\w+)\s+compile .* temp\s+([0-9.]+) GiB', out)}
@@ -273,14 +281,6 @@ def test_release_bench_builds_the_release_config_at_its_sizes():
   # The dev fixture's config is untouched (a copy is resized).
   assert release_worker.dev_config()['encoder']['module_dict'][
       'enc_transformer']['dim'] == 64
-
-
-def import_benchmark(name):
-  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-  try:
-    return __import__(name)
-  finally:
-    sys.path.pop(0)
 
 
 def test_as_avx2_environment_caps_every_library(monkeypatch):

@@ -341,7 +341,7 @@ def test_residual_checkpoint_is_the_identity_in_value_and_gradient():
 def test_swiglu_backward_equals_autodiff(dropout):
   """layers.swiglu's hand-written backward pass (faster on XLA:CPU) gives
   autodiff's gradients for x and all three weights, with and without a
-  dropout multiplier on the hidden units (the AR model's MLP): float32 to
+  dropout mask on the hidden units (the AR model's MLP): float32 to
   rounding, bfloat16 as close to the float32 gradients as autodiff's own."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 5, 16)).astype(np.float32))
